@@ -1,0 +1,1 @@
+"""U-Net segmentation toolkit: pure, tested logic used by the top-level scripts."""

@@ -1,0 +1,137 @@
+"""Training callbacks: holdout scoring, atomic best/last checkpoints with early stopping, guards."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import keras
+import numpy as np
+
+from lib.atomic import atomic_path, write_json
+from lib.metrics import binary_scores
+
+
+def _finite_loss(logs: Mapping[str, Any] | None) -> bool:
+    return logs is not None and math.isfinite(float(logs.get("loss", 0.0)))
+
+
+class EpochSetter(keras.callbacks.Callback):
+    """Tell streaming datasets which epoch starts, so resumed runs see the same batch order."""
+
+    def __init__(self, datasets: Sequence[Any]) -> None:
+        super().__init__()
+        self.datasets = datasets
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        for dataset in self.datasets:
+            dataset.set_epoch(epoch)
+
+
+class HoldoutScore(keras.callbacks.Callback):
+    """Every k epochs, score full holdout images as predict.py would; add holdout_* to the logs."""
+
+    def __init__(self, samples: Sequence[Mapping[str, Any]], predict: Callable[[keras.Model, np.ndarray], np.ndarray],
+                 every: int) -> None:
+        super().__init__()
+        self.samples, self.predict, self.every = samples, predict, every
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if logs is None:
+            return
+        if (epoch + 1) % self.every:
+            # Always present (NaN when not scored): the CSV log fixes its columns at the first epoch.
+            logs.update({f"holdout_{key}": float("nan") for key in ("auc_roc", "f1", "accuracy")})
+            return
+        probs = np.concatenate([self.predict(self.model, s["image"])[..., 0][s["fov"]] for s in self.samples])
+        labels = np.concatenate([s["label"][s["fov"]] for s in self.samples])
+        scores = binary_scores(probs, labels)
+        for key in ("auc_roc", "f1", "accuracy"):
+            logs[f"holdout_{key}"] = float(scores[key])
+        print(f" - holdout AUC {scores['auc_roc']:.4f}, F1 {scores['f1']:.4f}, accuracy {scores['accuracy']:.4f}")
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """Save last.keras each epoch and best.keras on improvement (atomically); stop on a plateau.
+
+    The best value survives restarts (kept in a JSON state file), so after a resume the best
+    checkpoint is still the best over the whole run. Epochs with a non-finite loss save nothing.
+    """
+
+    def __init__(self, folder: Path, monitor: str, mode: str, patience: int = 0) -> None:
+        super().__init__()
+        self.folder, self.monitor, self.mode, self.patience = Path(folder), monitor, mode, patience
+        self.state_path = self.folder / "checkpoint_state.json"
+        self.state = {"best": None, "best_epoch": None, "wait": 0}
+
+    def on_train_begin(self, logs=None) -> None:
+        if self.state_path.exists():
+            self.state = json.loads(self.state_path.read_text())
+
+    def _better(self, value: float) -> bool:
+        best = self.state["best"]
+        return best is None or (value < best if self.mode == "min" else value > best)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if not _finite_loss(logs):
+            return
+        self._save(self.folder / "last.keras")
+        value = logs.get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        if self._better(float(value)):
+            self._save(self.folder / "best.keras")
+            self.state.update(best=float(value), best_epoch=epoch + 1, wait=0)
+        else:
+            self.state["wait"] += 1
+            if self.patience and self.state["wait"] >= self.patience:
+                print(f"\nNo improvement of {self.monitor} for {self.patience} scored epochs: stopping early.")
+                self.model.stop_training = True
+        write_json(self.state_path, self.state)
+
+    def _save(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            self.model.save(tmp)
+
+
+class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that never backs up an epoch whose loss went NaN."""
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if _finite_loss(logs):
+            super().on_epoch_end(epoch, logs)
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stop at the first non-finite batch loss and remember where it happened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.where: tuple[int, int] | None = None
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if logs and not math.isfinite(float(logs.get("loss", 0.0))):
+            self.where = (self.epoch + 1, batch + 1)
+            self.model.stop_training = True
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stop after the epoch that passes a wall-clock budget (minutes; 0 = none)."""
+
+    def __init__(self, minutes: float) -> None:
+        super().__init__()
+        self.minutes = minutes
+        self.start = time.monotonic()
+        self.reached = False
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if self.minutes and time.monotonic() - self.start > 60 * self.minutes:
+            print(f"\nTime budget of {self.minutes:g} minutes reached: stopping after epoch {epoch + 1}.")
+            self.reached = True
+            self.model.stop_training = True

@@ -1,0 +1,284 @@
+"""configuration.txt: one schema, loaded once into typed values, with strict checking and overrides."""
+from __future__ import annotations
+
+import configparser
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from lib.atomic import write_text
+from lib.errors import UserError
+
+Config = dict[str, dict[str, Any]]
+Parser = Callable[[str], Any]
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.replace(",", " ").split()]
+
+
+def _choice(*options: str) -> Parser:
+    def parse(text: str) -> str:
+        if text.strip() not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return text.strip()
+    parse.__name__ = "one of " + "|".join(options)
+    return parse
+
+
+def _int_choice(*options: int) -> Parser:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(map(str, options))}")
+        return value
+    parse.__name__ = "one of " + "|".join(map(str, options))
+    return parse
+
+
+def _positive(kind: type) -> Parser:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _non_negative(kind: type) -> Parser:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < 0:
+            raise ValueError("must be zero or more")
+        return value
+    parse.__name__ = f"non-negative {kind.__name__}"
+    return parse
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise ValueError("must be in [0, 1)")
+    return value
+
+
+def _threshold(text: str) -> float | str:
+    if text.strip() == "auto":
+        return "auto"
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise ValueError("must be auto or a number in (0, 1)")
+    return value
+
+
+_bool.__name__ = "true|false"
+_int_list.__name__ = "comma-separated integers"
+_fraction.__name__ = "number in [0, 1)"
+_threshold.__name__ = "auto or a number in (0, 1)"
+
+# section -> key -> (parser, one-line comment). The order here is the order of the written file.
+SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
+    "data paths": {
+        "dataset": (_choice("DRIVE", "ISBI2012", "sample"),
+                    "dataset reader: DRIVE, ISBI2012, or sample (generated DRIVE-like data, created if missing)"),
+        "dataset_dir": (str, "folder holding the dataset in its original layout (see data/README.md)"),
+        "prepared_dir": (str, "folder where prepare_datasets.py writes dataset.h5"),
+        "holdout_ids": (_int_list, "training image ids kept out of training and scored as full images each epoch (e.g. 37,38,39,40); empty for none"),
+    },
+    "experiment": {
+        "name": (str, "run name: the run folder is <runs_dir>/<name>"),
+        "runs_dir": (str, "folder holding all run folders"),
+        "seed": (int, "random seed for patch sampling, weight initialization and augmentation"),
+    },
+    "data attributes": {
+        "patch_size": (_positive(int), "side of the square training patches in pixels (divisible by 2^depth)"),
+        "channels": (_int_choice(1, 3), "1: convert to gray (see gray_mode), 3: keep RGB"),
+        "positive_class": (_choice("membrane", "interior"), "ISBI 2012 only: which class is foreground"),
+    },
+    "preprocessing": {
+        "gray_mode": (_choice("luminance", "green"), "how RGB becomes gray: luminance (0.299R+0.587G+0.114B) or the green channel"),
+        "standardize": (_bool, "subtract the mean and divide by the std of the training split (inside the FOV)"),
+        "rescale": (_bool, "rescale each image to [0, 1] (inside the FOV) after standardization"),
+        "clahe": (_bool, "contrast-limited adaptive histogram equalization (needs rescale)"),
+        "clahe_clip": (_positive(float), "CLAHE clip limit (scikit-image equalize_adapthist clip_limit)"),
+        "gamma": (_positive(float), "gamma correction exponent applied last; 1.0 disables it"),
+    },
+    "model": {
+        "depth": (_positive(int), "number of pooling steps in the encoder"),
+        "base_filters": (_positive(int), "filters of the first level; doubled at each level down"),
+        "batch_norm": (_bool, "batch normalization after each convolution"),
+        "dropout": (_fraction, "dropout rate between the two convolutions of each block (0 disables)"),
+        "upsampling": (_choice("transpose", "bilinear"), "decoder upsampling: transposed convolution or bilinear resize + 1x1 conv"),
+        "n_classes": (_positive(int), "1: binary task with a sigmoid head; more: softmax head over that many classes"),
+    },
+    "training settings": {
+        "N_subimgs": (_positive(int), "number of random training patches written by prepare_datasets.py"),
+        "inside_FOV": (_bool, "draw patch centres only inside the field of view"),
+        "N_epochs": (_positive(int), "number of training epochs"),
+        "steps_per_epoch": (_non_negative(int), "batches per epoch; 0 means one full pass over the training patches"),
+        "batch_size": (_positive(int), "patches per batch"),
+        "learning_rate": (_positive(float), "peak Adam learning rate"),
+        "lr_schedule": (_choice("cosine", "constant"), "cosine: linear warm-up for one epoch then cosine decay to zero; constant: fixed rate"),
+        "loss": (_choice("bce", "dice", "bce_dice", "cce"), "training loss: bce, dice, bce_dice (sum of both) or cce (categorical cross-entropy)"),
+        "validation_fraction": (_fraction, "fraction of the training patches held out for validation loss"),
+        "augment": (_bool, "random flips and 90-degree rotations, identical for image and label"),
+        "early_stopping_patience": (_non_negative(int), "stop after this many epochs without improvement of the monitored score; 0 disables"),
+        "validate_every": (_non_negative(int), "score the holdout images every this many epochs; 0 disables"),
+        "max_train_minutes": (_non_negative(float), "stop after the epoch that passes this many minutes of training; 0 means no limit"),
+    },
+    "testing settings": {
+        "window": (_positive(int), "sliding-window tile size in pixels (divisible by 2^depth)"),
+        "stride": (_positive(int), "step between windows; smaller than window means averaged overlap"),
+        "blend": (_choice("constant", "gaussian"), "how overlapping windows are averaged: constant or gaussian (centre-weighted)"),
+        "batch_size": (_positive(int), "windows per prediction batch"),
+        "tta_flips": (_bool, "test-time augmentation: average the predictions of the four flips of each window"),
+        "threshold": (_threshold, "probability threshold for binary maps: a number, or auto (the best-F1 threshold found on the holdout images)"),
+        "checkpoint": (_choice("best", "last"), "which checkpoint of the run predict.py uses"),
+    },
+}
+
+
+def _key_index() -> dict[str, str]:
+    """Map each key name to its section (key names are unique across sections)."""
+    return {key: section for section, keys in SCHEMA.items() for key in keys}
+
+
+def _normalize_section(name: str) -> str:
+    return name.strip().replace("_", " ").lower()
+
+
+def _suggest(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """Split 'section.key=value' (or 'key=value' for a unique key) into (section, key, value)."""
+    if "=" not in text:
+        raise UserError(f"--set '{text}' must look like section.key=value, e.g. --set training_settings.N_epochs=5")
+    name, value = text.split("=", 1)
+    name = name.strip()
+    if "." in name:
+        section, key = name.rsplit(".", 1)
+        section = _normalize_section(section)
+    else:
+        key = name
+        section = _key_index().get(key, "")
+    if section not in SCHEMA:
+        raise UserError(f"--set '{text}': unknown section '{section or name}'. Valid sections: "
+                        f"{', '.join(SCHEMA)}.{_suggest(section, list(SCHEMA))}")
+    if key not in SCHEMA[section]:
+        raise UserError(f"--set '{text}': unknown key '{key}' in [{section}]. Valid keys: "
+                        f"{', '.join(SCHEMA[section])}.{_suggest(key, list(SCHEMA[section]))}")
+    return section, key, value.strip()
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
+    """Read an INI configuration, apply 'section.key=value' overrides, and return typed values."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"configuration file {path} not found. Pass --config FILE, or copy "
+                        "configuration.txt from the repository.")
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    parser.optionxform = str  # keys are case-sensitive (N_subimgs)
+    try:
+        parser.read(path, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not a valid INI file: {exc}. Compare it with configuration.txt "
+                        "in the repository.") from exc
+    raw: dict[str, dict[str, str]] = {}
+    for section in parser.sections():
+        if section not in SCHEMA:
+            raise UserError(f"{path}: unknown section [{section}]. Valid sections: "
+                            f"{', '.join(SCHEMA)}.{_suggest(section, list(SCHEMA))}")
+        for key, value in parser.items(section):
+            if key not in SCHEMA[section]:
+                raise UserError(f"{path}: unknown key '{key}' in [{section}]. Valid keys: "
+                                f"{', '.join(SCHEMA[section])}.{_suggest(key, list(SCHEMA[section]))}")
+            raw.setdefault(section, {})[key] = value
+    for override in overrides:
+        section, key, value = parse_override(override)
+        raw.setdefault(section, {})[key] = value
+    return _typed(raw, str(path))
+
+
+def _typed(raw: dict[str, dict[str, str]], source: str) -> Config:
+    config: Config = {}
+    for section, keys in SCHEMA.items():
+        config[section] = {}
+        for key, (parse, comment) in keys.items():
+            if key not in raw.get(section, {}):
+                raise UserError(f"{source}: missing key '{key}' in [{section}] ({comment}). "
+                                f"Add it, or start from configuration.txt in the repository.")
+            text = raw[section][key]
+            try:
+                value = parse(text)
+            except ValueError as exc:
+                raise UserError(f"{source}: [{section}] {key} = '{text}' is not valid: expected "
+                                f"{parse.__name__} ({exc}). This key is the {comment}.") from None
+            config[section][key] = value
+    _check_consistency(config, source)
+    return config
+
+
+def _check_consistency(config: Config, source: str) -> None:
+    depth = config["model"]["depth"]
+    factor = 2 ** depth
+    for section, key in (("data attributes", "patch_size"), ("testing settings", "window")):
+        size = config[section][key]
+        if size % factor:
+            raise UserError(f"{source}: [{section}] {key} = {size} is not divisible by 2^depth = {factor} "
+                            f"(depth = {depth}). Use a multiple of {factor}, e.g. {max(factor, size // factor * factor)}.")
+    if config["testing settings"]["stride"] > config["testing settings"]["window"]:
+        raise UserError(f"{source}: [testing settings] stride = {config['testing settings']['stride']} is larger "
+                        f"than window = {config['testing settings']['window']}, which would leave gaps. "
+                        "Use a stride no larger than the window.")
+    n_classes = config["model"]["n_classes"]
+    loss = config["training settings"]["loss"]
+    if n_classes > 1 and loss != "cce":
+        raise UserError(f"{source}: [training settings] loss = {loss} is for one class, but n_classes = "
+                        f"{n_classes}. Use loss = cce for several classes.")
+
+
+def format_config(config: Config) -> str:
+    """Render typed values back to INI text, each key preceded by its one-line comment."""
+    lines: list[str] = []
+    for section, keys in SCHEMA.items():
+        lines.append(f"[{section}]")
+        for key, (_, comment) in keys.items():
+            value = config[section][key]
+            if isinstance(value, bool):
+                text = str(value).lower()
+            elif isinstance(value, list):
+                text = ",".join(str(v) for v in value)
+            else:
+                text = str(value)
+            lines.append(f"# {comment}")
+            lines.append(f"{key} = {text}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_config(config: Config, path: str | os.PathLike) -> None:
+    """Write the effective configuration (atomically) so a run can be reproduced and reused."""
+    write_text(path, format_config(config))
+
+
+def add_config_arguments(parser: Any) -> None:
+    """Add the --config and repeatable --set options shared by all scripts to an argparse parser."""
+    parser.add_argument("--config", default="configuration.txt",
+                        help="configuration file (default: configuration.txt)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one configuration value, e.g. --set training_settings.N_epochs=5 "
+                             "(repeatable; the section may be omitted)")

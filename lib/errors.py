@@ -1,0 +1,34 @@
+"""User-facing errors: one exception type the scripts turn into a clean message and exit status 2."""
+from __future__ import annotations
+
+import errno
+import sys
+from typing import Callable
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad path, bad file, bad setting); the message says how."""
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Run a script's main(); turn user errors into a message on stderr and exit status 2."""
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            print(f"\nerror: no space left on the device while writing {exc.filename or 'output'}. "
+                  "Nothing half-written was kept; free some space (or point the output folder "
+                  "elsewhere) and run the same command again.", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            print(f"\nerror: no permission to write {exc.filename or 'the output'}. Choose a folder "
+                  "you can write to, or fix its permissions, then run the same command again.",
+                  file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        raise
+    sys.exit(code or 0)

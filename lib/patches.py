@@ -1,0 +1,59 @@
+"""Random training patches: centre sampling (anywhere or inside the FOV) and vectorized extraction."""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from lib.errors import UserError
+
+
+def sample_centres(fovs: Sequence[np.ndarray], n: int, size: int, inside_fov: bool,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Draw n patch positions as rows (image index, top, left), in random order.
+
+    Images get equal shares (as in the classic method). Every patch lies fully inside its image;
+    with inside_fov its centre pixel also lies inside the FOV mask.
+    """
+    shares = np.full(len(fovs), n // len(fovs))
+    shares[: n % len(fovs)] += 1
+    rows = []
+    half = size // 2
+    for index, (fov, count) in enumerate(zip(fovs, shares)):
+        height, width = fov.shape
+        if height < size or width < size:
+            raise UserError(f"image {index} is {width}x{height} pixels, smaller than the "
+                            f"{size}x{size} patch. Lower [data attributes] patch_size.")
+        valid = np.zeros_like(fov, dtype=bool)
+        valid[half: height - size + half + 1, half: width - size + half + 1] = True
+        if inside_fov:
+            valid &= fov
+        candidates = np.flatnonzero(valid)
+        if len(candidates) == 0:
+            raise UserError(f"image {index} has no FOV pixel at least {half} pixels from its border; "
+                            "set inside_FOV = false or lower patch_size.")
+        picks = candidates[rng.integers(0, len(candidates), size=count)]
+        ys, xs = np.divmod(picks, width)
+        rows.append(np.stack([np.full(count, index), ys - half, xs - half], axis=1))
+    positions = np.concatenate(rows)
+    return positions[rng.permutation(len(positions))]
+
+
+def extract_patches(images: Sequence[np.ndarray], positions: np.ndarray, size: int) -> np.ndarray:
+    """Cut size x size patches at rows (image index, top, left) from H x W (x C) images, in order."""
+    sample = images[int(positions[0, 0])] if len(positions) else images[0]
+    out = np.empty((len(positions), size, size) + sample.shape[2:], dtype=sample.dtype)
+    for index in np.unique(positions[:, 0]):
+        chosen = np.flatnonzero(positions[:, 0] == index)
+        windows = sliding_window_view(images[index], (size, size), axis=(0, 1))
+        cut = windows[positions[chosen, 1], positions[chosen, 2]]
+        # sliding_window_view puts the window axes last: (n, C, h, w) -> (n, h, w, C)
+        out[chosen] = np.moveaxis(cut, 1, -1) if cut.ndim == 4 else cut
+    return out
+
+
+def iter_chunks(positions: np.ndarray, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (start, rows) blocks of at most chunk positions, so callers never hold all patches."""
+    for start in range(0, len(positions), chunk):
+        yield start, positions[start: start + chunk]

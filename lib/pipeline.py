@@ -1,0 +1,58 @@
+"""Streaming input: batches read from the HDF5 patch arrays on demand, shuffled and augmented."""
+from __future__ import annotations
+
+import os
+
+import h5py
+import keras
+import numpy as np
+
+from lib.augment import flip_rotate
+
+
+class PatchStream(keras.utils.PyDataset):
+    """Batches of patches [start, stop) of dataset.h5, read one HDF5 slice at a time.
+
+    Patches were written in random order, so a contiguous slice is a random batch; shuffling the
+    order of those slices each epoch and augmenting on the fly gives fresh batches without ever
+    holding the patch array in memory. Works under every Keras backend (no tf.data).
+    """
+
+    def __init__(self, path: str | os.PathLike, start: int, stop: int, batch_size: int, steps: int = 0,
+                 shuffle: bool = True, augment: bool = False, seed: int = 0, workers: int = 1) -> None:
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=8)
+        self.path = str(path)
+        self.start, self.stop = start, stop
+        self.batch_size = batch_size
+        self.n_batches = max((stop - start) // batch_size, 1)
+        self.steps = steps or self.n_batches
+        self.shuffle, self.augment, self.seed = shuffle, augment, seed
+        self.epoch = 0
+        self._h5: h5py.File | None = None
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the batch order of an epoch (so a resumed run sees the same order)."""
+        self.epoch = epoch
+
+    def _order(self, step: int) -> int:
+        # Global step -> batch slot; a fresh permutation for each full pass over the batches.
+        global_step = self.epoch * self.steps + step
+        cycle, slot = divmod(global_step, self.n_batches)
+        if not self.shuffle:
+            return slot
+        return int(np.random.default_rng((self.seed, cycle)).permutation(self.n_batches)[slot])
+
+    def __getitem__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._h5 is None:
+            self._h5 = h5py.File(self.path, "r")
+        first = self.start + self._order(step) * self.batch_size
+        last = min(first + self.batch_size, self.stop)
+        images = self._h5["patches/images"][first:last].astype(np.float32)
+        labels = self._h5["patches/labels"][first:last].astype(np.float32)
+        if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, step, 1))
+            images, labels = flip_rotate(images, labels, rng)
+        return images, labels

@@ -1,0 +1,29 @@
+"""A dependency-free progress bar for long loops (redraws in a terminal, sparse lines in logs)."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], total: int, label: str, stream=None) -> Iterator[T]:
+    """Yield items while drawing `label [#####.....] k/total elapsed` on stderr."""
+    stream = stream or sys.stderr
+    interactive = stream.isatty()
+    start = time.monotonic()
+    last_print = -1.0
+    for done, item in enumerate(items, 1):
+        yield item
+        now = time.monotonic()
+        # In a log file, print at most every 10 s (and at the end) instead of redrawing.
+        if interactive or now - last_print >= 10.0 or done == total:
+            last_print = now
+            filled = int(30 * done / max(total, 1))
+            line = f"{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {now - start:5.1f}s"
+            stream.write(("\r" + line) if interactive else (line + "\n"))
+            stream.flush()
+    if interactive:
+        stream.write("\n")
+        stream.flush()

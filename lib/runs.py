@@ -1,0 +1,39 @@
+"""Run folders: create, resume an unfinished run, refuse to overwrite a finished one."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from lib.config import Config, format_config
+from lib.errors import UserError
+
+FINISHED = "training_summary.json"
+CONFIG_NAME = "configuration.txt"
+
+
+def prepare_run_folder(config: Config, overwrite: bool) -> tuple[Path, bool]:
+    """Return (run folder, resuming); a finished run is kept unless overwrite is asked for."""
+    folder = Path(config["experiment"]["runs_dir"]) / config["experiment"]["name"]
+    saved = folder / CONFIG_NAME
+    if folder.exists() and overwrite:
+        shutil.rmtree(folder)
+    if (folder / FINISHED).exists():
+        raise UserError(f"{folder} already holds a finished run. Use --overwrite to replace it, or "
+                        "choose another name with --set experiment.name=NEW_NAME.")
+    if saved.exists():
+        if saved.read_text() != format_config(config):
+            raise UserError(f"{folder} holds an unfinished run made with a different configuration "
+                            f"(see {saved}). Rerun with --overwrite to start over, or choose another "
+                            "name with --set experiment.name=NEW_NAME.")
+        return folder, True
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, False
+
+
+def find_run_folder(config: Config, run: str | None) -> Path:
+    """The run folder predict.py reads: --run PATH, or <runs_dir>/<name> from the configuration."""
+    folder = Path(run) if run else Path(config["experiment"]["runs_dir"]) / config["experiment"]["name"]
+    if not (folder / CONFIG_NAME).is_file():
+        raise UserError(f"{folder} is not a run folder (no {CONFIG_NAME} in it). Train first with "
+                        "train.py, or pass --run PATH_TO_RUN_FOLDER.")
+    return folder

@@ -1,0 +1,120 @@
+"""The prepared-dataset HDF5 file: atomic writing, chunked patch arrays, checked reading."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from lib.atomic import atomic_path
+from lib.errors import UserError
+
+FORMAT_VERSION = 1
+FILE_NAME = "dataset.h5"
+SPLITS = ("train", "val", "test")
+PATCH_CHUNK = 64  # patches per HDF5 chunk: one small batch, so streaming reads touch few chunks
+
+
+def write_prepared(path: str | os.PathLike, splits: Mapping[str, Sequence[Mapping[str, Any]]],
+                   attrs: Mapping[str, Any], n_patches: int, patch_size: int, channels: int,
+                   fill_patches: Callable[[h5py.Dataset, h5py.Dataset, h5py.Dataset], None]) -> None:
+    """Write dataset.h5 atomically: per-split full images, labels, FOVs and names, then patches.
+
+    Each split entry is a mapping with 'name', 'id', 'image' (float32 HxWxC), 'label' (bool or
+    None) and 'fov' (bool). `fill_patches(images, labels, positions)` fills the empty, chunked
+    patch datasets block by block, so memory stays flat whatever the number of patches.
+    """
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            for key, value in attrs.items():
+                h5.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
+            h5.attrs["format_version"] = FORMAT_VERSION
+            for split, samples in splits.items():
+                group = h5.create_group(split)
+                group.create_dataset("names", data=np.array([s["name"] for s in samples], dtype=h5py.string_dtype()))
+                group.create_dataset("ids", data=np.array([s["id"] for s in samples], dtype=np.int64))
+                group.attrs["has_labels"] = all(s["label"] is not None for s in samples) and bool(samples)
+                for sub in ("images", "labels", "fovs"):
+                    group.create_group(sub)
+                for index, sample in enumerate(samples):
+                    name = f"{index:05d}"
+                    group["images"].create_dataset(name, data=sample["image"].astype(np.float32),
+                                                   compression="gzip", compression_opts=1)
+                    group["fovs"].create_dataset(name, data=sample["fov"].astype(np.uint8), compression="gzip")
+                    if sample["label"] is not None:
+                        group["labels"].create_dataset(name, data=sample["label"].astype(np.uint8),
+                                                       compression="gzip")
+            patches = h5.create_group("patches")
+            chunk = min(PATCH_CHUNK, max(n_patches, 1))
+            images = patches.create_dataset("images", shape=(n_patches, patch_size, patch_size, channels),
+                                            dtype=np.float16, chunks=(chunk, patch_size, patch_size, channels))
+            labels = patches.create_dataset("labels", shape=(n_patches, patch_size, patch_size, 1),
+                                            dtype=np.uint8, chunks=(chunk, patch_size, patch_size, 1))
+            positions = patches.create_dataset("positions", shape=(n_patches, 3), dtype=np.int32)
+            fill_patches(images, labels, positions)
+            # Written last: a file without it was never finished and is never trusted.
+            h5.attrs["complete"] = True
+
+
+def open_prepared(path: str | os.PathLike, patch_size: int | None = None,
+                  channels: int | None = None) -> h5py.File:
+    """Open dataset.h5 read-only after checking it is complete and fits the configuration."""
+    path = Path(path)
+    fix = "Run prepare_datasets.py with the same configuration to (re)create it."
+    if not path.is_file():
+        raise UserError(f"prepared dataset {path} not found. {fix}")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise UserError(f"{path} is not a readable HDF5 file ({exc}); it may be truncated. {fix}") from None
+    try:
+        problem = _check(h5, patch_size, channels)
+    except (KeyError, OSError, ValueError) as exc:
+        problem = f"it is damaged or of an unknown layout ({exc})"
+    if problem:
+        h5.close()
+        raise UserError(f"{path} cannot be used: {problem}. {fix}")
+    return h5
+
+
+def _check(h5: h5py.File, patch_size: int | None, channels: int | None) -> str | None:
+    if h5.attrs.get("format_version") != FORMAT_VERSION:
+        return (f"it was written by another version of this toolkit (format "
+                f"{h5.attrs.get('format_version')}, expected {FORMAT_VERSION})")
+    if not h5.attrs.get("complete", False):
+        return "it was never finished (prepare_datasets.py was interrupted)"
+    shape = h5["patches/images"].shape
+    if patch_size is not None and shape[1] != patch_size:
+        return f"its patches are {shape[1]}x{shape[2]} but the configuration asks for {patch_size}x{patch_size}"
+    if channels is not None and shape[3] != channels:
+        return f"its images have {shape[3]} channel(s) but the configuration asks for {channels}"
+    return None
+
+
+def read_attr_json(h5: h5py.File, key: str) -> Any:
+    """Read a JSON-encoded file attribute (preprocessing settings, statistics)."""
+    return json.loads(h5.attrs[key])
+
+
+def split_size(h5: h5py.File, split: str) -> int:
+    """Number of full images stored for a split (0 if the split is absent)."""
+    return len(h5[split]["names"]) if split in h5 else 0
+
+
+def iter_split(h5: h5py.File, split: str) -> Iterator[dict[str, Any]]:
+    """Yield the stored full images of a split one at a time (name, id, image, label, fov)."""
+    if split not in h5:
+        return
+    group = h5[split]
+    for index, name in enumerate(group["names"].asstr()[()]):
+        key = f"{index:05d}"
+        yield {
+            "name": name,
+            "id": int(group["ids"][index]),
+            "image": group["images"][key][()],
+            "label": group["labels"][key][()].astype(bool) if key in group["labels"] else None,
+            "fov": group["fovs"][key][()].astype(bool),
+        }

@@ -1,0 +1,61 @@
+"""Sliding-window inference: one pure function from a full image to a full-size prediction."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets covering [0, length) with the last window flush with the end."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+def gaussian_weights(window: int, sigma_scale: float = 0.125) -> np.ndarray:
+    """Centre-weighted window importance (as nnU-Net), strictly positive so every pixel counts."""
+    coords = np.arange(window, dtype=np.float64) - (window - 1) / 2.0
+    g = np.exp(-0.5 * (coords / (sigma_scale * window)) ** 2)
+    weights = np.outer(g, g)
+    weights /= weights.max()
+    return np.maximum(weights, 1e-3).astype(np.float32)
+
+
+def sliding_window(image: np.ndarray, predict: Predictor, window: int, stride: int,
+                   batch_size: int = 8, blend: str = "constant", multiple: int = 1) -> np.ndarray:
+    """Predict an H x W x C image window by window and blend overlaps into an H x W x K map.
+
+    `predict` maps a batch (N, window, window, C) to (N, window, window, K). Images smaller than
+    the window are zero-padded; `multiple` rounds the window up so a U-Net can take it.
+    """
+    height, width = image.shape[:2]
+    # Shrink the window to the (rounded-up) image when the image is smaller: less wasted compute.
+    win_h = min(window, -(-height // multiple) * multiple)
+    win_w = min(window, -(-width // multiple) * multiple)
+    pad_h, pad_w = max(win_h - height, 0), max(win_w - width, 0)
+    padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0))) if pad_h or pad_w else image
+    full_h, full_w = padded.shape[:2]
+    weights = (gaussian_weights(max(win_h, win_w))[:win_h, :win_w] if blend == "gaussian"
+               else np.ones((win_h, win_w), np.float32))
+    if blend == "gaussian" and win_h != win_w:
+        weights = np.outer(gaussian_weights(win_h)[:, win_h // 2], gaussian_weights(win_w)[win_w // 2])
+    corners = [(y, x) for y in window_starts(full_h, win_h, stride)
+               for x in window_starts(full_w, win_w, stride)]
+    total = None
+    norm = np.zeros((full_h, full_w, 1), np.float32)
+    for start in range(0, len(corners), batch_size):
+        batch_corners = corners[start: start + batch_size]
+        batch = np.stack([padded[y: y + win_h, x: x + win_w] for y, x in batch_corners])
+        out = np.asarray(predict(batch), dtype=np.float32)
+        if total is None:
+            total = np.zeros((full_h, full_w, out.shape[-1]), np.float32)
+        for (y, x), tile in zip(batch_corners, out):
+            total[y: y + win_h, x: x + win_w] += tile * weights[..., None]
+            norm[y: y + win_h, x: x + win_w] += weights[..., None]
+    return (total / norm)[:height, :width]

@@ -1,0 +1,165 @@
+"""Segment full images with a trained run: probability and binary PNGs, comparisons and metrics."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from lib.atomic import write_json, write_text
+from lib.config import SCHEMA, load_config, parse_override
+from lib.errors import UserError, run_cli
+from lib.inference import predict_image
+from lib.losses import CUSTOM_OBJECTS
+from lib.metrics import evaluate_images
+from lib.plots import overlay, save_png, save_roc_pr, side_by_side
+from lib.preprocessing import preprocess
+from lib.progress import progress
+from lib.readers import read_image, read_input_images, to_binary
+from lib.runs import CONFIG_NAME, find_run_folder
+from lib.storage import FILE_NAME, iter_split, open_prepared, split_size
+
+PER_IMAGE_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "jaccard", "auc_roc", "auc_pr")
+
+
+def load_run(run: Path, overrides: list[str]):
+    """Load a run's saved configuration (with [testing settings] overrides), model and preprocessing."""
+    for override in overrides:
+        section, key, _ = parse_override(override)
+        if section != "testing settings":
+            raise UserError(f"--set {override}: predict.py only takes [testing settings] overrides "
+                            f"({', '.join(SCHEMA['testing settings'])}); the rest comes from the run in {run}.")
+    config = load_config(run / CONFIG_NAME, overrides)
+    name = config["testing settings"]["checkpoint"]
+    model_path = run / f"{name}.keras"
+    if not model_path.is_file():
+        raise UserError(f"model file {model_path} not found: training has not saved a {name} checkpoint "
+                        "yet. Finish training (rerun train.py), or use --set testing_settings.checkpoint=last.")
+    try:
+        model = keras.models.load_model(model_path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for a damaged archive
+        raise UserError(f"model file {model_path} cannot be loaded ({type(exc).__name__}: {exc}). It is "
+                        "corrupt or from an incompatible version: retrain, or use the other checkpoint with "
+                        "--set testing_settings.checkpoint=last (or best).") from None
+    preprocessing = json.loads((run / "preprocessing.json").read_text())
+    info_path = run / "model_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    return config, model, preprocessing, info
+
+
+def samples_from_input(path: Path, mask: Path | None, channels: int):
+    """Raw images (and optional FOV masks) given on the command line, as unpreprocessed samples."""
+    samples = []
+    for file, image in read_input_images(path):
+        if channels == 3 and image.shape[-1] != 3:
+            raise UserError(f"{file} has {image.shape[-1]} channel(s) but this model was trained on RGB "
+                            "images (channels = 3); give RGB images.")
+        if mask is None:
+            fov = np.ones(image.shape[:2], bool)
+        else:
+            mask_file = mask / file.name if mask.is_dir() else mask
+            if mask.is_dir() and not mask_file.exists():
+                candidates = sorted(mask.glob(file.stem + "*"))
+                if not candidates:
+                    raise UserError(f"no FOV mask for {file.name} in {mask} (looked for {file.stem}*).")
+                mask_file = candidates[0]
+            fov = to_binary(read_image(mask_file), mask_file, "mask")
+            if fov.shape != image.shape[:2]:
+                raise UserError(f"size mismatch: {file} is {image.shape[1]}x{image.shape[0]} but its mask "
+                                f"{mask_file} is {fov.shape[1]}x{fov.shape[0]}.")
+        samples.append({"name": file.name, "raw": image, "label": None, "fov": fov})
+    return samples
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default="configuration.txt",
+                        help="configuration naming the run (experiment.runs_dir / experiment.name)")
+    parser.add_argument("--run", help="run folder to use (default: from the configuration)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="testing_settings.KEY=VALUE",
+                        help="override a [testing settings] value of the run, e.g. --set stride=128")
+    parser.add_argument("--split", choices=("test", "val", "train"),
+                        help="prepared split to segment and score (default: test, else val)")
+    parser.add_argument("--input", type=Path, help="segment this image file or folder instead of a prepared split")
+    parser.add_argument("--mask", type=Path, help="with --input: FOV mask file or folder (matched by file stem)")
+    parser.add_argument("--output", type=Path, help="output folder (default: <run>/predictions/<split or input>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace earlier predictions in the output folder")
+    args = parser.parse_args()
+
+    run = find_run_folder(load_config(args.config) if not args.run else None, args.run)
+    config, model, preprocessing, info = load_run(run, args.overrides)
+    testing, depth = config["testing settings"], config["model"]["depth"]
+    threshold = testing["threshold"]
+    if threshold == "auto":
+        threshold = float(info.get("threshold", 0.5))
+        print(f"Threshold {threshold:.3f} ({info.get('threshold_source', 'default: no holdout images')})")
+
+    if args.input:
+        samples = samples_from_input(args.input, args.mask, preprocessing["settings"]["channels"])
+        for s in samples:
+            s["image"] = preprocess(s.pop("raw"), s["fov"], preprocessing["settings"], preprocessing["statistics"])
+        where = f"input_{args.input.stem}"
+    else:
+        data_path = Path(config["data paths"]["prepared_dir"]) / FILE_NAME
+        with open_prepared(data_path) as h5:
+            split = args.split or ("test" if split_size(h5, "test") else "val")
+            if not split_size(h5, split):
+                raise UserError(f"{data_path} has no '{split}' images. Prepare a dataset with a test split, "
+                                "hold out training images with [data paths] holdout_ids, or use --input.")
+            samples = list(iter_split(h5, split))
+        where = split
+    out = args.output or run / "predictions" / where
+    if (out / "summary.txt").exists() and not args.overwrite:
+        raise UserError(f"{out} already holds predictions. Use --overwrite to replace them, or --output NEW_FOLDER.")
+    out.mkdir(parents=True, exist_ok=True)
+
+    probs = []
+    for s in progress(samples, len(samples), "predict"):
+        prob = predict_image(model, s["image"], testing, depth)[..., 0]
+        prob = np.where(s["fov"], prob, 0.0)
+        probs.append(prob)
+        stem = Path(s["name"]).stem.replace("[", "_").replace("]", "")
+        binary = prob >= threshold
+        shown = s["image"] if s["image"].shape[-1] in (1, 3) else s["image"][..., :1]
+        save_png(prob, out / f"{stem}_probability.png")
+        save_png(binary, out / f"{stem}_binary.png")
+        save_png(side_by_side(shown, s["label"], binary), out / f"{stem}_compare.png")
+        save_png(overlay(shown, binary, s["label"]), out / f"{stem}_overlay.png")
+
+    lines = [f"run: {run}", f"images: {len(samples)} ({where})", f"threshold: {threshold:.3f}",
+             f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "
+             f"tta_flips {testing['tta_flips']}"]
+    if all(s["label"] is not None for s in samples):
+        names = [s["name"] for s in samples]
+        labels = [s["label"] for s in samples]
+        fovs = [s["fov"] for s in samples]
+        results = evaluate_images(probs, labels, fovs, threshold=threshold, names=names)
+        results["settings"] = {"threshold": threshold, **testing, "run": str(run), "split": where}
+        write_json(out / "metrics.json", results)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["name", *PER_IMAGE_KEYS])
+        for row in results["per_image"]:
+            writer.writerow([row["name"], *(f"{row[k]:.6f}" for k in PER_IMAGE_KEYS)])
+        write_text(out / "per_image.csv", buffer.getvalue())
+        pooled_labels = np.concatenate([l[f] for l, f in zip(labels, fovs)])
+        pooled_probs = np.concatenate([p[f] for p, f in zip(probs, fovs)])
+        save_roc_pr({where: (pooled_labels, pooled_probs)}, out / "roc.png", out / "pr.png")
+        pooled = results["pooled"]
+        lines.append("pooled inside the FOV:  " + "  ".join(f"{k} {pooled[k]:.4f}" for k in PER_IMAGE_KEYS))
+        lines.append("per image (mean ± sd):  " + "  ".join(
+            f"{k} {results['per_image_mean'][k]:.4f}±{results['per_image_sd'][k]:.4f}" for k in ("f1", "auc_roc")))
+    else:
+        lines.append("no labels: metrics not computed")
+    summary = "\n".join(lines) + f"\noutputs: {out}\n"
+    write_text(out / "summary.txt", summary)
+    print("\n" + summary)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

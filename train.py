@@ -1,0 +1,147 @@
+"""Train the U-Net on the patches of dataset.h5; rerunning the same command resumes an interrupted run."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from lib.atomic import write_json, write_text
+from lib.callbacks import Checkpoints, EpochSetter, HoldoutScore, NaNGuard, SafeBackupAndRestore, TimeLimit
+from lib.config import add_config_arguments, load_config, write_config
+from lib.errors import UserError, run_cli
+from lib.inference import predict_image
+from lib.losses import loss_and_metrics
+from lib.metrics import best_f1_threshold
+from lib.pipeline import PatchStream
+from lib.plots import save_learning_curves
+from lib.runs import CONFIG_NAME, FINISHED, prepare_run_folder
+from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json
+from lib.unet import unet_from_config
+
+
+def read_log(path: Path) -> dict[str, list[float]]:
+    """Read the CSV training log; a repeated epoch (after a resume) keeps its last row."""
+    rows: dict[int, dict[str, str]] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            rows[int(row["epoch"])] = row
+    history: dict[str, list[float]] = {}
+    for epoch in sorted(rows):
+        for key, value in rows[epoch].items():
+            history.setdefault(key, []).append(float(value) if value not in ("", None) else float("nan"))
+    return history
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_config_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished run of the same name")
+    args = parser.parse_args()
+    config = load_config(args.config, args.overrides)
+    training, testing = config["training settings"], config["testing settings"]
+    depth = config["model"]["depth"]
+    data_path = Path(config["data paths"]["prepared_dir"]) / FILE_NAME
+
+    with open_prepared(data_path, config["data attributes"]["patch_size"],
+                       config["data attributes"]["channels"]) as h5:
+        n_patches = h5["patches/images"].shape[0]
+        preprocessing = {"settings": read_attr_json(h5, "preprocessing"),
+                         "statistics": read_attr_json(h5, "statistics"),
+                         "dataset": h5.attrs["dataset"], "source": h5.attrs["source"]}
+        holdout = list(iter_split(h5, "val"))
+    if preprocessing["settings"]["channels"] != config["data attributes"]["channels"] or \
+            preprocessing["settings"]["gray_mode"] != config["preprocessing"]["gray_mode"]:
+        raise UserError(f"{data_path} was prepared with other preprocessing settings; rerun prepare_datasets.py.")
+
+    run, resuming = prepare_run_folder(config, args.overwrite)
+    command = " ".join([sys.executable.split("/")[-1], *sys.argv])
+    print(f"{'Resuming' if resuming else 'Starting'} run {run}")
+    write_config(config, run / CONFIG_NAME)
+    write_json(run / "preprocessing.json", preprocessing)
+
+    keras.utils.set_random_seed(config["experiment"]["seed"])
+    n_val = int(round(n_patches * training["validation_fraction"]))
+    n_train = n_patches - n_val
+    batch = training["batch_size"]
+    if n_train < batch:
+        raise UserError(f"only {n_train} training patches for a batch size of {batch}; raise "
+                        "[training settings] N_subimgs (and rerun prepare_datasets.py) or lower batch_size.")
+    train_data = PatchStream(data_path, 0, n_train, batch, steps=training["steps_per_epoch"], shuffle=True,
+                             augment=training["augment"], seed=config["experiment"]["seed"], workers=2)
+    val_data = PatchStream(data_path, n_train, n_patches, batch, shuffle=False) if n_val >= batch else None
+
+    model = unet_from_config(config)
+    steps = len(train_data)
+    total_steps = steps * training["N_epochs"]
+    if training["lr_schedule"] == "cosine":
+        warmup = min(steps, total_steps // 2)
+        rate = keras.optimizers.schedules.CosineDecay(0.0, max(total_steps - warmup, 1), alpha=0.0,
+                                                      warmup_target=training["learning_rate"], warmup_steps=warmup)
+    else:
+        rate = training["learning_rate"]
+    loss, metrics = loss_and_metrics(training["loss"], config["model"]["n_classes"])
+    model.compile(optimizer=keras.optimizers.Adam(rate), loss=loss, metrics=metrics)
+    with open(run / "model_summary.txt", "w") as handle:
+        model.summary(print_fn=lambda line, **_: handle.write(line + "\n"))
+
+    use_holdout = bool(holdout) and training["validate_every"] > 0
+    monitor, mode = ("holdout_auc_roc", "max") if use_holdout else (("val_loss", "min") if val_data else ("loss", "min"))
+    nan_guard, time_limit = NaNGuard(), TimeLimit(training["max_train_minutes"])
+    callbacks = [nan_guard, EpochSetter([train_data])]
+    if use_holdout:
+        callbacks.append(HoldoutScore(holdout, lambda m, image: predict_image(m, image, testing, depth),
+                                      training["validate_every"]))
+    callbacks += [
+        Checkpoints(run, monitor, mode, training["early_stopping_patience"]),
+        keras.callbacks.CSVLogger(str(run / "log.csv"), append=True),
+        SafeBackupAndRestore(str(run / "backup"), double_checkpoint=True),
+        time_limit,
+    ]
+    if keras.backend.backend() == "tensorflow":
+        callbacks.append(keras.callbacks.TensorBoard(str(run / "tensorboard"), profile_batch=0))
+
+    print(f"{n_train} training and {n_val} validation patches of {config['data attributes']['patch_size']} px; "
+          f"{steps} steps of {batch} per epoch, {training['N_epochs']} epochs; monitoring {monitor}")
+    started = time.monotonic()
+    try:
+        model.fit(train_data, validation_data=val_data, epochs=training["N_epochs"], callbacks=callbacks,
+                  verbose=1 if sys.stdout.isatty() else 2)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted. Checkpoints are kept in {run}; run the same command to resume:\n  {command}",
+              file=sys.stderr)
+        return 130
+    minutes = (time.monotonic() - started) / 60
+    if nan_guard.where:
+        epoch, step = nan_guard.where
+        raise UserError(f"the training loss became NaN at epoch {epoch}, step {step}. The last good "
+                        f"checkpoints are kept in {run}. Lower [training settings] learning_rate (e.g. by 10x) "
+                        "and run the same command again to resume from the last good epoch.")
+
+    history = read_log(run / "log.csv")
+    save_learning_curves(history, run / "learning_curves.png")
+    state = json.loads((run / "checkpoint_state.json").read_text())
+    info = {"monitor": monitor, "best": state["best"], "best_epoch": state["best_epoch"],
+            "epochs_run": len(history.get("epoch", [])), "minutes_this_session": round(minutes, 2),
+            "threshold": 0.5, "threshold_source": "default"}
+    if holdout:
+        best = keras.models.load_model(run / "best.keras", compile=False, safe_mode=True)
+        probs = np.concatenate([predict_image(best, s["image"], testing, depth)[..., 0][s["fov"]] for s in holdout])
+        labels = np.concatenate([s["label"][s["fov"]] for s in holdout])
+        threshold, f1 = best_f1_threshold(probs, labels)
+        info.update(threshold=float(threshold), threshold_source="best F1 on the holdout images",
+                    holdout_best_f1=float(f1))
+    write_json(run / "model_info.json", info)
+    write_json(run / FINISHED, {**info, "command": command})
+    print(f"\nFinished in {minutes:.1f} min. Best {monitor} = {state['best']:.4f} at epoch {state['best_epoch']}."
+          f"\nRun folder: {run} (best.keras, last.keras, log.csv, learning_curves.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
