@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from lib.atomic import write_json, write_text
-from lib.config import SCHEMA, load_config, parse_override
+from lib.config import add_config_arguments, check_consistency, load_config
 from lib.errors import UserError, run_cli
 from lib.inference import predict_image
 from lib.losses import CUSTOM_OBJECTS
@@ -26,15 +26,12 @@ from lib.storage import FILE_NAME, iter_split, open_prepared, split_size
 PER_IMAGE_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "jaccard", "auc_roc", "auc_pr")
 
 
-def load_run(run: Path, overrides: list[str]):
-    """Load a run's saved configuration (with [testing settings] overrides), model and preprocessing."""
-    for override in overrides:
-        section, key, _ = parse_override(override)
-        if section != "testing settings":
-            raise UserError(f"--set {override}: predict.py only takes [testing settings] overrides "
-                            f"({', '.join(SCHEMA['testing settings'])}); the rest comes from the run in {run}.")
-    config = load_config(run / CONFIG_NAME, overrides)
-    name = config["testing settings"]["checkpoint"]
+def load_run(run: Path, testing: dict):
+    """Load a run's saved configuration (with the current [testing settings]), model and preprocessing."""
+    config = load_config(run / CONFIG_NAME)
+    config["testing settings"] = testing
+    check_consistency(config, f"{run / CONFIG_NAME} with the current [testing settings]")
+    name = testing["checkpoint"]
     model_path = run / f"{name}.keras"
     if not model_path.is_file():
         raise UserError(f"model file {model_path} not found: training has not saved a {name} checkpoint "
@@ -77,11 +74,8 @@ def samples_from_input(path: Path, mask: Path | None, channels: int):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default="configuration.txt",
-                        help="configuration naming the run (experiment.runs_dir / experiment.name)")
-    parser.add_argument("--run", help="run folder to use (default: from the configuration)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="testing_settings.KEY=VALUE",
-                        help="override a [testing settings] value of the run, e.g. --set stride=128")
+    add_config_arguments(parser)
+    parser.add_argument("--run", help="run folder to use (default: <runs_dir>/<name> from the configuration)")
     parser.add_argument("--split", choices=("test", "val", "train"),
                         help="prepared split to segment and score (default: test, else val)")
     parser.add_argument("--input", type=Path, help="segment this image file or folder instead of a prepared split")
@@ -90,8 +84,10 @@ def main() -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace earlier predictions in the output folder")
     args = parser.parse_args()
 
-    run = find_run_folder(load_config(args.config) if not args.run else None, args.run)
-    config, model, preprocessing, info = load_run(run, args.overrides)
+    # Model, preprocessing and data paths come from the run; inference choices from the current config.
+    current = load_config(args.config, args.overrides)
+    run = find_run_folder(current, args.run)
+    config, model, preprocessing, info = load_run(run, current["testing settings"])
     testing, depth = config["testing settings"], config["model"]["depth"]
     threshold = testing["threshold"]
     if threshold == "auto":

@@ -120,8 +120,9 @@ def main() -> int:
     if nan_guard.where:
         epoch, step = nan_guard.where
         raise UserError(f"the training loss became NaN at epoch {epoch}, step {step}. The last good "
-                        f"checkpoints are kept in {run}. Lower [training settings] learning_rate (e.g. by 10x) "
-                        "and run the same command again to resume from the last good epoch.")
+                        f"checkpoints are kept in {run}. Run the same command to retry from the last good "
+                        "epoch, or lower [training settings] learning_rate (e.g. by 10x) and start over with "
+                        "--overwrite.")
 
     history = read_log(run / "log.csv")
     save_learning_curves(history, run / "learning_curves.png")

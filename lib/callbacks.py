@@ -97,11 +97,19 @@ class Checkpoints(keras.callbacks.Callback):
 
 
 class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that never backs up an epoch whose loss went NaN."""
+    """BackupAndRestore that never backs up an epoch whose loss went NaN, and then keeps the backup."""
+
+    keep = False
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if _finite_loss(logs):
             super().on_epoch_end(epoch, logs)
+        else:
+            self.keep = True
+
+    def on_train_end(self, logs=None) -> None:
+        if not self.keep:
+            super().on_train_end(logs)
 
 
 class NaNGuard(keras.callbacks.Callback):

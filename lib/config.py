@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import configparser
 import difflib
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -46,9 +47,15 @@ def _int_choice(*options: int) -> Parser:
     return parse
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
 def _positive(kind: type) -> Parser:
     def parse(text: str) -> Any:
-        value = kind(text)
+        value = _finite(kind(text))
         if value <= 0:
             raise ValueError("must be positive")
         return value
@@ -58,7 +65,7 @@ def _positive(kind: type) -> Parser:
 
 def _non_negative(kind: type) -> Parser:
     def parse(text: str) -> Any:
-        value = kind(text)
+        value = _finite(kind(text))
         if value < 0:
             raise ValueError("must be zero or more")
         return value
@@ -149,9 +156,13 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
 }
 
 
-def _key_index() -> dict[str, str]:
-    """Map each key name to its section (key names are unique across sections)."""
-    return {key: section for section, keys in SCHEMA.items() for key in keys}
+def _key_index() -> dict[str, list[str]]:
+    """Map each key name to the sections holding it (a few, like batch_size, are in several)."""
+    index: dict[str, list[str]] = {}
+    for section, keys in SCHEMA.items():
+        for key in keys:
+            index.setdefault(key, []).append(section)
+    return index
 
 
 def _normalize_section(name: str) -> str:
@@ -174,7 +185,16 @@ def parse_override(text: str) -> tuple[str, str, str]:
         section = _normalize_section(section)
     else:
         key = name
-        section = _key_index().get(key, "")
+        index = _key_index()
+        sections = index.get(key, [])
+        if not sections:
+            raise UserError(f"--set '{text}': unknown key '{key}'. Valid keys: {', '.join(index)}."
+                            f"{_suggest(key, list(index))}")
+        if len(sections) > 1:
+            raise UserError(f"--set '{text}': key '{key}' is in several sections ("
+                            f"{', '.join(f'[{s}]' for s in sections)}); name the section, e.g. "
+                            f"--set {sections[0].replace(' ', '_')}.{key}={value.strip()}")
+        section = sections[0]
     if section not in SCHEMA:
         raise UserError(f"--set '{text}': unknown section '{section or name}'. Valid sections: "
                         f"{', '.join(SCHEMA)}.{_suggest(section, list(SCHEMA))}")
@@ -228,12 +248,20 @@ def _typed(raw: dict[str, dict[str, str]], source: str) -> Config:
                 raise UserError(f"{source}: [{section}] {key} = '{text}' is not valid: expected "
                                 f"{parse.__name__} ({exc}). This key is the {comment}.") from None
             config[section][key] = value
-    _check_consistency(config, source)
+    check_consistency(config, source)
     return config
 
 
-def _check_consistency(config: Config, source: str) -> None:
+MAX_DEPTH = 16
+
+
+def check_consistency(config: Config, source: str) -> None:
+    """Raise UserError for values that are valid alone but not together (sizes vs depth, loss vs classes)."""
     depth = config["model"]["depth"]
+    if depth > MAX_DEPTH:
+        # Checked before 2 ** depth: a huge depth would hang, or overflow the message's digits.
+        raise UserError(f"{source}: [model] depth = {depth} is too large: each level halves the "
+                        f"patch, so use at most {MAX_DEPTH} (typically 3 to 5).")
     factor = 2 ** depth
     for section, key in (("data attributes", "patch_size"), ("testing settings", "window")):
         size = config[section][key]

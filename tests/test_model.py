@@ -1,0 +1,71 @@
+"""The U-Net builder, the losses and the training metrics (backend-agnostic keras.ops code)."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from lib.losses import (bce_dice_loss, bce_loss, dice_coefficient, dice_loss, iou_coefficient,
+                        loss_and_metrics)
+from lib.unet import build_unet
+
+
+@pytest.mark.parametrize("depth,size", [(1, (6, 10)), (2, (32, 48)), (3, (64, 40)), (4, (48, 80))])
+def test_unet_is_fully_convolutional_for_sizes_divisible_by_2_to_depth(depth, size):
+    model = build_unet(channels=1, depth=depth, base_filters=4)
+    out = model.predict(np.random.rand(2, *size, 1).astype("float32"), verbose=0)
+    assert out.shape == (2, *size, 1)
+    assert ((out > 0) & (out < 1)).all()
+
+
+def test_unet_depth_sets_the_number_of_pooling_levels_and_widths_double():
+    model = build_unet(depth=3, base_filters=8)
+    pools = [layer for layer in model.layers if isinstance(layer, keras.layers.MaxPooling2D)]
+    assert len(pools) == 3
+    bottom = model.get_layer("bottom_conv2")
+    assert bottom.filters == 8 * 2 ** 3
+
+
+def test_softmax_head_sums_to_one_over_classes_and_rgb_input():
+    model = build_unet(channels=3, n_classes=4, depth=2, base_filters=4, upsampling="bilinear", dropout=0.2)
+    out = model.predict(np.random.rand(1, 16, 24, 3).astype("float32"), verbose=0)
+    assert out.shape == (1, 16, 24, 4)
+    np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-5)
+
+
+def test_batch_norm_switch_adds_and_removes_normalization_layers():
+    with_bn = build_unet(depth=2, base_filters=4, batch_norm=True)
+    without = build_unet(depth=2, base_filters=4, batch_norm=False)
+    count = lambda m: sum(isinstance(l, keras.layers.BatchNormalization) for l in m.layers)
+    assert count(with_bn) == 2 * 5 and count(without) == 0
+
+
+def test_dice_loss_matches_hand_computation():
+    y_true = np.array([[1, 1, 0, 0]], dtype="float32")
+    y_pred = np.array([[0.5, 1.0, 0.5, 0.0]], dtype="float32")
+    # intersection 1.5, |true| 2, |pred| 2, smooth 1: dice = (3 + 1) / (4 + 1) = 0.8
+    assert float(dice_loss(y_true, y_pred)) == pytest.approx(0.2, abs=1e-6)
+    bce = -np.mean([np.log(0.5), np.log(1 - 1e-7), np.log(0.5), np.log(1 - 1e-7)])
+    assert float(bce_loss(y_true, y_pred)) == pytest.approx(bce, abs=1e-3)
+    assert float(bce_dice_loss(y_true, y_pred)) == pytest.approx(bce + 0.2, abs=1e-3)
+
+
+def test_thresholded_metrics_agree_with_the_numpy_report_metrics():
+    from lib.metrics import confusion_counts, scores_from_counts
+    rng = np.random.default_rng(0)
+    labels = rng.random((2, 8, 8, 1)) < 0.3
+    probs = np.clip(labels * 0.6 + rng.random((2, 8, 8, 1)) * 0.5, 0, 1).astype("float32")
+    expected = scores_from_counts(confusion_counts(labels, probs >= 0.5))
+    assert float(dice_coefficient(labels.astype("float32"), probs)) == pytest.approx(expected["f1"], abs=1e-5)
+    assert float(iou_coefficient(labels.astype("float32"), probs)) == pytest.approx(expected["jaccard"], abs=1e-5)
+
+
+def test_a_few_training_steps_lower_the_loss_on_a_learnable_task():
+    keras.utils.set_random_seed(0)
+    x = np.random.rand(16, 16, 16, 1).astype("float32")
+    y = (x > 0.6).astype("float32")  # learnable from the pixel itself
+    model = build_unet(depth=2, base_filters=4)
+    loss, metrics = loss_and_metrics("bce_dice", 1)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss, metrics=metrics)
+    history = model.fit(x, y, epochs=15, batch_size=8, verbose=0)
+    assert history.history["loss"][-1] < 0.7 * history.history["loss"][0]
