@@ -57,6 +57,9 @@ def main() -> int:
                             "Rerun with --overwrite to replace it, or set [data paths] prepared_dir "
                             "to another folder to keep both.")
 
+    for stale in out_path.parent.glob(f".{out_path.stem}.*.tmp{out_path.suffix}"):
+        print(f"Removing {stale}, left by an interrupted prepare_datasets.py run.")
+        stale.unlink()
     root = Path(paths["dataset_dir"])
     if paths["dataset"] == "sample" and not root.exists():
         print(f"Generating the sample dataset (DRIVE layout, {SAMPLE_TRAIN} training and {SAMPLE_TEST} "

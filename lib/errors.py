@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from typing import Callable
 
@@ -20,11 +21,15 @@ def run_cli(main: Callable[[], int | None]) -> None:
         print(f"\nerror: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             print(f"\nerror: no space left on the device while writing {exc.filename or 'output'}. "
                   "Nothing half-written was kept; free some space (or point the output folder "
                   "elsewhere) and run the same command again.", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
+            # Temporary files are already removed; HDF5 can crash tearing down after a failed
+            # write, so leave without the interpreter's clean-up.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_USER_ERROR)
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             print(f"\nerror: no permission to write {exc.filename or 'the output'}. Choose a folder "
                   "you can write to, or fix its permissions, then run the same command again.",

@@ -109,6 +109,7 @@ def _list_by_id(folder: Path, pattern: str) -> dict[int, Path]:
     regex = re.compile(pattern)
     found: dict[int, Path] = {}
     unexpected = []
+    duplicates = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.name in _IGNORED_FILES:
             continue
@@ -116,7 +117,14 @@ def _list_by_id(folder: Path, pattern: str) -> dict[int, Path]:
         if match is None:
             unexpected.append(path.name)
             continue
-        found[int(match.group(1))] = path
+        number = int(match.group(1))
+        if number in found:  # e.g. 9_training.tif and 09_training.tif: one would be silently dropped
+            duplicates.append(f"{found[number].name} and {path.name}")
+            continue
+        found[number] = path
+    if duplicates:
+        raise UserError(f"files with the same number in {folder}: {'; '.join(duplicates)}. Keep one "
+                        "file per number and move the others away.")
     if unexpected:
         raise UserError(f"unexpected files in {folder}: {', '.join(unexpected)}. Expected only names "
                         f"like '{pattern.replace(chr(92), '').replace('(d+)', 'NN')}'; move the others away.")
@@ -191,7 +199,7 @@ def read_isbi(root: Path, split: str, positive_class: str) -> list[Sample]:
         images = [read_image(image_files[i]) for i in sorted(image_files)]
         image_paths = [str(image_files[i]) for i in sorted(image_files)]
         labels = None
-        if (root / split / "label").is_dir():
+        if (root / split / "label").is_dir() or split == "train":
             label_files = _list_by_id(root / split / "label", r"(\d+)\.png")
             _pair(image_files, label_files, "label", root / split / "label")
             labels = [read_image(label_files[i]) for i in sorted(image_files)]

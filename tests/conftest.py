@@ -54,3 +54,13 @@ def tiny_settings(tmp: Path, drive: Path, name: str = "tiny", extra: list[str] |
     pairs = TINY + [f"dataset_dir={drive}", f"prepared_dir={tmp / 'prepared'}", f"runs_dir={tmp / 'runs'}",
                     f"name={name}", "holdout_ids=27,28"] + (extra or [])
     return ["--config", "configuration_sample.txt", *set_args(pairs)]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, small_drive):
+    """One prepared dataset and one finished tiny run, shared by the tests that need a model."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    args = tiny_settings(tmp, small_drive)
+    prepare = run_script("prepare_datasets.py", *args)
+    train = run_script("train.py", *args)
+    return tmp, args, prepare, train

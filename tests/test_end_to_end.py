@@ -17,16 +17,6 @@ from PIL import Image
 from conftest import REPO, run_script, script_env, tiny_settings
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, small_drive):
-    """One prepared dataset and one finished tiny run, shared by the tests of this module."""
-    tmp = tmp_path_factory.mktemp("e2e")
-    args = tiny_settings(tmp, small_drive)
-    prepare = run_script("prepare_datasets.py", *args)
-    train = run_script("train.py", *args)
-    return tmp, args, prepare, train
-
-
 def best_intensity_dice(h5_path: Path) -> float:
     """Dice of the best global threshold on the preprocessed holdout pixels (vessels are dark)."""
     with h5py.File(h5_path, "r") as h5:

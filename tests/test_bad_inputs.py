@@ -1,0 +1,236 @@
+"""Every bad input gets exit status 2, a message naming the file or key and the fix, and no partial output.
+
+Run as a script (`python tests/test_bad_inputs.py`) to print the table in docs/errors.md.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import REPO, run_script, script_env, set_args, tiny_settings  # noqa: E402
+
+
+def copy_drive(drive: Path, tmp: Path) -> Path:
+    target = tmp / "DRIVE"
+    shutil.copytree(drive, target)
+    return target
+
+
+def gray_gif(path: Path, array: np.ndarray) -> None:
+    Image.fromarray(array.astype(np.uint8), mode="L").save(path, optimize=False)
+
+
+# Each case: name -> function(tmp, drive, trained) returning (script, args, expected text in the message).
+def case_missing_dataset_folder(tmp, drive, trained):
+    return "prepare_datasets.py", tiny_settings(tmp, tmp / "no_such_folder"), "no_such_folder"
+
+
+def case_image_without_label(tmp, drive, trained):
+    root = copy_drive(drive, tmp)
+    (root / "training" / "1st_manual" / "22_manual1.gif").unlink()
+    return "prepare_datasets.py", tiny_settings(tmp, root), "22_training.tif"
+
+
+def case_label_without_image(tmp, drive, trained):
+    root = copy_drive(drive, tmp)
+    (root / "training" / "images" / "23_training.tif").unlink()
+    return "prepare_datasets.py", tiny_settings(tmp, root), "23_training_mask.gif"
+
+
+def case_corrupt_image(tmp, drive, trained):
+    root = copy_drive(drive, tmp)
+    (root / "training" / "images" / "24_training.tif").write_bytes(os.urandom(5000))
+    return "prepare_datasets.py", tiny_settings(tmp, root), "24_training.tif cannot be read"
+
+
+def case_zero_byte_file(tmp, drive, trained):
+    root = copy_drive(drive, tmp)
+    (root / "training" / "mask" / "25_training_mask.gif").write_bytes(b"")
+    return "prepare_datasets.py", tiny_settings(tmp, root), "25_training_mask.gif is an empty"
+
+
+def case_size_mismatch(tmp, drive, trained):
+    root = copy_drive(drive, tmp)
+    gray_gif(root / "training" / "1st_manual" / "26_manual1.gif", np.zeros((100, 100)))
+    return "prepare_datasets.py", tiny_settings(tmp, root), "26_manual1.gif is 100x100"
+
+
+def case_label_with_unexpected_values(tmp, drive, trained):
+    root = copy_drive(drive, tmp)
+    label = np.zeros((120, 128))
+    label[:10] = 128
+    label[-10:] = 255
+    gray_gif(root / "training" / "1st_manual" / "21_manual1.gif", label)
+    return "prepare_datasets.py", tiny_settings(tmp, root), "0, 128, 255"
+
+
+def case_image_smaller_than_patch(tmp, drive, trained):
+    return "prepare_datasets.py", tiny_settings(tmp, drive, extra=["patch_size=192", "window=192"]), "smaller than the"
+
+
+def case_unknown_section(tmp, drive, trained):
+    config = tmp / "bad.txt"
+    config.write_text((REPO / "configuration_sample.txt").read_text() + "\n[trainig settings]\nN_epochs = 3\n")
+    return "train.py", ["--config", str(config)], "unknown section [trainig settings]"
+
+
+def case_unknown_key(tmp, drive, trained):
+    return "train.py", tiny_settings(tmp, drive, extra=["training_settings.N_epoch=3"]), "unknown key 'N_epoch'"
+
+
+def case_wrong_type(tmp, drive, trained):
+    return "train.py", tiny_settings(tmp, drive, extra=["depth=two"]), "depth = 'two'"
+
+
+def case_patch_not_divisible(tmp, drive, trained):
+    return "prepare_datasets.py", tiny_settings(tmp, drive, extra=["patch_size=30"]), "patch_size = 30 is not divisible"
+
+
+def case_missing_hdf5(tmp, drive, trained):
+    return "train.py", tiny_settings(tmp, drive), "not found"
+
+
+def case_truncated_hdf5(tmp, drive, trained):
+    source = trained[0] / "prepared" / "dataset.h5"
+    (tmp / "prepared").mkdir()
+    data = source.read_bytes()
+    (tmp / "prepared" / "dataset.h5").write_bytes(data[: len(data) // 2])
+    return "train.py", tiny_settings(tmp, drive), "dataset.h5"
+
+
+def case_hdf5_for_another_patch_size(tmp, drive, trained):
+    shutil.copytree(trained[0] / "prepared", tmp / "prepared")
+    return "train.py", tiny_settings(tmp, drive, extra=["patch_size=64"]), "patches are 32x32"
+
+
+def _copy_run(tmp, trained) -> Path:
+    shutil.copytree(trained[0] / "prepared", tmp / "prepared")
+    shutil.copytree(trained[0] / "runs", tmp / "runs")
+    return tmp / "runs" / "tiny"
+
+
+def case_missing_model_file(tmp, drive, trained):
+    (_copy_run(tmp, trained) / "best.keras").unlink()
+    return "predict.py", tiny_settings(tmp, drive), "best.keras not found"
+
+
+def case_corrupt_model_file(tmp, drive, trained):
+    (_copy_run(tmp, trained) / "best.keras").write_bytes(os.urandom(3000))
+    return "predict.py", tiny_settings(tmp, drive), "best.keras cannot be loaded"
+
+
+def case_input_with_wrong_channels(tmp, drive, trained):
+    run = _copy_run(tmp, trained)
+    # A run made for RGB input (only its preprocessing record matters before the model is used).
+    text = (run / "preprocessing.json").read_text().replace('"channels": 1', '"channels": 3')
+    (run / "preprocessing.json").write_text(text)
+    gray = tmp / "gray.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(gray)
+    return "predict.py", tiny_settings(tmp, drive) + ["--input", str(gray)], "gray.png has 1 channel"
+
+
+CASES = {name[5:]: func for name, func in sorted(globals().items()) if name.startswith("case_")}
+
+
+def run_case(name, tmp, drive, trained):
+    script, args, expected = CASES[name](tmp, drive, trained)
+    before = sorted(p for p in tmp.rglob("*"))
+    result = run_script(script, *args, check=False)
+    return result, expected, before
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_gives_a_clear_error_and_no_partial_output(name, tmp_path, small_drive, trained):
+    result, expected, before = run_case(name, tmp_path, small_drive, trained)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    message = result.stderr.split("error:", 1)[-1]
+    assert expected in message, message
+    assert len(message.strip()) > 40  # a sentence with the fix, not a bare code
+    after = sorted(p for p in tmp_path.rglob("*"))
+    created = [p for p in after if p not in before]
+    assert not [p for p in created if p.suffix in (".h5", ".keras", ".png", ".json", ".csv")], created
+
+
+def _limited_file_size():
+    # Writes past 2 MiB fail as on a full disk (EFBIG instead of a signal).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 2**20, 2 * 2**20))
+
+
+def test_disk_full_while_writing_hdf5_leaves_nothing(tmp_path, small_drive):
+    args = tiny_settings(tmp_path, small_drive)
+    result = subprocess.run([sys.executable, str(REPO / "prepare_datasets.py"), *args], cwd=REPO,
+                            env=script_env(), capture_output=True, text=True, preexec_fn=_limited_file_size)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "no space left" in result.stderr and "Traceback" not in result.stderr
+    assert not list((tmp_path / "prepared").glob("*"))
+
+
+def test_output_folder_without_write_permission(tmp_path, trained):
+    _, args, _, _ = trained
+    if os.geteuid() == 0:
+        # root ignores file modes; sysfs refuses new folders even to root.
+        target = Path("/sys/unet-permission-test/out")
+        if not Path("/sys").is_dir():
+            pytest.skip("needs /sys to get an unwritable folder as root")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        os.chmod(locked, 0o555)
+        target = locked / "out"
+    result = run_script("predict.py", *args, "--output", str(target), check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "no permission to write" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigkill_during_prepare_leaves_no_file_train_would_accept(tmp_path, small_drive):
+    args = tiny_settings(tmp_path, small_drive, extra=["N_subimgs=400000"])
+    child = subprocess.Popen([sys.executable, str(REPO / "prepare_datasets.py"), *args], cwd=REPO,
+                             env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((tmp_path / "prepared").glob(".dataset.*")):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert child.poll() is None, "prepare finished before it could be killed"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not (tmp_path / "prepared" / "dataset.h5").exists()
+    result = run_script("train.py", *args, check=False)
+    assert result.returncode == 2 and "not found" in result.stderr
+    # The next prepare removes the interrupted temporary file and succeeds.
+    again = run_script("prepare_datasets.py", *tiny_settings(tmp_path, small_drive))
+    assert "interrupted" in again.stdout
+    assert [p.name for p in (tmp_path / "prepared").iterdir()] == ["dataset.h5"]
+
+
+if __name__ == "__main__":
+    import tempfile
+    from lib.sample_data import write_drive_sample
+    # Regenerate docs/errors.md: every case with its exact message.
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        drive = write_drive_sample(work / "drive", n_train=8, n_test=2, width=128, height=120, seed=3)
+        base = work / "trained"
+        base.mkdir()
+        args = tiny_settings(base, drive)
+        run_script("prepare_datasets.py", *args)
+        run_script("train.py", *args)
+        print("| case | script | message (exit status 2) |\n|---|---|---|")
+        for name in sorted(CASES):
+            tmp = work / name
+            tmp.mkdir()
+            result, _, _ = run_case(name, tmp, drive, (base, args))
+            message = result.stderr.split("error:", 1)[-1].strip().replace(str(work), "…").replace("|", "\\|")
+            print(f"| {name.replace('_', ' ')} | {result.args[1].split('/')[-1]} | {message} |")

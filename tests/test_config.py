@@ -1,0 +1,297 @@
+"""Tests for configuration loading: schema, strict checking, overrides, round trip, fuzzing."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lib.config import SCHEMA, format_config, load_config, parse_override  # noqa: E402
+from lib.errors import UserError  # noqa: E402
+
+CONFIG_FILES = [REPO / "configuration.txt", REPO / "configuration_sample.txt"]
+DEFAULT_LINES = (REPO / "configuration.txt").read_text(encoding="utf-8").splitlines()
+
+
+def _edited(tmp_path: Path, old: str, new: str | None, name: str = "edited.txt") -> Path:
+    """Copy configuration.txt with the single line `old` replaced by `new` (None deletes it)."""
+    lines = list(DEFAULT_LINES)
+    matches = [i for i, line in enumerate(lines) if line.strip() == old]
+    assert len(matches) == 1, f"{old!r} is not a unique line of configuration.txt"
+    if new is None:
+        del lines[matches[0]]
+    else:
+        lines[matches[0]] = new
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _set_in_section(tmp_path: Path, section: str, key: str, value: str) -> Path:
+    """Copy configuration.txt with `key` of [section] set to `value` (for keys in two sections)."""
+    lines = list(DEFAULT_LINES)
+    current = None
+    done = False
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            current = stripped[1:-1]
+        elif current == section and stripped.split("=")[0].strip() == key:
+            lines[i] = f"{key} = {value}"
+            done = True
+    assert done
+    path = tmp_path / "edited.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _assigned_keys(lines: list[str]) -> dict[tuple[str, str], int]:
+    """(section, key) -> line index of its assignment, parsed independently of configparser."""
+    found = {}
+    section = None
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped[1:-1]
+        elif "=" in stripped and not stripped.startswith("#"):
+            found[(section, stripped.split("=", 1)[0].strip())] = i
+    return found
+
+
+# --- the shipped files ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_shipped_configuration_files_load_with_typed_values(path: Path) -> None:
+    config = load_config(path)
+    assert list(config) == list(SCHEMA)
+    for section, keys in SCHEMA.items():
+        assert set(config[section]) == set(keys)
+    assert isinstance(config["training settings"]["batch_size"], int)
+    assert isinstance(config["preprocessing"]["standardize"], bool)
+    assert isinstance(config["training settings"]["learning_rate"], float)
+    assert isinstance(config["data paths"]["holdout_ids"], list)
+    assert config["data attributes"]["patch_size"] % 2 ** config["model"]["depth"] == 0
+
+
+def test_sample_profile_differs_where_documented() -> None:
+    default, sample = (load_config(p) for p in CONFIG_FILES)
+    assert default["data paths"]["dataset"] == "DRIVE"
+    assert sample["data paths"]["dataset"] == "sample"
+    assert sample["data paths"]["holdout_ids"] == [29, 30]
+    assert default["data paths"]["holdout_ids"] == []
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_every_schema_key_has_its_comment_on_the_line_above(path: Path) -> None:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assigned = _assigned_keys(lines)
+    expected = {(section, key) for section, keys in SCHEMA.items() for key in keys}
+    assert set(assigned) == expected
+    for (section, key), index in assigned.items():
+        above = lines[index - 1]
+        assert above.startswith("# "), f"[{section}] {key} has no comment line above it"
+        assert above[2:].strip() == SCHEMA[section][key][1], f"[{section}] {key}: comment differs from SCHEMA"
+
+
+# --- strict checking -----------------------------------------------------------------------
+
+def test_unknown_section_is_a_user_error_listing_valid_sections(tmp_path: Path) -> None:
+    path = _edited(tmp_path, "[experiment]", "[experimment]")
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "experimment" in message
+    assert "Did you mean 'experiment'" in message
+    for section in SCHEMA:
+        assert section in message
+
+
+def test_unknown_key_names_it_lists_valid_keys_and_suggests_the_close_match(tmp_path: Path) -> None:
+    path = _edited(tmp_path, "N_subimgs = 100000", "N_subimg = 100000")
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "'N_subimg'" in message
+    assert "Did you mean 'N_subimgs'?" in message
+    for key in SCHEMA["training settings"]:
+        assert key in message
+
+
+def test_missing_key_is_a_user_error_naming_it(tmp_path: Path) -> None:
+    path = _edited(tmp_path, "clahe_clip = 0.01", None)
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    assert "missing key 'clahe_clip'" in str(info.value)
+    assert "[preprocessing]" in str(info.value)
+
+
+@pytest.mark.parametrize("section, key, bad", [
+    ("training settings", "batch_size", "abc"),
+    ("testing settings", "batch_size", "0"),
+    ("model", "depth", "-1"),
+    ("testing settings", "blend", "fancy"),
+    ("preprocessing", "standardize", "maybe"),
+    ("model", "dropout", "1.0"),
+    ("testing settings", "threshold", "1.5"),
+    ("data paths", "holdout_ids", "1,two"),
+    ("data attributes", "channels", "2"),
+    ("training settings", "learning_rate", "nan"),
+    ("training settings", "max_train_minutes", "inf"),
+])
+def test_wrong_value_is_a_user_error_naming_key_and_value(tmp_path: Path, section: str, key: str,
+                                                         bad: str) -> None:
+    path = _set_in_section(tmp_path, section, key, bad)
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert f"[{section}] {key} = '{bad}'" in message
+
+
+def test_patch_size_not_divisible_by_two_to_the_depth_is_rejected(tmp_path: Path) -> None:
+    path = _edited(tmp_path, "patch_size = 64", "patch_size = 60")   # depth 3: needs a multiple of 8
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    assert "patch_size = 60" in str(info.value)
+    assert "2^depth = 8" in str(info.value)
+    # 64 with depth 7 (128) fails too, 64 with depth 6 is fine.
+    with pytest.raises(UserError, match="patch_size"):
+        load_config(REPO / "configuration.txt", ["model.depth=7", "window=256"])
+    assert load_config(REPO / "configuration.txt", ["model.depth=6"])["model"]["depth"] == 6
+
+
+def test_huge_depth_is_a_user_error_not_a_hang(tmp_path: Path) -> None:
+    path = _edited(tmp_path, "depth = 3", "depth = " + "9" * 4000)
+    with pytest.raises(UserError, match="depth"):
+        load_config(path)
+
+
+def test_stride_larger_than_window_is_rejected() -> None:
+    with pytest.raises(UserError, match="stride"):
+        load_config(REPO / "configuration.txt", ["stride=512"])
+
+
+def test_missing_file_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "nope.txt")
+
+
+# --- overrides ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override", [
+    "training settings.batch_size=8",
+    "training_settings.batch_size=8",
+    "Training_Settings.batch_size = 8",
+])
+def test_override_with_section_sets_only_that_section(override: str) -> None:
+    base = load_config(REPO / "configuration.txt")
+    config = load_config(REPO / "configuration.txt", [override])
+    assert config["training settings"]["batch_size"] == 8
+    assert config["testing settings"]["batch_size"] == base["testing settings"]["batch_size"] == 4
+    assert config["training settings"]["batch_size"] != base["training settings"]["batch_size"]
+
+
+def test_short_override_of_a_unique_key_finds_its_section() -> None:
+    config = load_config(REPO / "configuration.txt", ["N_epochs=3", "dataset_dir=somewhere/else"])
+    assert config["training settings"]["N_epochs"] == 3
+    assert config["data paths"]["dataset_dir"] == "somewhere/else"
+    assert parse_override("gamma=2") == ("preprocessing", "gamma", "2")
+
+
+def test_short_override_of_a_key_in_two_sections_is_ambiguous() -> None:
+    sections = [s for s, keys in SCHEMA.items() if "batch_size" in keys]
+    assert len(sections) == 2
+    with pytest.raises(UserError) as info:
+        load_config(REPO / "configuration.txt", ["batch_size=8"])
+    message = str(info.value)
+    assert "batch_size" in message
+    for section in sections:
+        assert section in message
+
+
+def test_later_override_wins_and_overrides_are_type_checked() -> None:
+    config = load_config(REPO / "configuration.txt", ["N_epochs=3", "training_settings.N_epochs=5"])
+    assert config["training settings"]["N_epochs"] == 5
+    with pytest.raises(UserError, match="N_epochs = 'x'"):
+        load_config(REPO / "configuration.txt", ["N_epochs=x"])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("N_subimg=5", "Did you mean 'N_subimgs'?"),
+    ("training_settings.N_subimg=5", "Did you mean 'N_subimgs'?"),
+    ("trainin_settings.N_subimgs=5", "Did you mean 'training settings'?"),
+    ("N_subimgs", "section.key=value"),
+])
+def test_bad_override_is_a_user_error_with_a_suggestion(override: str, expected: str) -> None:
+    with pytest.raises(UserError) as info:
+        load_config(REPO / "configuration.txt", [override])
+    assert expected in str(info.value)
+
+
+# --- round trip -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_format_config_round_trip_gives_identical_typed_values(tmp_path: Path, path: Path) -> None:
+    config = load_config(path, ["threshold=auto", "holdout_ids=3, 5,7", "learning_rate=3e-4"])
+    written = tmp_path / "written.txt"
+    written.write_text(format_config(config), encoding="utf-8")
+    again = load_config(written)
+    assert again == config
+    for section in config:
+        for key, value in config[section].items():
+            assert type(again[section][key]) is type(value), (section, key)
+    assert again["data paths"]["holdout_ids"] == [3, 5, 7]
+    assert again["testing settings"]["threshold"] == "auto"
+
+
+def test_formatted_config_has_a_comment_above_every_key() -> None:
+    lines = format_config(load_config(REPO / "configuration.txt")).splitlines()
+    for (section, key), index in _assigned_keys(lines).items():
+        assert lines[index - 1] == f"# {SCHEMA[section][key][1]}"
+
+
+# --- fuzzing --------------------------------------------------------------------------------
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=24)
+_INTERESTING = st.sampled_from([
+    "", " ", "0", "-1", "1", "3", "2.5", "1e999", "nan", "-inf", "999999999999", "9" * 5000, "true", "auto",
+    "[x]", "[model]", "= =", "#", "; x", "%(x)s", "0x10", "1_000", "１２", "a = b", " indented = 1",
+])
+_VALUES = st.one_of(_INTERESTING, _TEXT, st.integers().map(str), st.floats().map(str))
+_ASSIGNMENTS = [i for i, line in enumerate(DEFAULT_LINES) if "=" in line and not line.startswith("#")]
+
+
+@st.composite
+def _edit(draw: st.DrawFn) -> list[str]:
+    lines = list(DEFAULT_LINES)
+    kind = draw(st.sampled_from(["value", "delete", "insert", "rename"]))
+    if kind == "value":
+        i = draw(st.sampled_from(_ASSIGNMENTS))
+        lines[i] = lines[i].split("=", 1)[0] + "= " + draw(_VALUES)
+    elif kind == "rename":
+        i = draw(st.sampled_from(_ASSIGNMENTS))
+        lines[i] = draw(st.one_of(_TEXT, st.sampled_from([k for keys in SCHEMA.values() for k in keys])))\
+            + " =" + lines[i].split("=", 1)[1]
+    elif kind == "delete":
+        del lines[draw(st.integers(0, len(lines) - 1))]
+    else:
+        lines.insert(draw(st.integers(0, len(lines))), draw(_VALUES))
+    return lines
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=_edit())
+def test_single_line_edits_either_load_or_raise_user_error(tmp_path: Path, lines: list[str]) -> None:
+    path = tmp_path / "fuzzed.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        config = load_config(path)
+    except UserError as exc:
+        assert str(exc)
+        return
+    assert list(config) == list(SCHEMA)
+    assert config["data attributes"]["patch_size"] % 2 ** config["model"]["depth"] == 0

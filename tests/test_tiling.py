@@ -1,0 +1,189 @@
+"""Tests for sliding-window inference: coverage, exact reconstruction, overlap averaging."""
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lib.tiling import gaussian_weights, sliding_window, window_starts  # noqa: E402
+
+
+def _identity(batch: np.ndarray) -> np.ndarray:
+    return batch
+
+
+# Image sizes not divisible by the stride or window, smaller than the window, non-square, 1 pixel high.
+SIZES = [(50, 70), (17, 23), (32, 32), (100, 37), (1, 90), (61, 9)]
+WINDOWS_STRIDES = [(16, 16), (16, 5), (32, 16), (32, 13), (48, 48), (48, 20)]
+
+
+@pytest.mark.parametrize("window, stride", WINDOWS_STRIDES)
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_identity_predictor_reproduces_integer_images_exactly_with_constant_blend(
+        window: int, stride: int, multiple: int) -> None:
+    rng = np.random.default_rng(window * 100 + stride)
+    for height, width in SIZES:
+        # Integer values: sums of a few copies and their division by the count are exact in float32.
+        image = rng.integers(0, 256, (height, width, 2)).astype(np.float32)
+        out = sliding_window(image, _identity, window, stride, batch_size=5, blend="constant",
+                             multiple=multiple)
+        assert out.shape == image.shape, (height, width)
+        np.testing.assert_array_equal(out, image, err_msg=f"{height}x{width}")
+
+
+@pytest.mark.parametrize("window, stride", WINDOWS_STRIDES)
+@pytest.mark.parametrize("blend", ["constant", "gaussian"])
+def test_identity_predictor_reproduces_float_images_for_both_blends(window: int, stride: int,
+                                                                    blend: str) -> None:
+    rng = np.random.default_rng(7)
+    for height, width in SIZES:
+        image = rng.random((height, width, 1)).astype(np.float32)
+        out = sliding_window(image, _identity, window, stride, batch_size=4, blend=blend, multiple=8)
+        assert out.shape == image.shape
+        np.testing.assert_allclose(out, image, rtol=0, atol=1e-5, err_msg=f"{height}x{width}")
+
+
+@pytest.mark.parametrize("blend", ["constant", "gaussian"])
+def test_predictor_returning_ones_gives_ones_with_its_own_channel_count(blend: str) -> None:
+    shapes = []
+
+    def ones(batch: np.ndarray) -> np.ndarray:
+        shapes.append(batch.shape)
+        return np.ones(batch.shape[:3] + (3,), np.float32)
+
+    image = np.random.default_rng(0).random((45, 77, 1)).astype(np.float32)
+    out = sliding_window(image, ones, 32, 12, batch_size=4, blend=blend)
+    assert out.shape == (45, 77, 3)
+    np.testing.assert_allclose(out, 1.0, rtol=0, atol=1e-6)
+    # Batches hold at most batch_size windows of the window size.
+    assert all(n <= 4 and h == w == 32 and c == 1 for n, h, w, c in shapes)
+    starts_y = [0, 12, 13]     # 45 - 32 = 13: flush with the bottom
+    starts_x = [0, 12, 24, 36, 45]
+    assert sum(n for n, *_ in shapes) == len(starts_y) * len(starts_x)
+
+
+def test_batch_size_does_not_change_the_result() -> None:
+    image = np.random.default_rng(1).random((40, 53, 2)).astype(np.float32)
+
+    def nonlinear(batch: np.ndarray) -> np.ndarray:
+        return np.sin(batch * 3.0) + batch[:, ::-1] ** 2
+
+    results = [sliding_window(image, nonlinear, 16, 6, batch_size=b, blend="gaussian") for b in (1, 3, 1000)]
+    for other in results[1:]:
+        np.testing.assert_allclose(other, results[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("window, stride", [(8, 8), (8, 3), (16, 5), (16, 16), (20, 1), (7, 7)])
+def test_window_starts_cover_every_pixel_and_end_flush(window: int, stride: int) -> None:
+    for length in range(1, 80):
+        starts = window_starts(length, window, stride)
+        assert starts[0] == 0
+        assert starts == sorted(set(starts)), length
+        if length <= window:
+            assert starts == [0]
+            continue
+        assert starts[-1] + window == length, length     # flush with the end, never past it
+        assert all(b - a <= stride for a, b in zip(starts, starts[1:])), length
+        covered = np.zeros(length, bool)
+        for s in starts:
+            covered[s: s + window] = True
+        assert covered.all(), length
+        # No more windows than needed: one per stride step, plus at most one flush window.
+        assert len(starts) == math.ceil((length - window) / stride) + 1, length
+
+
+def test_overlaps_are_averaged_in_a_one_row_case() -> None:
+    # One row of 10 pixels, window 4, stride 3: windows start at 0, 3 and 6 (flush).
+    # The predictor returns each pixel's column inside its window, so a pixel covered by two
+    # windows gets the mean of its two local columns:
+    #   col:    0  1  2  3        4  5  6        7  8  9
+    #   local:  0  1  2  3|0      1  2  3|0      1  2  3
+    expected = np.array([0, 1, 2, 1.5, 1, 2, 1.5, 1, 2, 3], np.float32)
+
+    def local_column(batch: np.ndarray) -> np.ndarray:
+        n, h, w, _ = batch.shape
+        return np.broadcast_to(np.arange(w, dtype=np.float32)[None, None, :, None], (n, h, w, 1))
+
+    out = sliding_window(np.zeros((1, 10, 1), np.float32), local_column, 4, 3, blend="constant")
+    np.testing.assert_allclose(out[0, :, 0], expected)
+
+
+def test_overlaps_are_averaged_in_two_dimensions() -> None:
+    # 6x6 image, window 4, stride 2: windows start at 0 and 2 along both axes. Local row
+    # averages per image row: rows 0-1 -> r, rows 2-3 -> mean(r, r-2) = r-1, rows 4-5 -> r-2.
+    per_axis = np.array([0, 1, 1, 2, 2, 3], np.float32)
+    expected = per_axis[:, None] + 10 * per_axis[None, :]
+
+    def local_coords(batch: np.ndarray) -> np.ndarray:
+        n, h, w, _ = batch.shape
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        return np.broadcast_to((yy + 10 * xx)[None, ..., None], (n, h, w, 1))
+
+    out = sliding_window(np.zeros((6, 6, 1), np.float32), local_coords, 4, 2, batch_size=3)
+    np.testing.assert_allclose(out[..., 0], expected)
+
+
+def test_gaussian_blend_weights_overlaps_towards_window_centres() -> None:
+    # One row, window 4, stride 2: windows at 0, 2, 4, 6. Column 2 is local 2 of window 0
+    # (near its centre) and local 0 of window 2 (its edge); with sigma = window / 8 the
+    # weights are exp(-0.5 * ((local - 1.5) / 0.5) ** 2), so the centre one dominates.
+    def local_column(batch: np.ndarray) -> np.ndarray:
+        n, h, w, _ = batch.shape
+        return np.broadcast_to(np.arange(w, dtype=np.float32)[None, None, :, None], (n, h, w, 1))
+
+    def weight(local: int) -> float:
+        return math.exp(-0.5 * ((local - 1.5) / 0.5) ** 2)
+
+    out = sliding_window(np.zeros((1, 10, 1), np.float32), local_column, 4, 2, blend="gaussian")[0, :, 0]
+    expected = []
+    starts = [0, 2, 4, 6]
+    for col in range(10):
+        pairs = [(col - s, weight(col - s)) for s in starts if s <= col < s + 4]
+        expected.append(sum(l * w for l, w in pairs) / sum(w for _, w in pairs))
+    np.testing.assert_allclose(out, expected, rtol=1e-5)
+    assert out[2] > 1.9 and out[3] < 1.1   # not the plain means 1.0 and 2.0
+
+
+def test_windows_passed_to_the_predictor_are_the_image_tiles() -> None:
+    image = np.arange(20 * 30, dtype=np.float32).reshape(20, 30, 1)
+    seen = []
+
+    def record(batch: np.ndarray) -> np.ndarray:
+        seen.extend(batch.copy())
+        return batch
+
+    sliding_window(image, record, 16, 8, batch_size=2)
+    corners = list(itertools.product([0, 4], [0, 8, 14]))
+    assert len(seen) == len(corners)
+    for tile, (y, x) in zip(seen, corners):
+        np.testing.assert_array_equal(tile, image[y: y + 16, x: x + 16])
+
+
+def test_images_smaller_than_the_window_are_padded_to_the_multiple() -> None:
+    seen = []
+
+    def record(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.shape)
+        return batch + 1.0
+
+    image = np.random.default_rng(2).random((13, 29, 1)).astype(np.float32)
+    out = sliding_window(image, record, 64, 32, multiple=8)
+    assert seen == [(1, 16, 32, 1)]
+    np.testing.assert_allclose(out, image + 1.0, atol=1e-6)
+
+
+def test_gaussian_weights_are_positive_symmetric_and_peak_in_the_centre() -> None:
+    for window in (1, 4, 9, 32):
+        weights = gaussian_weights(window)
+        assert weights.shape == (window, window)
+        assert weights.min() > 0 and weights.max() == pytest.approx(1.0)
+        np.testing.assert_allclose(weights, weights[::-1, ::-1])
+        np.testing.assert_allclose(weights, weights.T)
+        centre = (window - 1) // 2
+        assert weights[centre, centre] == weights.max()
