@@ -73,7 +73,7 @@ def main() -> int:
         raise UserError(f"only {n_train} training patches for a batch size of {batch}; raise "
                         "[training settings] N_subimgs (and rerun prepare_datasets.py) or lower batch_size.")
     train_data = PatchStream(data_path, 0, n_train, batch, steps=training["steps_per_epoch"], shuffle=True,
-                             augment=training["augment"], seed=config["experiment"]["seed"], workers=2)
+                             augment=config["augmentation"], seed=config["experiment"]["seed"], workers=2)
     val_data = PatchStream(data_path, n_train, n_patches, batch, shuffle=False) if n_val >= batch else None
 
     model = unet_from_config(config)

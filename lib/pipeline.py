@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
+from typing import Any, Mapping
 
 import h5py
 import keras
 import numpy as np
 
-from lib.augment import flip_rotate
+from lib.augment import augment_batch
 
 
 class PatchStream(keras.utils.PyDataset):
@@ -19,7 +20,8 @@ class PatchStream(keras.utils.PyDataset):
     """
 
     def __init__(self, path: str | os.PathLike, start: int, stop: int, batch_size: int, steps: int = 0,
-                 shuffle: bool = True, augment: bool = False, seed: int = 0, workers: int = 1) -> None:
+                 shuffle: bool = True, augment: Mapping[str, Any] | None = None, seed: int = 0,
+                 workers: int = 1) -> None:
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=8)
         self.path = str(path)
         self.start, self.stop = start, stop
@@ -54,5 +56,5 @@ class PatchStream(keras.utils.PyDataset):
         labels = self._h5["patches/labels"][first:last].astype(np.float32)
         if self.augment:
             rng = np.random.default_rng((self.seed, self.epoch, step, 1))
-            images, labels = flip_rotate(images, labels, rng)
+            images, labels = augment_batch(images, labels, rng, self.augment)
         return images, labels

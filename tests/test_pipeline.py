@@ -60,3 +60,71 @@ def test_patch_stream_steps_per_epoch_walks_on_through_the_data(tmp_path):
         stream.set_epoch(epoch)
         firsts.append(int(stream[0][0][0, 0, 0, 0]))
     assert firsts == [90, 95]
+
+
+from lib.augment import augment_batch, sampling_grids  # noqa: E402
+
+ALL_ON = dict(flips=True, rotation_degrees=20.0, scale=0.2, elastic_alpha=3.0, intensity=0.2)
+ALL_OFF = dict(flips=False, rotation_degrees=0.0, scale=0.0, elastic_alpha=0.0, intensity=0.0)
+
+
+def smooth_images(n=16, size=32, seed=0):
+    """Smooth random images: labels derived by thresholding stay meaningful after resampling."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((n, 4, 4))
+    fine = np.kron(coarse, np.ones((size // 4, size // 4)))
+    from scipy.ndimage import gaussian_filter
+    return np.stack([gaussian_filter(f, 3) for f in fine])[..., None].astype("float32")
+
+
+def test_augmentation_off_is_the_identity():
+    images = smooth_images()
+    labels = (images > 0.5).astype("float32")
+    out_images, out_labels = augment_batch(images, labels, np.random.default_rng(0), ALL_OFF)
+    np.testing.assert_array_equal(out_images, images)
+    np.testing.assert_array_equal(out_labels, labels)
+
+
+def test_geometric_augmentation_never_creates_new_label_values():
+    rng = np.random.default_rng(1)
+    images = smooth_images()
+    classes = np.array([0, 3, 7], dtype="float32")  # multi-class indices
+    labels = classes[rng.integers(0, 3, size=images.shape)]
+    _, out_labels = augment_batch(images, labels, rng, ALL_ON)
+    assert set(np.unique(out_labels)) <= {0.0, 3.0, 7.0}
+
+
+def test_image_and_label_move_together_under_rotation_scale_and_elastic():
+    images = smooth_images(seed=2)
+    labels = (images > np.median(images)).astype("float32")
+    geometric = dict(ALL_ON, intensity=0.0)
+    out_images, out_labels = augment_batch(images, labels, np.random.default_rng(3), geometric)
+    assert not np.allclose(out_images, images)  # something happened
+    agreement = np.mean((out_images > np.median(images)) == (out_labels > 0.5))
+    assert agreement > 0.97, agreement  # differs only at threshold boundaries (linear vs nearest)
+
+
+def test_elastic_displacements_have_the_configured_size_and_are_smooth():
+    grids = sampling_grids(200, 48, np.random.default_rng(4), degrees=0.0, scale=0.0, elastic_alpha=4.0)
+    identity = np.arange(48, dtype="float32")
+    dy = grids[0] - identity[None, :, None]
+    assert 2.0 < dy.std() < 6.0
+    assert np.abs(np.diff(dy, axis=1)).max() < 2.0  # neighbouring pixels move together
+
+
+def test_intensity_jitter_keeps_the_image_range_and_leaves_labels_alone():
+    images = smooth_images()
+    labels = (images > 0.5).astype("float32")
+    out_images, out_labels = augment_batch(images, labels, np.random.default_rng(5),
+                                           dict(ALL_OFF, intensity=0.3))
+    np.testing.assert_array_equal(out_labels, labels)
+    assert out_images.min() >= 0.0 and out_images.max() <= 1.0 and not np.allclose(out_images, images)
+
+
+def test_augmentation_is_deterministic_for_a_seed():
+    images = smooth_images()
+    labels = (images > 0.5).astype("float32")
+    a = augment_batch(images, labels, np.random.default_rng(9), ALL_ON)
+    b = augment_batch(images, labels, np.random.default_rng(9), ALL_ON)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
