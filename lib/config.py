@@ -139,10 +139,16 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "lr_schedule": (_choice("cosine", "constant"), "cosine: linear warm-up for one epoch then cosine decay to zero; constant: fixed rate"),
         "loss": (_choice("bce", "dice", "bce_dice", "cce"), "training loss: bce, dice, bce_dice (sum of both) or cce (categorical cross-entropy)"),
         "validation_fraction": (_fraction, "fraction of the training patches held out for validation loss"),
-        "augment": (_bool, "random flips and 90-degree rotations, identical for image and label"),
         "early_stopping_patience": (_non_negative(int), "stop after this many epochs without improvement of the monitored score; 0 disables"),
         "validate_every": (_non_negative(int), "score the holdout images every this many epochs; 0 disables"),
         "max_train_minutes": (_non_negative(float), "stop after the epoch that passes this many minutes of training; 0 means no limit"),
+    },
+    "augmentation": {
+        "flips": (_bool, "random flips and 90-degree rotations, identical for image and label"),
+        "rotation_degrees": (_non_negative(float), "random rotation of up to this many degrees either way; 0 disables"),
+        "scale": (_fraction, "random zoom by a factor in [1/(1+s), 1+s]; 0 disables"),
+        "elastic_alpha": (_non_negative(float), "elastic deformation: std of the coarse-grid displacements in pixels; 0 disables"),
+        "intensity": (_fraction, "random brightness, contrast and gamma change of about this fraction; 0 disables"),
     },
     "testing settings": {
         "window": (_positive(int), "sliding-window tile size in pixels (divisible by 2^depth)"),
