@@ -15,7 +15,7 @@ from lib.config import add_config_arguments, check_consistency, load_config
 from lib.errors import UserError, run_cli
 from lib.inference import predict_image
 from lib.losses import CUSTOM_OBJECTS
-from lib.metrics import evaluate_images
+from lib.metrics import adapted_rand, cldice, evaluate_images
 from lib.plots import overlay, save_png, save_roc_pr, side_by_side
 from lib.preprocessing import preprocess
 from lib.progress import progress
@@ -70,6 +70,22 @@ def samples_from_input(path: Path, mask: Path | None, channels: int):
                                 f"{mask_file} is {fov.shape[1]}x{fov.shape[0]}.")
         samples.append({"name": file.name, "raw": image, "label": None, "fov": fov})
     return samples
+
+
+def extra_scores(probs, labels, fovs, threshold: float, dataset: str, config) -> list[dict[str, float]]:
+    """Per-image task-specific scores: clDice for vessels; pixel and adapted Rand error for ISBI."""
+    rows = []
+    for prob, label, fov in zip(probs, labels, fovs):
+        predicted = prob >= threshold
+        if dataset == "ISBI2012":
+            membrane_positive = config["data attributes"]["positive_class"] == "membrane"
+            interior_pred = ~predicted if membrane_positive else predicted
+            interior_true = ~label if membrane_positive else label
+            rows.append({"pixel_error": float(np.mean(predicted[fov] != label[fov])),
+                         "adapted_rand_error": adapted_rand(interior_pred, interior_true)})
+        else:
+            rows.append({"cldice": cldice(predicted, label, fov)})
+    return rows
 
 
 def main() -> int:
@@ -134,13 +150,21 @@ def main() -> int:
         labels = [s["label"] for s in samples]
         fovs = [s["fov"] for s in samples]
         results = evaluate_images(probs, labels, fovs, threshold=threshold, names=names)
+        extra = extra_scores(probs, labels, fovs, threshold, preprocessing["dataset"], config)
+        for row, values in zip(results["per_image"], extra):
+            row.update(values)
+        for key in extra[0]:
+            column = [values[key] for values in extra]
+            results["per_image_mean"][key] = float(np.mean(column))
+            results["per_image_sd"][key] = float(np.std(column, ddof=1)) if len(column) > 1 else 0.0
         results["settings"] = {"threshold": threshold, **testing, "run": str(run), "split": where}
         write_json(out / "metrics.json", results)
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["name", *PER_IMAGE_KEYS])
+        keys = [*PER_IMAGE_KEYS, *extra[0]]
+        writer.writerow(["name", *keys])
         for row in results["per_image"]:
-            writer.writerow([row["name"], *(f"{row[k]:.6f}" for k in PER_IMAGE_KEYS)])
+            writer.writerow([row["name"], *(f"{row[k]:.6f}" for k in keys)])
         write_text(out / "per_image.csv", buffer.getvalue())
         pooled_labels = np.concatenate([l[f] for l, f in zip(labels, fovs)])
         pooled_probs = np.concatenate([p[f] for p, f in zip(probs, fovs)])
@@ -148,7 +172,8 @@ def main() -> int:
         pooled = results["pooled"]
         lines.append("pooled inside the FOV:  " + "  ".join(f"{k} {pooled[k]:.4f}" for k in PER_IMAGE_KEYS))
         lines.append("per image (mean ± sd):  " + "  ".join(
-            f"{k} {results['per_image_mean'][k]:.4f}±{results['per_image_sd'][k]:.4f}" for k in ("f1", "auc_roc")))
+            f"{k} {results['per_image_mean'][k]:.4f}±{results['per_image_sd'][k]:.4f}"
+            for k in ("f1", "auc_roc", *extra[0])))
     else:
         lines.append("no labels: metrics not computed")
     summary = "\n".join(lines) + f"\noutputs: {out}\n"

@@ -88,7 +88,8 @@ def test_predict_writes_images_metrics_and_curves(trained):
     for key in ("accuracy", "sensitivity", "specificity", "f1", "jaccard", "auc_roc", "auc_pr"):
         assert 0.0 <= metrics["pooled"][key] <= 1.0
     assert metrics["pooled"]["auc_roc"] > 0.85
-    assert len(list(csv.DictReader(open(out / "per_image.csv")))) == 2
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert len(rows) == 2 and all(0.0 < float(r["cldice"]) <= 1.0 for r in rows)
     assert (out / "roc.png").is_file() and (out / "pr.png").is_file()
     assert "auc_roc" in result.stdout
     # A second run does not silently replace the first.

@@ -374,3 +374,15 @@ def test_evaluate_images_speed_on_drive_sized_data():
     # ~0.5 s on an idle 2-core machine, a few seconds under load; the bound only catches gross regressions
     # (a per-pixel Python loop or an O(n log n) sort per threshold would take far longer).
     assert elapsed < 10.0
+
+
+def test_adapted_rand_error_is_zero_for_identical_cells_and_grows_when_cells_merge():
+    from lib.metrics import adapted_rand
+    interior = np.ones((40, 40), bool)
+    interior[:, 19:21] = False  # a membrane splits two cells
+    interior[19:21, :] = False  # four cells
+    assert adapted_rand(interior, interior) == pytest.approx(0.0, abs=1e-12)
+    merged = interior.copy()
+    merged[:, 19:21] = True  # membrane missed: left and right cells merge
+    merged[19:21, :] = False
+    assert adapted_rand(merged, interior) > 0.2
