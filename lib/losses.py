@@ -7,11 +7,11 @@ from keras import ops
 SMOOTH = 1.0
 
 
-def overlap_terms(y_true, y_pred):
-    """Per-batch sums (intersection, |true|, |pred|) over all pixels and classes."""
+def overlap_terms(y_true, y_pred, axis=None):
+    """Sums (intersection, |true|, |pred|) over `axis` (default: all pixels and classes)."""
     y_true = ops.cast(y_true, y_pred.dtype)
-    intersection = ops.sum(y_true * y_pred)
-    return intersection, ops.sum(y_true), ops.sum(y_pred)
+    intersection = ops.sum(y_true * y_pred, axis=axis)
+    return intersection, ops.sum(y_true, axis=axis), ops.sum(y_pred, axis=axis)
 
 
 def dice_from_terms(intersection, total_true, total_pred, smooth: float = SMOOTH):
@@ -43,6 +43,29 @@ def cce_loss(y_true, y_pred):
     """Sparse categorical cross-entropy; labels are class indices with a trailing axis of 1."""
     return ops.mean(keras.losses.sparse_categorical_crossentropy(y_true, y_pred))
 
+
+def multiclass_loss(n_classes: int, ignore_index: int | None = None, class_weights=None, dice: bool = False):
+    """Sparse categorical cross-entropy (+ mean soft Dice over classes) that skips ignore_index pixels.
+
+    class_weights (one per class) weight the cross-entropy, e.g. median-frequency balancing.
+    """
+    weights = None if class_weights is None else ops.convert_to_tensor(list(class_weights), "float32")
+
+    def multiclass_cce(y_true, y_pred):
+        labels = ops.cast(y_true[..., 0], "int32")
+        valid = labels < n_classes if ignore_index is None else ops.not_equal(labels, ignore_index)
+        safe = ops.where(valid, labels, ops.zeros_like(labels))
+        mask = ops.cast(valid, y_pred.dtype)
+        ce = keras.losses.sparse_categorical_crossentropy(safe, y_pred)
+        pixel_weights = mask if weights is None else mask * ops.cast(ops.take(weights, safe), y_pred.dtype)
+        loss = ops.sum(ce * pixel_weights) / ops.maximum(ops.sum(pixel_weights), 1.0)
+        if dice:
+            one_hot = ops.one_hot(safe, n_classes, dtype=y_pred.dtype) * mask[..., None]
+            terms = overlap_terms(one_hot, y_pred * mask[..., None], axis=(0, 1, 2))
+            loss = loss + 1.0 - ops.mean(dice_from_terms(*terms))
+        return loss
+
+    return multiclass_cce
 
 def dice_coefficient(y_true, y_pred):
     """Dice of the thresholded (0.5) prediction: the score predict.py reports, per batch."""

@@ -69,3 +69,23 @@ def test_a_few_training_steps_lower_the_loss_on_a_learnable_task():
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss, metrics=metrics)
     history = model.fit(x, y, epochs=15, batch_size=8, verbose=0)
     assert history.history["loss"][-1] < 0.7 * history.history["loss"][0]
+
+
+def test_multiclass_loss_ignores_void_pixels_and_applies_class_weights():
+    from lib.losses import multiclass_loss
+    probs = np.full((1, 2, 2, 3), 0.1, "float32")
+    probs[..., 0] = 0.8  # predicts class 0 everywhere
+    labels = np.array([[[0], [1]], [[2], [11]]], "float32")[None]  # 11 = void
+    loss = multiclass_loss(3, ignore_index=11)
+    expected = -(np.log(0.8) + np.log(0.1) + np.log(0.1)) / 3  # void pixel left out
+    assert float(loss(labels, probs)) == pytest.approx(expected, rel=1e-4)
+    void_changed = labels.copy()
+    void_changed[0, 1, 1, 0] = 11
+    probs_changed = probs.copy()
+    probs_changed[0, 1, 1] = [0.01, 0.01, 0.98]  # whatever is predicted on void does not matter
+    assert float(loss(void_changed, probs_changed)) == pytest.approx(expected, rel=1e-4)
+    weighted = multiclass_loss(3, ignore_index=11, class_weights=[1.0, 2.0, 1.0])
+    expected_w = -(np.log(0.8) + 2 * np.log(0.1) + np.log(0.1)) / 4
+    assert float(weighted(labels, probs)) == pytest.approx(expected_w, rel=1e-4)
+    with_dice = multiclass_loss(3, ignore_index=11, dice=True)
+    assert float(with_dice(labels, probs)) > float(loss(labels, probs))
