@@ -1,35 +1,102 @@
-"""Turn a dataset in its original layout into dataset.h5: preprocessed full images and training patches."""
+"""Turn a dataset in its original layout into dataset.h5: preprocessed full images and training patches.
+
+Images are read and preprocessed one at a time and kept in anonymous scratch files beside the
+output (disk, not memory), so large releases such as HRF fit in a small machine.
+"""
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import tempfile
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from PIL import Image
+
+from lib.atomic import atomic_path
 from lib.config import add_config_arguments, load_config
 from lib.errors import UserError, run_cli
 from lib.patches import extract_patches, iter_chunks, sample_centres
 from lib.preprocessing import fit_statistics, preprocess, preprocessing_settings, select_channels
 from lib.progress import progress
-from lib.readers import read_split
+from lib.readers import (CONFIGURED_SPLIT, DERIVED_FOV, Entry, Sample, describe_ids, load_sample, read_dataset,
+                         resolve_ids)
 from lib.sample_data import write_drive_sample
 from lib.storage import FILE_NAME, open_prepared, write_prepared
 
 SAMPLE_TRAIN, SAMPLE_TEST = 10, 4  # images in the generated demo dataset (DRIVE size)
 EXTRACT_BLOCK = 4096  # patches cut and written at a time: bounds memory whatever N_subimgs is
+FOV_FOLDER = "fov"    # derived FOV masks are also saved here, in prepared_dir, as <image>_fov.png
 
 
 def fingerprint(config) -> dict:
     """The settings dataset.h5 depends on; a file made with other values must be redone."""
+    paths = config["data paths"]
+    data_paths = {k: paths[k] for k in ("dataset", "dataset_dir", "holdout_ids")}
+    # Keys added later count only where they change the result, so files prepared before stay valid.
+    if paths["dataset"] in CONFIGURED_SPLIT:
+        data_paths.update(test_ids=paths["test_ids"], test_fraction=paths["test_fraction"])
+    if paths["resize"] != 1.0:
+        data_paths["resize"] = paths["resize"]
     return {
-        "data paths": {k: config["data paths"][k] for k in ("dataset", "dataset_dir", "holdout_ids")},
+        "data paths": data_paths,
         "data attributes": config["data attributes"],
         "preprocessing": config["preprocessing"],
         "patches": {k: config["training settings"][k] for k in ("N_subimgs", "inside_FOV")},
         "seed": config["experiment"]["seed"],
     }
+
+
+def spill(array: np.ndarray, folder: Path) -> np.ndarray:
+    """Copy an array into an anonymous scratch file in folder; the copy lives on disk and vanishes at exit."""
+    with tempfile.TemporaryFile(dir=folder) as handle:
+        copy = np.memmap(handle, dtype=array.dtype, mode="w+", shape=array.shape)
+    copy[...] = array
+    return copy
+
+
+def save_fov(sample: Sample, folder: Path | None) -> None:
+    """Write a sample's (derived) FOV as a 0/255 PNG into folder; None: nothing to save."""
+    if folder is not None:
+        with atomic_path(folder / f"{sample.name.split('.')[0]}_fov.png") as tmp:
+            Image.fromarray(sample.fov.astype(np.uint8) * 255).save(tmp, format="PNG")
+
+
+def read_training(entries: Sequence[Entry], scale: float, folder: Path,
+                  fov_folder: Path | None) -> list[dict[str, Any]]:
+    """Read the training images one at a time into scratch files: raw image, label and FOV."""
+    rows = []
+    for entry in progress(entries, len(entries), "read       train"):
+        sample = load_sample(entry, scale)
+        save_fov(sample, fov_folder)
+        if sample.label is None:
+            raise UserError(f"training image {sample.name} has no label; every training image needs one.")
+        rows.append({"name": sample.name, "id": sample.id, "raw": spill(sample.image, folder),
+                     "label": spill(sample.label, folder), "fov": spill(sample.fov, folder)})
+    return rows
+
+
+def preprocess_training(rows: list[dict[str, Any]], settings: Mapping[str, Any], stats: Mapping[str, Any],
+                        folder: Path) -> None:
+    """Replace each training row's raw image by its preprocessed one (in place, one at a time)."""
+    for row in progress(rows, len(rows), "preprocess train"):
+        row["image"] = spill(preprocess(row.pop("raw"), row["fov"], settings, stats), folder)
+
+
+def prepare_split(entries: Sequence[Entry], split: str, settings: Mapping[str, Any], stats: Mapping[str, Any],
+                  scale: float, folder: Path, fov_folder: Path | None) -> list[dict[str, Any]]:
+    """Read and preprocess a held-out or test split one image at a time, into scratch files."""
+    rows = []
+    for entry in progress(entries, len(entries), f"preprocess {split:5s}"):
+        sample = load_sample(entry, scale)
+        save_fov(sample, fov_folder)
+        rows.append({"name": sample.name, "id": sample.id,
+                     "image": spill(preprocess(sample.image, sample.fov, settings, stats), folder),
+                     "label": None if sample.label is None else spill(sample.label, folder),
+                     "fov": spill(sample.fov, folder)})
+    return rows
 
 
 def main() -> int:
@@ -61,46 +128,51 @@ def main() -> int:
         print(f"Removing {stale}, left by an interrupted prepare_datasets.py run.")
         stale.unlink()
     root = Path(paths["dataset_dir"])
+    seed = config["experiment"]["seed"]
     if paths["dataset"] == "sample" and not root.exists():
         print(f"Generating the sample dataset (DRIVE layout, {SAMPLE_TRAIN} training and {SAMPLE_TEST} "
               f"test images) in {root} ...")
-        write_drive_sample(root, n_train=SAMPLE_TRAIN, n_test=SAMPLE_TEST, seed=config["experiment"]["seed"])
+        write_drive_sample(root, n_train=SAMPLE_TRAIN, n_test=SAMPLE_TEST, seed=seed)
 
-    positive = config["data attributes"]["positive_class"]
-    train = read_split(paths["dataset"], root, "train", positive)
-    test = read_split(paths["dataset"], root, "test", positive)
+    train, test = read_dataset(paths["dataset"], root, config["data attributes"]["positive_class"],
+                               paths["test_ids"], paths["test_fraction"], seed)
     if not train:
         raise UserError(f"no training images found in {root}.")
-    unknown = sorted(set(paths["holdout_ids"]) - {s.id for s in train})
-    if unknown:
-        raise UserError(f"[data paths] holdout_ids lists {unknown}, which are not training image ids "
-                        f"(found {min(s.id for s in train)}..{max(s.id for s in train)}).")
-    val = [s for s in train if s.id in paths["holdout_ids"]]
-    train = [s for s in train if s.id not in paths["holdout_ids"]]
+    held = resolve_ids(paths["holdout_ids"], train, "holdout_ids", "training")
+    val = [e for e in train if e.id in held]
+    train = [e for e in train if e.id not in held]
     if not train:
         raise UserError("[data paths] holdout_ids holds out every training image; leave some for training.")
+    if paths["dataset"] in CONFIGURED_SPLIT and test:
+        print(f"Test split ({len(test)} images): ids {describe_ids(test, limit=40)}")
 
     settings = preprocessing_settings(config)
-    stats = fit_statistics([select_channels(s.image, settings["channels"], settings["gray_mode"])
-                            for s in train], [s.fov for s in train])
-    splits = {}
-    for split, samples in (("train", train), ("val", val), ("test", test)):
-        splits[split] = [
-            {"name": s.name, "id": s.id, "image": preprocess(s.image, s.fov, settings, stats),
-             "label": s.label, "fov": s.fov}
-            for s in progress(samples, len(samples), f"preprocess {split:5s}")
-        ]
+    scale = paths["resize"]
+    scratch = out_path.parent
+    scratch.mkdir(parents=True, exist_ok=True)
+    fov_folder = out_path.parent / FOV_FOLDER if paths["dataset"] in DERIVED_FOV else None
+    if fov_folder is not None:
+        print(f"{paths['dataset']} has no FOV masks: deriving them from the red channel; saved in {fov_folder}")
+        fov_folder.mkdir(exist_ok=True)
+    train_rows = read_training(train, scale, scratch, fov_folder)
+    stats = fit_statistics((select_channels(r["raw"], settings["channels"], settings["gray_mode"])
+                            for r in train_rows), [r["fov"] for r in train_rows])
+    preprocess_training(train_rows, settings, stats, scratch)
+    splits = {"train": train_rows,
+              "val": prepare_split(val, "val", settings, stats, scale, scratch, fov_folder),
+              "test": prepare_split(test, "test", settings, stats, scale, scratch, fov_folder)}
 
     size = config["data attributes"]["patch_size"]
     n = config["training settings"]["N_subimgs"]
-    rng = np.random.default_rng(config["experiment"]["seed"])
-    positions = sample_centres([s.fov for s in train], n, size, config["training settings"]["inside_FOV"], rng)
-    train_images = [s["image"] for s in splits["train"]]
-    train_labels = [s["label"] for s in splits["train"]]
+    rng = np.random.default_rng(seed)
+    positions = sample_centres([r["fov"] for r in train_rows], n, size,
+                               config["training settings"]["inside_FOV"], rng)
+    train_images = [r["image"] for r in train_rows]
+    train_labels = [r["label"] for r in train_rows]
 
     def fill_patches(images, labels, positions_out) -> None:
         blocks = list(iter_chunks(positions, EXTRACT_BLOCK))
-        for start, rows in progress(blocks, len(blocks), "patches      "):
+        for start, rows in progress(blocks, len(blocks), "patches         "):
             images[start: start + len(rows)] = extract_patches(train_images, rows, size).astype(np.float16)
             labels[start: start + len(rows), ..., 0] = extract_patches(train_labels, rows, size)
             positions_out[start: start + len(rows)] = rows
@@ -109,13 +181,13 @@ def main() -> int:
              "fingerprint": wanted, "source": str(root)}
     write_prepared(out_path, splits, attrs, n, size, settings["channels"], fill_patches)
 
-    foreground = np.mean([s.label[s.fov].mean() for s in train])
+    foreground = np.mean([r["label"][r["fov"]].mean() for r in train_rows])
     print(f"\nWrote {out_path} ({out_path.stat().st_size / 2**20:.1f} MiB)")
-    for split, samples in splits.items():
-        if samples:
-            h, w, c = samples[0]["image"].shape
-            print(f"  {split:5s}: {len(samples):3d} images, {w}x{h}x{c}"
-                  f"{'' if samples[0]['label'] is not None else ' (no labels)'}")
+    for split, rows in splits.items():
+        if rows:
+            h, w, c = rows[0]["image"].shape
+            print(f"  {split:5s}: {len(rows):3d} images, {w}x{h}x{c}"
+                  f"{'' if rows[0]['label'] is not None else ' (no labels)'}")
     print(f"  patches: {n} of {size}x{size}x{settings['channels']} (float16), centres "
           f"{'inside the FOV' if config['training settings']['inside_FOV'] else 'anywhere'}")
     print(f"  foreground fraction inside the FOV (train): {foreground:.3f}")

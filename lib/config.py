@@ -5,6 +5,7 @@ import configparser
 import difflib
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,6 +27,18 @@ def _bool(text: str) -> bool:
 
 def _int_list(text: str) -> list[int]:
     return [int(part) for part in text.replace(",", " ").split()]
+
+
+def _id_list(text: str) -> list[int | str]:
+    ids: list[int | str] = []
+    for part in text.replace(",", " ").split():
+        if part.isdigit():
+            ids.append(int(part))
+        elif re.fullmatch(r"[\w.-]*\d[\w.-]*", part):
+            ids.append(part)   # a name with a number, e.g. CHASE_DB1's 01L, HRF's 05_dr, a file's case03
+        else:
+            raise ValueError(f"'{part}' is neither a number nor an image name with a number (01L, 05_dr, case03)")
+    return ids
 
 
 def _choice(*options: str) -> Parser:
@@ -91,17 +104,21 @@ def _threshold(text: str) -> float | str:
 
 _bool.__name__ = "true|false"
 _int_list.__name__ = "comma-separated integers"
+_id_list.__name__ = "comma-separated image ids (numbers, or names with a number such as 01L, 05_dr)"
 _fraction.__name__ = "number in [0, 1)"
 _threshold.__name__ = "auto or a number in (0, 1)"
 
 # section -> key -> (parser, one-line comment). The order here is the order of the written file.
 SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
     "data paths": {
-        "dataset": (_choice("DRIVE", "ISBI2012", "sample"),
-                    "dataset reader: DRIVE, ISBI2012, or sample (generated DRIVE-like data, created if missing)"),
+        "dataset": (_choice("DRIVE", "ISBI2012", "STARE", "CHASE_DB1", "HRF", "folders", "sample"),
+                    "dataset reader: DRIVE, ISBI2012, STARE, CHASE_DB1, HRF, folders (your own images/ + labels/), or sample (generated DRIVE-like data, created if missing)"),
         "dataset_dir": (str, "folder holding the dataset in its original layout (see data/README.md)"),
         "prepared_dir": (str, "folder where prepare_datasets.py writes dataset.h5"),
-        "holdout_ids": (_int_list, "training image ids kept out of training and scored as full images each epoch (e.g. 37,38,39,40); empty for none"),
+        "holdout_ids": (_id_list, "training image ids kept out of training and scored as full images each epoch (e.g. 37,38,39,40); empty for none"),
+        "test_ids": (_id_list, "image ids forming the test split of a dataset without a fixed split (STARE, HRF, folders without test/); empty: use test_fraction"),
+        "test_fraction": (_fraction, "fraction of the images drawn with the seed as the test split when test_ids is empty (datasets without a fixed split); 0 for none"),
+        "resize": (_positive(float), "resize factor applied when reading (e.g. 0.5 for HRF): images by area averaging, labels and masks by nearest neighbour"),
     },
     "experiment": {
         "name": (str, "run name: the run folder is <runs_dir>/<name>"),
@@ -134,14 +151,17 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "inside_FOV": (_bool, "draw patch centres only inside the field of view"),
         "N_epochs": (_positive(int), "number of training epochs"),
         "steps_per_epoch": (_non_negative(int), "batches per epoch; 0 means one full pass over the training patches"),
-        "batch_size": (_positive(int), "patches per batch"),
-        "learning_rate": (_positive(float), "peak Adam learning rate"),
+        "batch_size": (_positive(int), "patches per batch: the global batch, split evenly between the devices of the strategy"),
+        "learning_rate": (_positive(float), "peak Adam learning rate for the global batch_size (never rescaled with the number of devices)"),
         "lr_schedule": (_choice("cosine", "constant"), "cosine: linear warm-up for one epoch then cosine decay to zero; constant: fixed rate"),
         "loss": (_choice("bce", "dice", "bce_dice", "cce"), "training loss: bce, dice, bce_dice (sum of both) or cce (categorical cross-entropy)"),
         "validation_fraction": (_fraction, "fraction of the training patches held out for validation loss"),
         "early_stopping_patience": (_non_negative(int), "stop after this many epochs without improvement of the monitored score; 0 disables"),
         "validate_every": (_non_negative(int), "score the holdout images every this many epochs; 0 disables"),
         "max_train_minutes": (_non_negative(float), "stop after the epoch that passes this many minutes of training; 0 means no limit"),
+        "strategy": (_choice("auto", "single", "mirrored", "multi_worker"), "devices: auto (all local GPUs if more than one, else single), single, mirrored (all local GPUs) or multi_worker (machines listed in TF_CONFIG); mirrored and multi_worker need TensorFlow"),
+        "mixed_precision": (_bool, "float16 mixed precision on a GPU (float32 weights and output layer, loss scaling); ignored with a warning on a CPU, where it is slower"),
+        "jit_compile": (_choice("auto", "true", "false"), "XLA compilation of the training step: auto (Keras' choice: on for one GPU and JAX, off on CPU, with several devices and PyTorch), true or false"),
     },
     "augmentation": {
         "flips": (_bool, "random flips and 90-degree rotations, identical for image and label"),

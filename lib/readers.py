@@ -1,18 +1,35 @@
-"""Dataset readers: original release layouts in, lists of (image, label, FOV) samples out."""
+"""Dataset readers: original release layouts in, lists of (image, label, FOV) samples out.
+
+Each reader first lists and pairs a dataset's files (cheap, so naming errors come at once) as
+Entry objects, which read their files only when loaded: prepare_datasets.py holds one image at
+a time, whatever the size of the dataset.
+"""
 from __future__ import annotations
 
+import functools
+import gzip
+import io
 import re
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from lib.errors import UserError
+from lib.fov import derive_fov
 
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".ppm", ".pgm", ".bmp")
 _IGNORED_FILES = {"Thumbs.db", "desktop.ini"}
+
+# Datasets whose release has no train/test split: the configuration chooses one (test_ids or
+# test_fraction). 'folders' has a fixed split only when it has a test/ folder.
+CONFIGURED_SPLIT = ("STARE", "HRF", "folders")
+DATASETS = ("DRIVE", "ISBI2012", "sample", "STARE", "CHASE_DB1", "HRF", "folders")
+# Releases without FOV masks: the FOV is derived from the image (lib/fov.py).
+DERIVED_FOV = ("STARE", "CHASE_DB1")
 
 
 @dataclass
@@ -24,10 +41,21 @@ class Sample:
     image: np.ndarray          # uint8, H x W x C
     label: np.ndarray | None   # bool, H x W (None when the split has no labels)
     fov: np.ndarray            # bool, H x W (all True where the dataset has no FOV masks)
+    key: str = ""              # natural name that test_ids/holdout_ids may use ('01L', '05_dr'); '' = id
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One sample's files, listed and paired but not read yet; load() reads them."""
+
+    name: str
+    id: int
+    key: str
+    load: Callable[[], Sample] = field(compare=False, repr=False)
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read an image file into a uint8 array (H x W or H x W x 3); corrupt files raise UserError."""
+    """Read an image file (or a gzipped one, like STARE's .ppm.gz) into uint8 H x W (x 3)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found.")
@@ -35,10 +63,11 @@ def read_image(path: Path) -> np.ndarray:
         raise UserError(f"{path} is an empty (zero-byte) file. Copy it again from the original "
                         "dataset, or remove it together with its label.")
     try:
-        with Image.open(path) as img:
+        source = io.BytesIO(gzip.decompress(path.read_bytes())) if path.suffix.lower() == ".gz" else path
+        with Image.open(source) as img:
             img.load()
             return _to_uint8(img, path)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, zlib.error) as exc:
         raise UserError(f"{path} cannot be read as an image ({exc}). The file is corrupt or not an "
                         "image: copy it again from the original dataset.") from None
 
@@ -101,37 +130,57 @@ def _check_same_size(image: np.ndarray, other: np.ndarray, image_path: Path, oth
                         "must have the same size.")
 
 
-def _list_by_id(folder: Path, pattern: str) -> dict[int, Path]:
-    """Map image number -> file for every file in folder; unexpected files are a UserError."""
+def _example(pattern: str) -> str:
+    """'(\\d+)_training\\.tif' -> 'NN_training.tif', for messages."""
+    return pattern.replace("\\", "").replace("(d+)", "NN")
+
+
+def _scan(folder: Path, patterns: dict[str, str], to_id: Callable[[re.Match], int],
+          expected: str) -> dict[str, dict[int, Path]]:
+    """Map each kind of file in folder (by the pattern it matches) to {id: file}.
+
+    Subfolders, hidden files and Thumbs.db are skipped; any other file that matches no pattern,
+    and two files with the same id, are a UserError naming them.
+    """
     if not folder.is_dir():
         raise UserError(f"folder {folder} not found. Check [data paths] dataset_dir and the layout "
                         "described in data/README.md.")
-    regex = re.compile(pattern)
-    found: dict[int, Path] = {}
+    regexes = {kind: re.compile(pattern) for kind, pattern in patterns.items()}
+    found: dict[str, dict[int, Path]] = {kind: {} for kind in patterns}
     unexpected = []
     duplicates = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.name in _IGNORED_FILES:
+        if path.name.startswith(".") or path.name in _IGNORED_FILES or path.is_dir():
             continue
-        match = regex.fullmatch(path.name)
-        if match is None:
+        for kind, regex in regexes.items():
+            match = regex.fullmatch(path.name)
+            if match is not None:
+                break
+        else:
             unexpected.append(path.name)
             continue
-        number = int(match.group(1))
-        if number in found:  # e.g. 9_training.tif and 09_training.tif: one would be silently dropped
-            duplicates.append(f"{found[number].name} and {path.name}")
+        number = to_id(match)
+        if number in found[kind]:  # e.g. 9_training.tif and 09_training.tif: one would be silently dropped
+            duplicates.append(f"{found[kind][number].name} and {path.name}")
             continue
-        found[number] = path
+        found[kind][number] = path
     if duplicates:
         raise UserError(f"files with the same number in {folder}: {'; '.join(duplicates)}. Keep one "
                         "file per number and move the others away.")
     if unexpected:
         raise UserError(f"unexpected files in {folder}: {', '.join(unexpected)}. Expected only names "
-                        f"like '{pattern.replace(chr(92), '').replace('(d+)', 'NN')}'; move the others away.")
+                        f"like {expected}; move the others away.")
     return found
 
 
-def _pair(images: dict[int, Path], others: dict[int, Path], what: str, folder: Path) -> None:
+def _list_by_id(folder: Path, pattern: str, example: str | None = None,
+                to_id: Callable[[re.Match], int] | None = None) -> dict[int, Path]:
+    """Map image number (by default the pattern's first group) -> file for every file in folder."""
+    return _scan(folder, {"file": pattern}, to_id or (lambda m: int(m.group(1))),
+                 f"'{example or _example(pattern)}'")["file"]
+
+
+def _pair(images: dict, others: dict, what: str, folder: Path) -> None:
     missing = sorted(set(images) - set(others))
     extra = sorted(set(others) - set(images))
     problems = []
@@ -144,14 +193,39 @@ def _pair(images: dict[int, Path], others: dict[int, Path], what: str, folder: P
                         "with the same number: add the missing files or remove the extra ones.")
 
 
+def _load_files(number: int, key: str, image_path: Path, label_path: Path | None,
+                mask_path: Path | None, derive: bool) -> Sample:
+    """Read one image with its label and FOV mask (or a derived or whole-image FOV)."""
+    image = as_rgb(read_image(image_path))
+    if mask_path is not None:
+        fov = to_binary(read_image(mask_path), mask_path, "mask")
+        _check_same_size(image, fov, image_path, mask_path)
+    elif derive:
+        fov = derive_fov(image)
+    else:
+        fov = np.ones(image.shape[:2], dtype=bool)
+    label = None
+    if label_path is not None:
+        label = to_binary(read_image(label_path), label_path)
+        _check_same_size(image, label, image_path, label_path)
+    return Sample(image_path.name, number, image, label, fov, key)
+
+
+def _file_entry(number: int, key: str, image: Path, label: Path | None, mask: Path | None,
+                derive: bool = False) -> Entry:
+    return Entry(image.name, number, key, functools.partial(_load_files, number, key, image, label, mask, derive))
+
+
+# --- DRIVE (and the generated sample) ---------------------------------------------------------
+
 _DRIVE_PATTERNS = {
     "train": ("training", r"(\d+)_training\.tif", r"(\d+)_manual1\.gif", r"(\d+)_training_mask\.gif"),
     "test": ("test", r"(\d+)_test\.tif", r"(\d+)_manual1\.gif", r"(\d+)_test_mask\.gif"),
 }
 
 
-def read_drive(root: Path, split: str) -> list[Sample]:
-    """Read DRIVE's `training` or `test` folder; files are paired by number, not sort order."""
+def _drive_entries(root: Path, split: str) -> list[Entry]:
+    """List DRIVE's `training` or `test` folder; files are paired by number, not sort order."""
     folder_name, image_re, label_re, mask_re = _DRIVE_PATTERNS[split]
     folder = Path(root) / folder_name
     images = _list_by_id(folder / "images", image_re)
@@ -161,18 +235,16 @@ def read_drive(root: Path, split: str) -> list[Sample]:
     if (folder / "1st_manual").is_dir() or split == "train":
         labels = _list_by_id(folder / "1st_manual", label_re)
         _pair(images, labels, "manual label", folder / "1st_manual")
-    samples = []
-    for number in sorted(images):
-        image = as_rgb(read_image(images[number]))
-        fov = to_binary(read_image(masks[number]), masks[number], "mask")
-        _check_same_size(image, fov, images[number], masks[number])
-        label = None
-        if labels is not None:
-            label = to_binary(read_image(labels[number]), labels[number])
-            _check_same_size(image, label, images[number], labels[number])
-        samples.append(Sample(images[number].name, number, image, label, fov))
-    return samples
+    return [_file_entry(n, str(n), images[n], labels[n] if labels is not None else None, masks[n])
+            for n in sorted(images)]
 
+
+def read_drive(root: Path, split: str) -> list[Sample]:
+    """Read DRIVE's `training` or `test` folder; files are paired by number, not sort order."""
+    return [entry.load() for entry in _drive_entries(root, split)]
+
+
+# --- ISBI 2012 --------------------------------------------------------------------------------
 
 def read_isbi(root: Path, split: str, positive_class: str) -> list[Sample]:
     """Read ISBI 2012 from TIFF stacks or per-slice PNG folders; the FOV is the whole image."""
@@ -221,6 +293,291 @@ def read_isbi(root: Path, split: str, positive_class: str) -> list[Sample]:
     return samples
 
 
+def _isbi_entries(root: Path, split: str, positive_class: str) -> list[Entry]:
+    """ISBI 2012 samples as entries; the stacks are small (30 slices of 512x512) and read at once."""
+    return [Entry(s.name, s.id, str(s.id), functools.partial(lambda s: s, s))
+            for s in read_isbi(root, split, positive_class)]
+
+
+# --- STARE ------------------------------------------------------------------------------------
+
+def _stare_entries(root: Path) -> list[Entry]:
+    """STARE: im0001.ppm ... in dataset_dir, Hoover's labels in labels-ah/ (files may be gzipped)."""
+    images = _list_by_id(root, r"im(\d{4})\.ppm(?:\.gz)?", "im0001.ppm' (labels go in 'labels-ah/")
+    labels = _list_by_id(root / "labels-ah", r"im(\d{4})\.ah\.ppm(?:\.gz)?", "im0001.ah.ppm")
+    _pair(images, labels, "manual label", root / "labels-ah")
+    # The release has no FOV masks: derived from the red channel (lib/fov.py).
+    return [_file_entry(n, str(n), images[n], labels[n], None, derive=True) for n in sorted(images)]
+
+
+# --- CHASE_DB1 --------------------------------------------------------------------------------
+
+CHASE_TEST_FROM = 11  # conventional split: children 01-10 (both eyes) train, 11-14 test
+
+
+def chase_id(number: int, eye: str) -> int:
+    """CHASE_DB1 image id: 2*number-1 for the left eye, 2*number for the right (Image_01L -> 1, 01R -> 2)."""
+    return 2 * number - (eye.upper() == "L")
+
+
+def _chase_entries(root: Path) -> list[Entry]:
+    """CHASE_DB1: one flat folder of Image_01L.jpg with Image_01L_1stHO.png (used) and _2ndHO.png."""
+    files = _scan(root, {"image": r"Image_(\d{2})([LR])\.(?i:jpg)",
+                         "label": r"Image_(\d{2})([LR])_1stHO\.(?i:png)",
+                         "second": r"Image_(\d{2})([LR])_2ndHO\.(?i:png)"},
+                  lambda m: chase_id(int(m.group(1)), m.group(2)),
+                  "'Image_01L.jpg', 'Image_01L_1stHO.png' or 'Image_01L_2ndHO.png'")
+    images, labels = files["image"], files["label"]
+    _pair(images, labels, "first-observer label (_1stHO.png)", root)
+    # The release has no FOV masks: derived from the red channel (lib/fov.py).
+    return [_file_entry(n, f"{(n + 1) // 2:02d}{'LR'[1 - n % 2]}", images[n], labels[n], None, derive=True)
+            for n in sorted(images)]
+
+
+# --- HRF --------------------------------------------------------------------------------------
+
+_HRF_CATEGORIES = {"dr": 1, "g": 2, "h": 3}  # diabetic retinopathy, glaucoma, healthy
+
+
+def hrf_id(number: int, category: str) -> int:
+    """HRF image id: the position in name order, 3*(number-1) + (dr 1, g 2, h 3): 01_dr -> 1, 15_h -> 45."""
+    return 3 * (number - 1) + _HRF_CATEGORIES[category]
+
+
+def _hrf_entries(root: Path) -> list[Entry]:
+    """HRF: images/01_dr.JPG (mixed-case extensions), manual1/01_dr.tif, mask/01_dr_mask.tif."""
+    def to_id(match: re.Match) -> int:
+        return hrf_id(int(match.group(1)), match.group(2))
+
+    images = _list_by_id(root / "images", r"(\d{2})_(dr|g|h)\.(?i:jpe?g)", "01_dr.JPG", to_id)
+    labels = _list_by_id(root / "manual1", r"(\d{2})_(dr|g|h)\.(?i:tiff?)", "01_dr.tif", to_id)
+    masks = _list_by_id(root / "mask", r"(\d{2})_(dr|g|h)_mask\.(?i:tiff?)", "01_dr_mask.tif", to_id)
+    _pair(images, labels, "manual label", root / "manual1")
+    _pair(images, masks, "mask", root / "mask")
+    return [_file_entry(n, images[n].stem, images[n], labels[n], masks[n]) for n in sorted(images)]
+
+
+# --- your own data: images/ + labels/ (+ masks/) ----------------------------------------------
+
+def _natural_key(text: str) -> list:
+    """Sort key that puts 'img2' before 'img10'."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def _files_by_stem(folder: Path) -> dict[str, Path]:
+    """Map file stem -> image file in folder; other files and two files with one stem are errors."""
+    if not folder.is_dir():
+        raise UserError(f"folder {folder} not found. Check [data paths] dataset_dir and the layout "
+                        "described in README.md (Your data).")
+    found: dict[str, Path] = {}
+    unexpected, duplicates = [], []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.name in _IGNORED_FILES or path.is_dir():
+            continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            unexpected.append(path.name)
+        elif path.stem in found:
+            duplicates.append(f"{found[path.stem].name} and {path.name}")
+        else:
+            found[path.stem] = path
+    if duplicates:
+        raise UserError(f"files with the same name in {folder}: {'; '.join(duplicates)}. Files are paired "
+                        "by name without the extension: keep one of each.")
+    if unexpected:
+        raise UserError(f"unexpected files in {folder}: {', '.join(unexpected)}. Expected only images "
+                        f"({', '.join(IMAGE_EXTENSIONS)}); move the others away.")
+    if not found:
+        raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder}.")
+    return found
+
+
+def _pair_stems(images: dict[str, Path], others: dict[str, Path], what: str, folder: Path) -> None:
+    missing = sorted(set(images) - set(others), key=_natural_key)
+    extra = sorted(set(others) - set(images), key=_natural_key)
+    problems = []
+    if missing:
+        problems.append(f"no {what} for image(s) {', '.join(images[s].name for s in missing)}")
+    if extra:
+        problems.append(f"{what}(s) {', '.join(others[s].name for s in extra)} have no image")
+    if problems:
+        raise UserError(f"in {folder}: {'; '.join(problems)}. Files are paired by name without the "
+                        f"extension (a.png with a.tif): every image needs exactly one {what}.")
+
+
+def _folder_files(folder: Path, need_labels: bool) -> list[tuple[str, Path, Path | None, Path | None]]:
+    """(stem, image, label, mask) for images/ with labels/ and optional masks/ under folder."""
+    images = _files_by_stem(folder / "images")
+    labels = masks = None
+    if need_labels or (folder / "labels").is_dir():
+        labels = _files_by_stem(folder / "labels")
+        _pair_stems(images, labels, "label", folder / "labels")
+    if (folder / "masks").is_dir():
+        masks = _files_by_stem(folder / "masks")
+        _pair_stems(images, masks, "mask", folder / "masks")
+    return [(stem, images[stem], None if labels is None else labels[stem], None if masks is None else masks[stem])
+            for stem in sorted(images, key=_natural_key)]
+
+
+def _folder_entries(root: Path) -> tuple[list[Entry], list[Entry] | None]:
+    """Generic folders: (train, test) with a test/ folder, else (all, None).
+
+    Ids are the numbers in the file names when every name is a number (7.png -> 7), else the
+    1-based position in name order (training images first, then test images).
+    """
+    train = _folder_files(root, need_labels=True)
+    test = _folder_files(root / "test", need_labels=False) if (root / "test" / "images").is_dir() else None
+    rows = train + (test or [])
+    numeric = all(stem.isdigit() for stem, *_ in rows) and len({int(s) for s, *_ in rows}) == len(rows)
+    ids = [int(stem) if numeric else index for index, (stem, *_) in enumerate(rows, 1)]
+    entries = [_file_entry(number, stem, image, label, mask)
+               for number, (stem, image, label, mask) in zip(ids, rows)]
+    if test is None:
+        return entries, None
+    return entries[: len(train)], entries[len(train):]
+
+
+# --- splits and ids ---------------------------------------------------------------------------
+
+def _normalize_key(text: str) -> str:
+    """'01L' -> '1l', '05_dr' -> '5dr': leading zeros, case and an underscore after the number do not matter."""
+    match = re.fullmatch(r"0*(\d+)_?(.*)", text.lower())
+    return f"{int(match.group(1))}{match.group(2)}" if match else text.lower()
+
+
+def describe_ids(entries: Sequence[Entry], limit: int = 12) -> str:
+    """'21, 22, ..., 40' or '1 (01L), 2 (01R), ...': the ids a message can suggest."""
+    parts = [str(e.id) if e.key in ("", str(e.id)) else f"{e.id} ({e.key})" for e in entries]
+    if len(parts) > limit:
+        parts = parts[: limit - 2] + ["...", parts[-1]]
+    return ", ".join(parts) or "none"
+
+
+def resolve_ids(tokens: Sequence[int | str], entries: Sequence[Entry], key: str, which: str) -> set[int]:
+    """Ids of the entries named by tokens (numbers match ids, names like '01L' or 'case03' match keys)."""
+    ids = {e.id for e in entries}
+    by_key = {_normalize_key(e.key): e.id for e in entries if e.key}
+    chosen: set[int] = set()
+    unknown = []
+    for token in tokens:
+        # A name may come with its file's extension (case03.png for case03).
+        names = [_normalize_key(token), _normalize_key(Path(token).stem)] if isinstance(token, str) else []
+        found = [by_key[name] for name in names if name in by_key]
+        if isinstance(token, int) and token in ids:
+            chosen.add(token)
+        elif found:
+            chosen.add(found[0])
+        else:
+            unknown.append(str(token))
+    if unknown:
+        raise UserError(f"[data paths] {key} lists {', '.join(unknown)}, which are not {which} image ids. "
+                        f"Valid ids: {describe_ids(entries)}.")
+    return chosen
+
+
+def split_entries(entries: Sequence[Entry], test_ids: Sequence[int | str], test_fraction: float,
+                  seed: int) -> tuple[list[Entry], list[Entry]]:
+    """(train, test) of a dataset without a fixed split: test_ids, else test_fraction drawn with the seed."""
+    if test_ids:
+        chosen = resolve_ids(test_ids, entries, "test_ids", "dataset")
+    elif test_fraction > 0:
+        ordered = sorted(e.id for e in entries)
+        n_test = min(max(1, round(test_fraction * len(ordered))), len(ordered))
+        chosen = set(np.random.default_rng(seed).choice(ordered, n_test, replace=False).tolist())
+    else:
+        chosen = set()
+    train = [e for e in entries if e.id not in chosen]
+    test = [e for e in entries if e.id in chosen]
+    if not train:
+        raise UserError(f"[data paths] test_ids/test_fraction put all {len(entries)} images in the test "
+                        "split; leave some for training.")
+    return train, test
+
+
+def _check_root(root: Path) -> None:
+    if not root.is_dir():
+        raise UserError(f"dataset folder {root} not found. Put the dataset there (see data/README.md) "
+                        "or set [data paths] dataset_dir in the configuration.")
+
+
+def read_dataset(dataset: str, root: Path, positive_class: str = "membrane", test_ids: Sequence[int | str] = (),
+                 test_fraction: float = 0.0, seed: int = 0) -> tuple[list[Entry], list[Entry]]:
+    """List a dataset as (train, test) entries: its own split, or the configured one where it has none."""
+    root = Path(root)
+    _check_root(root)
+    fixed: list[Entry] | None
+    if dataset in ("DRIVE", "sample", "ISBI2012"):
+        entries = list_split(dataset, root, "train", positive_class)
+        fixed = list_split(dataset, root, "test", positive_class)
+    elif dataset == "CHASE_DB1":
+        everything = _chase_entries(root)
+        entries = [e for e in everything if (e.id + 1) // 2 < CHASE_TEST_FROM]
+        fixed = [e for e in everything if (e.id + 1) // 2 >= CHASE_TEST_FROM]
+    elif dataset == "STARE":
+        entries, fixed = _stare_entries(root), None
+    elif dataset == "HRF":
+        entries, fixed = _hrf_entries(root), None
+    elif dataset == "folders":
+        entries, fixed = _folder_entries(root)
+    else:
+        raise UserError(f"unknown dataset '{dataset}'. Valid datasets: {', '.join(DATASETS)}.")
+    if fixed is None:
+        return split_entries(entries, test_ids, test_fraction, seed)
+    if test_ids:
+        raise UserError(f"[data paths] test_ids is set, but {dataset} in {root} has its own test split. "
+                        f"test_ids is for datasets without one ({', '.join(CONFIGURED_SPLIT)} without a "
+                        "test/ folder): leave it empty, or use holdout_ids to hold out training images.")
+    return entries, fixed
+
+
+def list_split(dataset: str, root: Path, split: str, positive_class: str = "membrane",
+               test_ids: Sequence[int | str] = (), test_fraction: float = 0.0, seed: int = 0) -> list[Entry]:
+    """List one split ('train' or 'test') of a dataset by its configuration name, without reading images."""
+    root = Path(root)
+    _check_root(root)
+    if dataset in ("DRIVE", "sample"):
+        if split == "test" and not (root / "test").is_dir():
+            return []
+        return _drive_entries(root, split)
+    if dataset == "ISBI2012":
+        return _isbi_entries(root, split, positive_class)
+    train, test = read_dataset(dataset, root, positive_class, test_ids, test_fraction, seed)
+    return train if split == "train" else test
+
+
+# --- scale ------------------------------------------------------------------------------------
+
+def _resize(array: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    if array.dtype == bool:
+        return np.asarray(Image.fromarray(array.astype(np.uint8) * 255).resize(size, resample)) > 127
+    gray = array.ndim == 3 and array.shape[2] == 1
+    out = np.asarray(Image.fromarray(array[..., 0] if gray else array).resize(size, resample))
+    return out[..., None] if gray else out
+
+
+def scale_sample(sample: Sample, scale: float) -> Sample:
+    """Resize by scale: the image by area averaging (bilinear when enlarging), label and FOV by nearest neighbour."""
+    if scale == 1.0:
+        return sample
+    height, width = sample.image.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    smooth = Image.Resampling.BOX if scale < 1.0 else Image.Resampling.BILINEAR
+    nearest = Image.Resampling.NEAREST
+    return replace(sample, image=_resize(sample.image, size, smooth), fov=_resize(sample.fov, size, nearest),
+                   label=None if sample.label is None else _resize(sample.label, size, nearest))
+
+
+def load_sample(entry: Entry, scale: float = 1.0) -> Sample:
+    """Read an entry's files and resize them by scale ([data paths] scale)."""
+    return scale_sample(entry.load(), scale)
+
+
+def read_split(dataset: str, root: Path, split: str, positive_class: str = "membrane", scale: float = 1.0,
+               test_ids: Sequence[int | str] = (), test_fraction: float = 0.0, seed: int = 0) -> list[Sample]:
+    """Read one split ('train' or 'test') of a dataset by its configuration name."""
+    entries = list_split(dataset, root, split, positive_class, test_ids, test_fraction, seed)
+    return [load_sample(entry, scale) for entry in entries]
+
+
 def read_input_images(path: Path) -> list[tuple[Path, np.ndarray]]:
     """Read one image file or every image file in a folder (for predict.py --input)."""
     path = Path(path)
@@ -236,19 +593,3 @@ def read_input_images(path: Path) -> list[tuple[Path, np.ndarray]]:
     return [(f, as_rgb(read_image(f))) for f in files]
 
 
-Reader = Callable[[Path, str], list[Sample]]
-
-
-def read_split(dataset: str, root: Path, split: str, positive_class: str = "membrane") -> list[Sample]:
-    """Read one split ('train' or 'test') of a dataset by its configuration name."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"dataset folder {root} not found. Put the dataset there (see data/README.md) "
-                        "or set [data paths] dataset_dir in the configuration.")
-    if dataset in ("DRIVE", "sample"):
-        if split == "test" and not (root / "test").is_dir():
-            return []
-        return read_drive(root, split)
-    if dataset == "ISBI2012":
-        return read_isbi(root, split, positive_class)
-    raise UserError(f"unknown dataset '{dataset}'.")
