@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from lib.atomic import write_json, write_text
-from lib.config import add_config_arguments, check_consistency, load_config
+from lib.config import add_config_arguments, check_consistency, load_config, load_run_config
 from lib.errors import UserError, run_cli
 from lib.inference import predict_image
 from lib.losses import CUSTOM_OBJECTS
@@ -26,10 +26,11 @@ from lib.storage import FILE_NAME, iter_split, open_prepared, split_size
 PER_IMAGE_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "jaccard", "auc_roc", "auc_pr")
 
 
-def load_run(run: Path, testing: dict):
+def load_run(run: Path, current: dict):
     """Load a run's saved configuration (with the current [testing settings]), model and preprocessing."""
-    config = load_config(run / CONFIG_NAME)
-    config["testing settings"] = testing
+    config = load_run_config(run / CONFIG_NAME, current)
+    config["testing settings"] = current["testing settings"]
+    testing = config["testing settings"]
     check_consistency(config, f"{run / CONFIG_NAME} with the current [testing settings]")
     name = testing["checkpoint"]
     model_path = run / f"{name}.keras"
@@ -103,7 +104,7 @@ def main() -> int:
     # Model, preprocessing and data paths come from the run; inference choices from the current config.
     current = load_config(args.config, args.overrides)
     run = find_run_folder(current, args.run)
-    config, model, preprocessing, info = load_run(run, current["testing settings"])
+    config, model, preprocessing, info = load_run(run, current)
     testing, depth = config["testing settings"], config["model"]["depth"]
     threshold = testing["threshold"]
     if threshold == "auto":

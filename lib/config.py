@@ -230,7 +230,7 @@ def parse_override(text: str) -> tuple[str, str, str]:
     return section, key, value.strip()
 
 
-def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), fallback: Config | None = None) -> Config:
     """Read an INI configuration, apply 'section.key=value' overrides, and return typed values."""
     path = Path(path)
     if not path.is_file():
@@ -244,11 +244,18 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
         raise UserError(f"{path} is not a valid INI file: {exc}. Compare it with configuration.txt "
                         "in the repository.") from exc
     raw: dict[str, dict[str, str]] = {}
+    obsolete = []
     for section in parser.sections():
+        if section not in SCHEMA and fallback is not None:
+            obsolete.append(f"[{section}]")
+            continue
         if section not in SCHEMA:
             raise UserError(f"{path}: unknown section [{section}]. Valid sections: "
                             f"{', '.join(SCHEMA)}.{_suggest(section, list(SCHEMA))}")
         for key, value in parser.items(section):
+            if key not in SCHEMA[section] and fallback is not None:
+                obsolete.append(f"{section}.{key}")  # a run saved by an older version
+                continue
             if key not in SCHEMA[section]:
                 raise UserError(f"{path}: unknown key '{key}' in [{section}]. Valid keys: "
                                 f"{', '.join(SCHEMA[section])}.{_suggest(key, list(SCHEMA[section]))}")
@@ -256,14 +263,27 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     for override in overrides:
         section, key, value = parse_override(override)
         raw.setdefault(section, {})[key] = value
-    return _typed(raw, str(path))
+    if obsolete:
+        print(f"note: {path} has settings this version no longer uses ({', '.join(obsolete)}); ignored.")
+    return _typed(raw, str(path), fallback)
 
 
-def _typed(raw: dict[str, dict[str, str]], source: str) -> Config:
+def load_run_config(path: str | os.PathLike, current: Config) -> Config:
+    """Load a run folder's saved configuration; keys added to the toolkit since are taken from `current`."""
+    return load_config(path, fallback=current)
+
+
+def _typed(raw: dict[str, dict[str, str]], source: str, fallback: Config | None = None) -> Config:
     config: Config = {}
+    filled = []
     for section, keys in SCHEMA.items():
         config[section] = {}
         for key, (parse, comment) in keys.items():
+            if key not in raw.get(section, {}) and fallback is not None:
+                # A run saved before this key existed: the current configuration supplies it.
+                config[section][key] = fallback[section][key]
+                filled.append(f"{section}.{key}")
+                continue
             if key not in raw.get(section, {}):
                 raise UserError(f"{source}: missing key '{key}' in [{section}] ({comment}). "
                                 f"Add it, or start from configuration.txt in the repository.")
@@ -274,6 +294,8 @@ def _typed(raw: dict[str, dict[str, str]], source: str) -> Config:
                 raise UserError(f"{source}: [{section}] {key} = '{text}' is not valid: expected "
                                 f"{parse.__name__} ({exc}). This key is the {comment}.") from None
             config[section][key] = value
+    if filled:
+        print(f"note: {source} predates the keys {', '.join(filled)}; using their current values.")
     check_consistency(config, source)
     return config
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from lib.config import Config, format_config
+from lib.config import Config, load_run_config
 from lib.errors import UserError
 
 FINISHED = "training_summary.json"
@@ -21,7 +21,7 @@ def prepare_run_folder(config: Config, overwrite: bool) -> tuple[Path, bool]:
         raise UserError(f"{folder} already holds a finished run. Use --overwrite to replace it, or "
                         "choose another name with --set experiment.name=NEW_NAME.")
     if saved.exists():
-        if saved.read_text() != format_config(config):
+        if load_run_config(saved, config) != config:
             raise UserError(f"{folder} holds an unfinished run made with a different configuration "
                             f"(see {saved}). Rerun with --overwrite to start over, or choose another "
                             "name with --set experiment.name=NEW_NAME.")

@@ -295,3 +295,19 @@ def test_single_line_edits_either_load_or_raise_user_error(tmp_path: Path, lines
         return
     assert list(config) == list(SCHEMA)
     assert config["data attributes"]["patch_size"] % 2 ** config["model"]["depth"] == 0
+
+
+def test_a_run_saved_before_a_key_existed_takes_it_from_the_current_configuration(tmp_path, capsys):
+    from lib.config import load_run_config
+    current = load_config(REPO / "configuration.txt")
+    text = (REPO / "configuration.txt").read_text()
+    old = "\n".join(line for line in text.splitlines() if not line.startswith("flips ="))
+    old = old.replace("seed = 42", "seed = 7").replace("[model]", "[model]\nretired_key = 1")
+    (tmp_path / "old.txt").write_text(old)
+    loaded = load_run_config(tmp_path / "old.txt", current)
+    assert loaded["augmentation"]["flips"] == current["augmentation"]["flips"]
+    assert loaded["experiment"]["seed"] == 7  # saved values still win
+    out = capsys.readouterr().out
+    assert "augmentation.flips" in out and "model.retired_key" in out
+    with pytest.raises(UserError, match="unknown key 'retired_key'"):
+        load_config(tmp_path / "old.txt")  # a user's own file must be complete
