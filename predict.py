@@ -15,15 +15,16 @@ from lib.config import add_config_arguments, check_consistency, load_config, loa
 from lib.errors import UserError, run_cli
 from lib.inference import predict_image
 from lib.losses import CUSTOM_OBJECTS
-from lib.metrics import adapted_rand, cldice, evaluate_images
-from lib.plots import overlay, save_png, save_roc_pr, side_by_side
+from lib.metrics import adapted_rand, cldice, evaluate_images, multiclass_scores
+from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
 from lib.preprocessing import preprocess
 from lib.progress import progress
-from lib.readers import read_image, read_input_images, to_binary
+from lib.readers import ClassSpec, read_image, read_input_images, to_binary
 from lib.runs import CONFIG_NAME, find_run_folder
 from lib.storage import FILE_NAME, iter_split, open_prepared, split_size
 
 PER_IMAGE_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "jaccard", "auc_roc", "auc_pr")
+MULTICLASS_IMAGE_KEYS = ("pixel_accuracy", "mean_iou", "mean_accuracy")
 
 
 def load_run(run: Path, current: dict):
@@ -89,6 +90,74 @@ def extra_scores(probs, labels, fovs, threshold: float, dataset: str, config) ->
     return rows
 
 
+def display_image(image: np.ndarray) -> np.ndarray:
+    """A preprocessed H x W x C float image stretched to uint8 RGB for the comparison panels."""
+    x = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, axis=-1)
+    low, high = float(x.min()), float(x.max())
+    return np.rint(255 * (x - low) / max(high - low, 1e-6)).astype(np.uint8)
+
+
+def colour_panels(panels: list[np.ndarray]) -> np.ndarray:
+    """H x W x 3 uint8 panels side by side, separated by white gaps (as plots.side_by_side)."""
+    gap = np.full((panels[0].shape[0], GAP, 3), 255, np.uint8)
+    return np.concatenate([part for panel in panels for part in (gap, panel)][1:], axis=1)
+
+
+def predict_multiclass(model, samples, classes: ClassSpec, testing, depth: int, out: Path,
+                       settings: dict) -> list[str]:
+    """Class maps, colourized maps, comparisons, legend; with labels metrics.json, per_image.csv and the
+    confusion matrix (void pixels and pixels outside the FOV left out). Returns the summary lines."""
+    palette = classes.display_palette()
+    void = classes.ignore_index is not None
+    save_legend([*classes.names, *(["void"] if void else [])], palette[: classes.n_classes + void], out / "legend.png")
+    per_image, pooled_true, pooled_pred = [], [], []
+    for s in progress(samples, len(samples), "predict"):
+        predicted = np.argmax(predict_image(model, s["image"], testing, depth), axis=-1).astype(np.uint8)
+        stem = Path(s["name"]).stem.replace("[", "_").replace("]", "")
+        coloured = colorize(predicted, palette)
+        save_png(predicted, out / f"{stem}_classes.png")   # class indices, like the annotations
+        save_png(coloured, out / f"{stem}_color.png")
+        panels = [display_image(s["image"])]
+        if s["label"] is not None:
+            panels.append(colorize(classes.display_map(s["label"]), palette))
+        save_png(colour_panels([*panels, coloured]), out / f"{stem}_compare.png")
+        if s["label"] is None:
+            continue
+        keep = s["fov"] if classes.ignore_index is None else s["fov"] & (s["label"] != classes.ignore_index)
+        pooled_true.append(s["label"][keep])
+        pooled_pred.append(predicted[keep])
+        row = {"name": s["name"], **{key: None for key in MULTICLASS_IMAGE_KEYS}}
+        if keep.any():
+            scores = multiclass_scores(predicted[keep], s["label"][keep], classes.n_classes, None, classes.names)
+            row.update({key: scores[key] for key in MULTICLASS_IMAGE_KEYS})
+        per_image.append(row)
+    if not samples or any(s["label"] is None for s in samples):
+        return ["no labels: metrics not computed"]
+
+    pooled = multiclass_scores(np.concatenate(pooled_pred), np.concatenate(pooled_true), classes.n_classes,
+                               None, classes.names)
+    pooled["ignore_index"] = classes.ignore_index
+    means = {}
+    for key in MULTICLASS_IMAGE_KEYS:
+        values = [row[key] for row in per_image if row[key] is not None]
+        means[key] = float(np.mean(values)) if values else None
+    write_json(out / "metrics.json", {"pooled": pooled, "per_image": per_image, "per_image_mean": means,
+                                      "settings": settings})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["name", *MULTICLASS_IMAGE_KEYS])
+    for row in per_image:
+        writer.writerow([row["name"], *("" if row[k] is None else f"{row[k]:.6f}" for k in MULTICLASS_IMAGE_KEYS)])
+    write_text(out / "per_image.csv", buffer.getvalue())
+    save_confusion_matrix(np.array(pooled["confusion_matrix"]), list(classes.names), out / "confusion_matrix.png")
+    iou = ", ".join(f"{name} {'n/a' if v['iou'] is None else format(v['iou'], '.4f')}"
+                    for name, v in pooled["per_class"].items())
+    return [f"pooled ({pooled['n_pixels']} pixels{', void left out' if void else ''}):  mean IoU "
+            f"{pooled['mean_iou']:.4f}  pixel accuracy {pooled['pixel_accuracy']:.4f}  mean class accuracy "
+            f"{pooled['mean_accuracy']:.4f}  mean Dice {pooled['mean_dice']:.4f}",
+            f"per-class IoU: {iou}"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     add_config_arguments(parser)
@@ -107,7 +176,8 @@ def main() -> int:
     config, model, preprocessing, info = load_run(run, current)
     testing, depth = config["testing settings"], config["model"]["depth"]
     threshold = testing["threshold"]
-    if threshold == "auto":
+    classes = ClassSpec.from_config(config)
+    if threshold == "auto" and classes is None:
         threshold = float(info.get("threshold", 0.5))
         print(f"Threshold {threshold:.3f} ({info.get('threshold_source', 'default: no holdout images')})")
 
@@ -129,6 +199,18 @@ def main() -> int:
     if (out / "summary.txt").exists() and not args.overwrite:
         raise UserError(f"{out} already holds predictions. Use --overwrite to replace them, or --output NEW_FOLDER.")
     out.mkdir(parents=True, exist_ok=True)
+
+    if classes is not None:
+        lines = [f"run: {run}", f"images: {len(samples)} ({where})", f"classes: {classes.n_classes} "
+                 f"({', '.join(classes.names)}); ignore index {classes.ignore_index}",
+                 f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "
+                 f"tta_flips {testing['tta_flips']}"]
+        lines += predict_multiclass(model, samples, classes, testing, depth, out,
+                                    {**testing, "run": str(run), "split": where})
+        summary = "\n".join(lines) + f"\noutputs: {out}\n"
+        write_text(out / "summary.txt", summary)
+        print("\n" + summary)
+        return 0
 
     probs = []
     for s in progress(samples, len(samples), "predict"):

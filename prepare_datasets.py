@@ -21,14 +21,15 @@ from lib.errors import UserError, run_cli
 from lib.patches import extract_patches, iter_chunks, sample_centres
 from lib.preprocessing import fit_statistics, preprocess, preprocessing_settings, select_channels
 from lib.progress import progress
-from lib.readers import (CONFIGURED_SPLIT, DERIVED_FOV, Entry, Sample, describe_ids, load_sample, read_dataset,
-                         resolve_ids)
+from lib.readers import (CONFIGURED_SPLIT, DERIVED_FOV, ClassSpec, Entry, LabelError, Sample, describe_ids,
+                         fixed_validation, load_sample, read_dataset, resolve_ids)
 from lib.sample_data import write_drive_sample
-from lib.storage import FILE_NAME, open_prepared, write_prepared
+from lib.storage import FILE_NAME, class_statistics, open_prepared, write_prepared
 
 SAMPLE_TRAIN, SAMPLE_TEST = 10, 4  # images in the generated demo dataset (DRIVE size)
 EXTRACT_BLOCK = 4096  # patches cut and written at a time: bounds memory whatever N_subimgs is
 FOV_FOLDER = "fov"    # derived FOV masks are also saved here, in prepared_dir, as <image>_fov.png
+MULTICLASS_KEYS = ("class_names", "ignore_index", "palette")  # [data attributes] keys of multi-class tasks
 
 
 def fingerprint(config) -> dict:
@@ -40,13 +41,37 @@ def fingerprint(config) -> dict:
         data_paths.update(test_ids=paths["test_ids"], test_fraction=paths["test_fraction"])
     if paths["resize"] != 1.0:
         data_paths["resize"] = paths["resize"]
-    return {
+    attributes = {k: v for k, v in config["data attributes"].items() if k not in MULTICLASS_KEYS}
+    result = {
         "data paths": data_paths,
-        "data attributes": config["data attributes"],
+        "data attributes": attributes,
         "preprocessing": config["preprocessing"],
         "patches": {k: config["training settings"][k] for k in ("N_subimgs", "inside_FOV")},
         "seed": config["experiment"]["seed"],
     }
+    if config["model"]["n_classes"] > 1:
+        result["classes"] = {"n_classes": config["model"]["n_classes"],
+                             **{k: config["data attributes"][k] for k in MULTICLASS_KEYS}}
+    return result
+
+
+def load_checked(entry: Entry, scale: float, bad_labels: list[LabelError]) -> Sample | None:
+    """Load an entry; a label with unknown values or colours is recorded in bad_labels (None returned),
+    so that one message can list every such file."""
+    try:
+        return load_sample(entry, scale)
+    except LabelError as error:
+        bad_labels.append(error)
+        return None
+
+
+def raise_bad_labels(bad_labels: Sequence[LabelError], split: str) -> None:
+    """One UserError naming every label file of a split with values or colours outside the classes."""
+    if bad_labels:
+        shown = "\n  ".join(f"{e.path}: {e.problem}" for e in bad_labels[:20])
+        more = f"\n  ... and {len(bad_labels) - 20} more" if len(bad_labels) > 20 else ""
+        raise UserError(f"{len(bad_labels)} {split} label file(s) do not fit the configured classes:\n  "
+                        f"{shown}{more}\n{bad_labels[0].fix}")
 
 
 def spill(array: np.ndarray, folder: Path) -> np.ndarray:
@@ -68,13 +93,17 @@ def read_training(entries: Sequence[Entry], scale: float, folder: Path,
                   fov_folder: Path | None) -> list[dict[str, Any]]:
     """Read the training images one at a time into scratch files: raw image, label and FOV."""
     rows = []
+    bad_labels: list[LabelError] = []
     for entry in progress(entries, len(entries), "read       train"):
-        sample = load_sample(entry, scale)
+        sample = load_checked(entry, scale, bad_labels)
+        if sample is None:
+            continue
         save_fov(sample, fov_folder)
         if sample.label is None:
             raise UserError(f"training image {sample.name} has no label; every training image needs one.")
         rows.append({"name": sample.name, "id": sample.id, "raw": spill(sample.image, folder),
                      "label": spill(sample.label, folder), "fov": spill(sample.fov, folder)})
+    raise_bad_labels(bad_labels, "training")
     return rows
 
 
@@ -89,13 +118,17 @@ def prepare_split(entries: Sequence[Entry], split: str, settings: Mapping[str, A
                   scale: float, folder: Path, fov_folder: Path | None) -> list[dict[str, Any]]:
     """Read and preprocess a held-out or test split one image at a time, into scratch files."""
     rows = []
+    bad_labels: list[LabelError] = []
     for entry in progress(entries, len(entries), f"preprocess {split:5s}"):
-        sample = load_sample(entry, scale)
+        sample = load_checked(entry, scale, bad_labels)
+        if sample is None:
+            continue
         save_fov(sample, fov_folder)
         rows.append({"name": sample.name, "id": sample.id,
                      "image": spill(preprocess(sample.image, sample.fov, settings, stats), folder),
                      "label": None if sample.label is None else spill(sample.label, folder),
                      "fov": spill(sample.fov, folder)})
+    raise_bad_labels(bad_labels, split)
     return rows
 
 
@@ -134,12 +167,14 @@ def main() -> int:
               f"test images) in {root} ...")
         write_drive_sample(root, n_train=SAMPLE_TRAIN, n_test=SAMPLE_TEST, seed=seed)
 
+    classes = ClassSpec.from_config(config)
     train, test = read_dataset(paths["dataset"], root, config["data attributes"]["positive_class"],
-                               paths["test_ids"], paths["test_fraction"], seed)
+                               paths["test_ids"], paths["test_fraction"], seed, classes)
     if not train:
         raise UserError(f"no training images found in {root}.")
     held = resolve_ids(paths["holdout_ids"], train, "holdout_ids", "training")
-    val = [e for e in train if e.id in held]
+    # A release's own validation split (CamVid's val/) and held-out training images form the 'val' split.
+    val = fixed_validation(paths["dataset"], root, classes) + [e for e in train if e.id in held]
     train = [e for e in train if e.id not in held]
     if not train:
         raise UserError("[data paths] holdout_ids holds out every training image; leave some for training.")
@@ -179,9 +214,14 @@ def main() -> int:
 
     attrs = {"dataset": paths["dataset"], "preprocessing": settings, "statistics": stats,
              "fingerprint": wanted, "source": str(root)}
+    if classes is not None:
+        # Frequencies and median-frequency weights from the training labels (void left out).
+        attrs["classes"] = {"n_classes": classes.n_classes, "class_names": list(classes.names),
+                            "ignore_index": classes.ignore_index, "palette": [list(c) for c in classes.palette],
+                            **class_statistics((r["label"] for r in train_rows), classes.n_classes,
+                                               classes.ignore_index, (r["fov"] for r in train_rows))}
     write_prepared(out_path, splits, attrs, n, size, settings["channels"], fill_patches)
 
-    foreground = np.mean([r["label"][r["fov"]].mean() for r in train_rows])
     print(f"\nWrote {out_path} ({out_path.stat().st_size / 2**20:.1f} MiB)")
     for split, rows in splits.items():
         if rows:
@@ -190,7 +230,15 @@ def main() -> int:
                   f"{'' if rows[0]['label'] is not None else ' (no labels)'}")
     print(f"  patches: {n} of {size}x{size}x{settings['channels']} (float16), centres "
           f"{'inside the FOV' if config['training settings']['inside_FOV'] else 'anywhere'}")
-    print(f"  foreground fraction inside the FOV (train): {foreground:.3f}")
+    if classes is None:
+        foreground = np.mean([r["label"][r["fov"]].mean() for r in train_rows])
+        print(f"  foreground fraction inside the FOV (train): {foreground:.3f}")
+    else:
+        info = attrs["classes"]
+        total = max(sum(info["pixel_counts"]), 1)
+        print(f"  classes (train pixels, void left out; median-frequency weight):")
+        for name, count, weight in zip(classes.names, info["pixel_counts"], info["median_frequency_weights"]):
+            print(f"    {name:12s} {100 * count / total:5.1f}%  weight {weight:.3f}")
     print(f"  statistics: mean {np.round(stats['mean'], 2).tolist()}, std {np.round(stats['std'], 2).tolist()}")
     return 0
 

@@ -6,14 +6,17 @@ import csv
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from lib.atomic import write_json, write_text
+from lib.atomic import write_json
+from lib.backend import configure_precision, jit_setting
 from lib.callbacks import Checkpoints, EpochSetter, HoldoutScore, NaNGuard, SafeBackupAndRestore, TimeLimit
 from lib.config import add_config_arguments, load_config, write_config
+from lib.distribute import AgreeToStop, SyncFromChief, check_global_batch, make_distribution
 from lib.errors import UserError, run_cli
 from lib.inference import predict_image
 from lib.losses import loss_and_metrics
@@ -21,7 +24,7 @@ from lib.metrics import best_f1_threshold
 from lib.pipeline import PatchStream
 from lib.plots import save_learning_curves
 from lib.runs import CONFIG_NAME, FINISHED, prepare_run_folder
-from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json
+from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes
 from lib.unet import unet_from_config
 
 
@@ -34,7 +37,8 @@ def read_log(path: Path) -> dict[str, list[float]]:
     history: dict[str, list[float]] = {}
     for epoch in sorted(rows):
         for key, value in rows[epoch].items():
-            history.setdefault(key, []).append(float(value) if value not in ("", None) else float("nan"))
+            # CSVLogger writes "NA" for a metric an epoch did not have (e.g. no validation patches).
+            history.setdefault(key, []).append(float(value) if value not in ("", "NA", None) else float("nan"))
     return history
 
 
@@ -45,6 +49,9 @@ def main() -> int:
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
     training, testing = config["training settings"], config["testing settings"]
+    # First of all: MultiWorkerMirroredStrategy must exist before TensorFlow starts its runtime.
+    distribution = make_distribution(training["strategy"])
+    policy = configure_precision(training["mixed_precision"])
     depth = config["model"]["depth"]
     data_path = Path(config["data paths"]["prepared_dir"]) / FILE_NAME
 
@@ -55,20 +62,28 @@ def main() -> int:
                          "statistics": read_attr_json(h5, "statistics"),
                          "dataset": h5.attrs["dataset"], "source": h5.attrs["source"]}
         holdout = list(iter_split(h5, "val"))
+        classes = read_classes(h5)  # None for a binary task
     if preprocessing["settings"]["channels"] != config["data attributes"]["channels"] or \
             preprocessing["settings"]["gray_mode"] != config["preprocessing"]["gray_mode"]:
         raise UserError(f"{data_path} was prepared with other preprocessing settings; rerun prepare_datasets.py.")
 
-    run, resuming = prepare_run_folder(config, args.overwrite)
     command = " ".join([sys.executable.split("/")[-1], *sys.argv])
-    print(f"{'Resuming' if resuming else 'Starting'} run {run}")
-    write_config(config, run / CONFIG_NAME)
-    write_json(run / "preprocessing.json", preprocessing)
+    if distribution.is_chief:
+        run, resuming = prepare_run_folder(config, args.overwrite)
+        print(f"{'Resuming' if resuming else 'Starting'} run {run}")
+        write_config(config, run / CONFIG_NAME)
+        write_json(run / "preprocessing.json", preprocessing)
+    else:
+        # Only the chief writes the run folder; this worker takes the chief's state when training starts.
+        run = Path(config["experiment"]["runs_dir"]) / config["experiment"]["name"]
+        print(f"Training as {distribution.task}: the chief writes the run folder {run}")
+    print(f"Devices: {distribution.describe()}; dtype policy {policy}; backend {keras.backend.backend()}")
 
     keras.utils.set_random_seed(config["experiment"]["seed"])
     n_val = int(round(n_patches * training["validation_fraction"]))
     n_train = n_patches - n_val
     batch = training["batch_size"]
+    check_global_batch(batch, distribution)
     if n_train < batch:
         raise UserError(f"only {n_train} training patches for a batch size of {batch}; raise "
                         "[training settings] N_subimgs (and rerun prepare_datasets.py) or lower batch_size.")
@@ -76,7 +91,6 @@ def main() -> int:
                              augment=config["augmentation"], seed=config["experiment"]["seed"], workers=2)
     val_data = PatchStream(data_path, n_train, n_patches, batch, shuffle=False) if n_val >= batch else None
 
-    model = unet_from_config(config)
     steps = len(train_data)
     total_steps = steps * training["N_epochs"]
     if training["lr_schedule"] == "cosine":
@@ -85,26 +99,42 @@ def main() -> int:
                                                       warmup_target=training["learning_rate"], warmup_steps=warmup)
     else:
         rate = training["learning_rate"]
-    loss, metrics = loss_and_metrics(training["loss"], config["model"]["n_classes"])
-    model.compile(optimizer=keras.optimizers.Adam(rate), loss=loss, metrics=metrics)
-    with open(run / "model_summary.txt", "w") as handle:
-        model.summary(print_fn=lambda line, **_: handle.write(line + "\n"))
+    n_classes, ignore_index = config["model"]["n_classes"], config["data attributes"]["ignore_index"]
+    ignore_index = None if ignore_index < 0 else ignore_index
+    if n_classes > 1 and (classes is None or classes["n_classes"] != n_classes
+                          or classes["ignore_index"] != ignore_index):
+        raise UserError(f"{data_path} was prepared for another label set than n_classes = {n_classes}, "
+                        f"ignore_index = {ignore_index}; rerun prepare_datasets.py with this configuration.")
+    weights = classes["median_frequency_weights"] if n_classes > 1 and training["class_weighting"] != "none" else None
+    loss, metrics = loss_and_metrics(training["loss"], n_classes, ignore_index, weights)
+    with distribution.scope():
+        model = unet_from_config(config)
+        model.compile(optimizer=keras.optimizers.Adam(rate), loss=distribution.replica_loss(loss),
+                      metrics=metrics,
+                      jit_compile=jit_setting(training["jit_compile"], distribution.strategy is not None))
+    distribution.prepare_model(model)
+    if distribution.is_chief:
+        with open(run / "model_summary.txt", "w") as handle:
+            model.summary(print_fn=lambda line, **_: handle.write(line + "\n"))
 
     use_holdout = bool(holdout) and training["validate_every"] > 0
-    monitor, mode = ("holdout_auc_roc", "max") if use_holdout else (("val_loss", "min") if val_data else ("loss", "min"))
+    holdout_score = "holdout_auc_roc" if n_classes == 1 else "holdout_mean_iou"
+    monitor, mode = (holdout_score, "max") if use_holdout else (("val_loss", "min") if val_data else ("loss", "min"))
     nan_guard, time_limit = NaNGuard(), TimeLimit(training["max_train_minutes"])
     callbacks = [nan_guard, EpochSetter([train_data])]
-    if use_holdout:
-        callbacks.append(HoldoutScore(holdout, lambda m, image: predict_image(m, image, testing, depth),
-                                      training["validate_every"]))
-    callbacks += [
-        Checkpoints(run, monitor, mode, training["early_stopping_patience"]),
-        keras.callbacks.CSVLogger(str(run / "log.csv"), append=True),
-        SafeBackupAndRestore(str(run / "backup"), double_checkpoint=True),
-        time_limit,
-    ]
-    if keras.backend.backend() == "tensorflow":
-        callbacks.append(keras.callbacks.TensorBoard(str(run / "tensorboard"), profile_batch=0))
+    if distribution.is_chief:
+        if use_holdout:
+            callbacks.append(HoldoutScore(holdout, lambda m, image: predict_image(m, image, testing, depth),
+                                          training["validate_every"], n_classes, ignore_index))
+        callbacks += [
+            Checkpoints(run, monitor, mode, training["early_stopping_patience"]),
+            keras.callbacks.CSVLogger(str(run / "log.csv"), append=True),
+            SafeBackupAndRestore(str(run / "backup"), double_checkpoint=True),
+        ]
+        if keras.backend.backend() == "tensorflow":
+            callbacks.append(keras.callbacks.TensorBoard(str(run / "tensorboard"), profile_batch=0))
+    # With several workers: start from the chief's (restored) state; stop together.
+    callbacks += [time_limit, SyncFromChief(distribution), AgreeToStop(distribution)]
 
     print(f"{n_train} training and {n_val} validation patches of {config['data attributes']['patch_size']} px; "
           f"{steps} steps of {batch} per epoch, {training['N_epochs']} epochs; monitoring {monitor}")
@@ -115,8 +145,24 @@ def main() -> int:
     except KeyboardInterrupt:
         print(f"\nInterrupted. Checkpoints are kept in {run}; run the same command to resume:\n  {command}",
               file=sys.stderr)
+        if distribution.strategy is not None:
+            distribution.abort(130)
         return 130
+    except Exception as exc:
+        if distribution.strategy is None:
+            raise
+        # Under a strategy a normal exit can hang on threads still waiting for the other devices.
+        if isinstance(exc, UserError):
+            print(f"\nerror: {exc}", file=sys.stderr)
+        else:
+            traceback.print_exc()
+        print(f"\nTraining failed on {distribution.task}. Checkpoints are kept in {run}; stop every worker, "
+              f"then run the same command(s) again to resume:\n  {command}", file=sys.stderr)
+        distribution.abort(2 if isinstance(exc, UserError) else 1)
     minutes = (time.monotonic() - started) / 60
+    if not distribution.is_chief:
+        print(f"\n{distribution.task} finished its part in {minutes:.1f} min; the chief writes the results.")
+        return 0 if not nan_guard.where else 1
     if nan_guard.where:
         epoch, step = nan_guard.where
         raise UserError(f"the training loss became NaN at epoch {epoch}, step {step}. The last good "
@@ -130,7 +176,7 @@ def main() -> int:
     info = {"monitor": monitor, "best": state["best"], "best_epoch": state["best_epoch"],
             "epochs_run": len(history.get("epoch", [])), "minutes_this_session": round(minutes, 2),
             "threshold": 0.5, "threshold_source": "default"}
-    if holdout:
+    if holdout and n_classes == 1:  # the binary threshold; several classes take the argmax
         best = keras.models.load_model(run / "best.keras", compile=False, safe_mode=True)
         probs = np.concatenate([predict_image(best, s["image"], testing, depth)[..., 0][s["fov"]] for s in holdout])
         labels = np.concatenate([s["label"][s["fov"]] for s in holdout])

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from lib.atomic import atomic_path, write_json
-from lib.metrics import binary_scores
+from lib.metrics import binary_scores, multiclass_scores
 
 
 def _finite_loss(logs: Mapping[str, Any] | None) -> bool:
@@ -31,19 +31,35 @@ class EpochSetter(keras.callbacks.Callback):
 
 
 class HoldoutScore(keras.callbacks.Callback):
-    """Every k epochs, score full holdout images as predict.py would; add holdout_* to the logs."""
+    """Every k epochs, score full holdout images as predict.py would; add holdout_* to the logs.
+
+    Binary: holdout_auc_roc, _f1, _accuracy. Several classes (n_classes > 1): holdout_mean_iou,
+    _pixel_accuracy, _mean_accuracy of the argmax class maps, ignore_index pixels left out.
+    """
 
     def __init__(self, samples: Sequence[Mapping[str, Any]], predict: Callable[[keras.Model, np.ndarray], np.ndarray],
-                 every: int) -> None:
+                 every: int, n_classes: int = 1, ignore_index: int | None = None) -> None:
         super().__init__()
         self.samples, self.predict, self.every = samples, predict, every
+        self.n_classes, self.ignore_index = n_classes, ignore_index
+        self.keys = ("auc_roc", "f1", "accuracy") if n_classes == 1 else ("mean_iou", "pixel_accuracy", "mean_accuracy")
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if logs is None:
             return
         if (epoch + 1) % self.every:
             # Always present (NaN when not scored): the CSV log fixes its columns at the first epoch.
-            logs.update({f"holdout_{key}": float("nan") for key in ("auc_roc", "f1", "accuracy")})
+            logs.update({f"holdout_{key}": float("nan") for key in self.keys})
+            return
+        if self.n_classes > 1:
+            predicted = np.concatenate([np.argmax(self.predict(self.model, s["image"]), axis=-1)[s["fov"]]
+                                        for s in self.samples])
+            labels = np.concatenate([s["label"][s["fov"]] for s in self.samples])
+            scores = multiclass_scores(predicted, labels, self.n_classes, self.ignore_index)
+            for key in self.keys:
+                logs[f"holdout_{key}"] = float(scores[key])
+            print(f" - holdout mean IoU {scores['mean_iou']:.4f}, pixel accuracy {scores['pixel_accuracy']:.4f}, "
+                  f"mean class accuracy {scores['mean_accuracy']:.4f}")
             return
         probs = np.concatenate([self.predict(self.model, s["image"])[..., 0][s["fov"]] for s in self.samples])
         labels = np.concatenate([s["label"][s["fov"]] for s in self.samples])

@@ -93,6 +93,34 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _name_list(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if len(set(names)) != len(names):
+        raise ValueError("names must be unique")
+    return names
+
+
+def _ignore_index(text: str) -> int:
+    value = int(text)
+    if not -1 <= value <= 255:
+        raise ValueError("must be -1 (none) or a label value 0..255")
+    return value
+
+
+def _palette(text: str) -> list[tuple[int, int, int]]:
+    colours = []
+    for part in re.split(r"[,;]", text):
+        if not part.strip():
+            continue
+        values = part.split()
+        if len(values) != 3 or not all(v.isdigit() and int(v) <= 255 for v in values):
+            raise ValueError(f"'{part.strip()}' is not an 'R G B' triple of numbers 0..255")
+        colours.append(tuple(int(v) for v in values))
+    if len(set(colours)) != len(colours):
+        raise ValueError("a colour is listed twice, so it would map to two classes")
+    return colours
+
+
 def _threshold(text: str) -> float | str:
     if text.strip() == "auto":
         return "auto"
@@ -107,12 +135,15 @@ _int_list.__name__ = "comma-separated integers"
 _id_list.__name__ = "comma-separated image ids (numbers, or names with a number such as 01L, 05_dr)"
 _fraction.__name__ = "number in [0, 1)"
 _threshold.__name__ = "auto or a number in (0, 1)"
+_name_list.__name__ = "comma-separated unique names"
+_ignore_index.__name__ = "-1 or an integer 0..255"
+_palette.__name__ = "'R G B' triples separated by commas"
 
 # section -> key -> (parser, one-line comment). The order here is the order of the written file.
 SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
     "data paths": {
-        "dataset": (_choice("DRIVE", "ISBI2012", "STARE", "CHASE_DB1", "HRF", "folders", "sample"),
-                    "dataset reader: DRIVE, ISBI2012, STARE, CHASE_DB1, HRF, folders (your own images/ + labels/), or sample (generated DRIVE-like data, created if missing)"),
+        "dataset": (_choice("DRIVE", "ISBI2012", "STARE", "CHASE_DB1", "HRF", "folders", "sample", "CamVid"),
+                    "dataset reader: DRIVE, ISBI2012, STARE, CHASE_DB1, HRF, folders (your own images/ + labels/), sample (generated DRIVE-like data, created if missing), or CamVid (multi-class, SegNet layout)"),
         "dataset_dir": (str, "folder holding the dataset in its original layout (see data/README.md)"),
         "prepared_dir": (str, "folder where prepare_datasets.py writes dataset.h5"),
         "holdout_ids": (_id_list, "training image ids kept out of training and scored as full images each epoch (e.g. 37,38,39,40); empty for none"),
@@ -129,6 +160,9 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "patch_size": (_positive(int), "side of the square training patches in pixels (divisible by 2^depth)"),
         "channels": (_int_choice(1, 3), "1: convert to gray (see gray_mode), 3: keep RGB"),
         "positive_class": (_choice("membrane", "interior"), "ISBI 2012 only: which class is foreground"),
+        "class_names": (_name_list, "multi-class only: names of classes 0 ... n_classes-1, comma-separated; empty: class_0, class_1, ..."),
+        "ignore_index": (_ignore_index, "multi-class only: label value left out of loss and metrics (void; n_classes ... 255, e.g. 11 for CamVid); -1 for none"),
+        "palette": (_palette, "multi-class only: colour of class 0, 1, ... as R G B triples separated by commas, plus optionally the void colour last; colour labels are mapped with it and predictions drawn in it; empty: index labels, default colours"),
     },
     "preprocessing": {
         "gray_mode": (_choice("luminance", "green"), "how RGB becomes gray: luminance (0.299R+0.587G+0.114B) or the green channel"),
@@ -154,7 +188,8 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "batch_size": (_positive(int), "patches per batch: the global batch, split evenly between the devices of the strategy"),
         "learning_rate": (_positive(float), "peak Adam learning rate for the global batch_size (never rescaled with the number of devices)"),
         "lr_schedule": (_choice("cosine", "constant"), "cosine: linear warm-up for one epoch then cosine decay to zero; constant: fixed rate"),
-        "loss": (_choice("bce", "dice", "bce_dice", "cce"), "training loss: bce, dice, bce_dice (sum of both) or cce (categorical cross-entropy)"),
+        "loss": (_choice("bce", "dice", "bce_dice", "cce", "cce_dice"), "training loss: bce, dice, bce_dice (sum of both) for one class; cce (categorical cross-entropy) or cce_dice (cce + mean soft Dice) for several"),
+        "class_weighting": (_choice("none", "median_frequency"), "multi-class only: cross-entropy class weights: none, or median_frequency (median class frequency / class frequency, from the training labels)"),
         "validation_fraction": (_fraction, "fraction of the training patches held out for validation loss"),
         "early_stopping_patience": (_non_negative(int), "stop after this many epochs without improvement of the monitored score; 0 disables"),
         "validate_every": (_non_negative(int), "score the holdout images every this many epochs; 0 disables"),
@@ -322,9 +357,38 @@ def check_consistency(config: Config, source: str) -> None:
                         "Use a stride no larger than the window.")
     n_classes = config["model"]["n_classes"]
     loss = config["training settings"]["loss"]
-    if n_classes > 1 and loss != "cce":
+    if n_classes > 1 and loss not in ("cce", "cce_dice"):
         raise UserError(f"{source}: [training settings] loss = {loss} is for one class, but n_classes = "
-                        f"{n_classes}. Use loss = cce for several classes.")
+                        f"{n_classes}. Use loss = cce or cce_dice for several classes.")
+    if n_classes == 1 and loss == "cce_dice":
+        raise UserError(f"{source}: [training settings] loss = cce_dice is for several classes, but n_classes = 1. "
+                        "Use bce, dice or bce_dice for a binary task.")
+    _check_classes(config["data attributes"], n_classes, source)
+
+
+def _check_classes(attributes: dict[str, Any], n_classes: int, source: str) -> None:
+    """class_names, ignore_index and palette must fit n_classes."""
+    names, ignore, palette = attributes["class_names"], attributes["ignore_index"], attributes["palette"]
+    where = f"{source}: [data attributes]"
+    if n_classes == 1:
+        if names or palette or ignore != -1:
+            raise UserError(f"{where} class_names, ignore_index and palette are for several classes, but "
+                            "[model] n_classes = 1: leave them empty (-1 for ignore_index), or set n_classes.")
+        return
+    if names and len(names) != n_classes:
+        raise UserError(f"{where} class_names lists {len(names)} names ({', '.join(names)}) but [model] "
+                        f"n_classes = {n_classes}: give one name per class, or leave it empty.")
+    if 0 <= ignore < n_classes:
+        raise UserError(f"{where} ignore_index = {ignore} is a class (n_classes = {n_classes}); the void "
+                        f"label must be a value from {n_classes} to 255, or -1 for none.")
+    if palette and len(palette) not in (n_classes, n_classes + 1):
+        raise UserError(f"{where} palette has {len(palette)} colours for n_classes = {n_classes}: give one "
+                        f"'R G B' colour per class ({n_classes}), plus optionally the void colour last "
+                        f"({n_classes + 1}).")
+    if len(palette) == n_classes + 1 and ignore == -1:
+        raise UserError(f"{where} palette ends with a void colour (colour {n_classes + 1} of {len(palette)}) "
+                        "but ignore_index = -1: set ignore_index to the void label value, e.g. "
+                        f"{n_classes}, or remove the last colour.")
 
 
 def format_config(config: Config) -> str:
@@ -336,6 +400,8 @@ def format_config(config: Config) -> str:
             value = config[section][key]
             if isinstance(value, bool):
                 text = str(value).lower()
+            elif isinstance(value, list) and value and isinstance(value[0], tuple):
+                text = ", ".join(" ".join(str(c) for c in colour) for colour in value)  # palette
             elif isinstance(value, list):
                 text = ",".join(str(v) for v in value)
             else:

@@ -67,6 +67,19 @@ def multiclass_loss(n_classes: int, ignore_index: int | None = None, class_weigh
 
     return multiclass_cce
 
+def masked_pixel_accuracy(n_classes: int, ignore_index: int | None = None):
+    """Training metric: fraction of labelled pixels whose argmax class is right (void pixels left out)."""
+    def pixel_accuracy(y_true, y_pred):
+        labels = ops.cast(y_true[..., 0], "int32")
+        valid = labels < n_classes
+        if ignore_index is not None:
+            valid = ops.logical_and(valid, ops.not_equal(labels, ignore_index))
+        correct = ops.logical_and(valid, ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), labels))
+        return ops.sum(ops.cast(correct, "float32")) / ops.maximum(ops.sum(ops.cast(valid, "float32")), 1.0)
+
+    return pixel_accuracy
+
+
 def dice_coefficient(y_true, y_pred):
     """Dice of the thresholded (0.5) prediction: the score predict.py reports, per batch."""
     return dice_from_terms(*overlap_terms(y_true, ops.cast(y_pred > 0.5, y_pred.dtype)), smooth=1e-7)
@@ -81,8 +94,13 @@ LOSSES = {"bce": bce_loss, "dice": dice_loss, "bce_dice": bce_dice_loss, "cce": 
 CUSTOM_OBJECTS = {f.__name__: f for f in (*LOSSES.values(), dice_coefficient, iou_coefficient)}
 
 
-def loss_and_metrics(loss: str, n_classes: int) -> tuple:
-    """The configured loss function and the training metrics that go with it."""
+def loss_and_metrics(loss: str, n_classes: int, ignore_index: int | None = None, class_weights=None) -> tuple:
+    """The configured loss function and the training metrics that go with it.
+
+    Several classes: cross-entropy (+ Dice for cce_dice) weighted by class_weights, and pixel accuracy,
+    both leaving out ignore_index pixels.
+    """
     if n_classes > 1:
-        return LOSSES[loss], ["accuracy"]
+        return (multiclass_loss(n_classes, ignore_index, class_weights, dice=loss == "cce_dice"),
+                [masked_pixel_accuracy(n_classes, ignore_index)])
     return LOSSES[loss], [dice_coefficient, iou_coefficient]

@@ -27,7 +27,9 @@ _IGNORED_FILES = {"Thumbs.db", "desktop.ini"}
 # Datasets whose release has no train/test split: the configuration chooses one (test_ids or
 # test_fraction). 'folders' has a fixed split only when it has a test/ folder.
 CONFIGURED_SPLIT = ("STARE", "HRF", "folders")
-DATASETS = ("DRIVE", "ISBI2012", "sample", "STARE", "CHASE_DB1", "HRF", "folders")
+DATASETS = ("DRIVE", "ISBI2012", "sample", "STARE", "CHASE_DB1", "HRF", "folders", "CamVid")
+# Readers that take multi-class labels (class-index or colour maps); the others are binary tasks.
+MULTICLASS_DATASETS = ("CamVid", "folders")
 # Releases without FOV masks: the FOV is derived from the image (lib/fov.py).
 DERIVED_FOV = ("STARE", "CHASE_DB1")
 
@@ -39,7 +41,7 @@ class Sample:
     name: str
     id: int
     image: np.ndarray          # uint8, H x W x C
-    label: np.ndarray | None   # bool, H x W (None when the split has no labels)
+    label: np.ndarray | None   # H x W: bool (binary), uint8 class indices (multi-class); None: no labels
     fov: np.ndarray            # bool, H x W (all True where the dataset has no FOV masks)
     key: str = ""              # natural name that test_ids/holdout_ids may use ('01L', '05_dr'); '' = id
 
@@ -123,6 +125,120 @@ def to_binary(array: np.ndarray, path: Path | str, what: str = "label") -> np.nd
                     "or only 0/1. Re-export it as a two-level image.")
 
 
+# --- multi-class labels ------------------------------------------------------------------------
+
+# Colours for classes without a configured palette (matplotlib's tab20 order, then generated hues).
+DEFAULT_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+                   (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+                   (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+                   (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229))
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """A multi-class label set: class count, names, the void (ignore) value and the colour palette.
+
+    palette[i] is the colour of class i; an extra last colour, when given, is the void colour.
+    """
+
+    n_classes: int
+    names: tuple[str, ...]
+    ignore_index: int | None = None
+    palette: tuple[tuple[int, int, int], ...] = ()
+
+    @classmethod
+    def from_config(cls, config) -> "ClassSpec | None":
+        """The configuration's label set; None for a binary task (n_classes = 1)."""
+        n = config["model"]["n_classes"]
+        if n == 1:
+            return None
+        attributes = config["data attributes"]
+        ignore = attributes["ignore_index"]
+        names = attributes["class_names"] or [f"class_{c}" for c in range(n)]
+        return cls(n, tuple(names), None if ignore < 0 else ignore, tuple(tuple(c) for c in attributes["palette"]))
+
+    def colour_to_class(self) -> dict[tuple[int, int, int], int]:
+        """Palette lookup for colour labels: class colours, and the void colour (if any) to ignore_index."""
+        table = {tuple(colour): index for index, colour in enumerate(self.palette[: self.n_classes])}
+        if len(self.palette) > self.n_classes and self.ignore_index is not None:
+            table[tuple(self.palette[self.n_classes])] = self.ignore_index
+        return table
+
+    def display_palette(self) -> np.ndarray:
+        """(n_classes + 1, 3) uint8 drawing colours: the classes', then void's (see display_map)."""
+        if self.palette:
+            colours = [tuple(c) for c in self.palette[: self.n_classes]]
+        else:
+            colours = [DEFAULT_COLOURS[c] if c < len(DEFAULT_COLOURS) else
+                       tuple(int(v) for v in np.round(255 * _hue_to_rgb((c * 0.618034) % 1.0)))
+                       for c in range(self.n_classes)]
+        if len(self.palette) > self.n_classes:
+            void = tuple(self.palette[self.n_classes])
+        else:
+            void = next(c for c in ((0, 0, 0), (255, 255, 255), (255, 0, 255), (1, 1, 1)) if c not in colours)
+        return np.array(colours + [void], dtype=np.uint8)
+
+    def display_map(self, labels: np.ndarray) -> np.ndarray:
+        """Class map for drawing with display_palette: void (and any other value) becomes n_classes."""
+        labels = np.asarray(labels)
+        return np.where(labels < self.n_classes, labels, self.n_classes).astype(np.intp)
+
+
+def _hue_to_rgb(hue: float) -> np.ndarray:
+    """A saturated colour of the given hue in [0, 1), as RGB floats in [0, 1]."""
+    k = (np.array([5.0, 3.0, 1.0]) + hue * 6.0) % 6.0
+    return 0.85 - 0.6 * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
+class LabelError(UserError):
+    """A label file with values (or colours) outside the configured classes; prepare lists them all."""
+
+    def __init__(self, path: Path | str, problem: str, fix: str) -> None:
+        self.path, self.problem, self.fix = str(path), problem, fix
+        super().__init__(f"{path}: {problem}. {fix}")
+
+
+def _shown(values: Sequence, limit: int = 12) -> str:
+    values = list(values)
+    return ", ".join(str(v) for v in values[:limit]) + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+def to_classes(array: np.ndarray, path: Path | str, classes: ClassSpec) -> np.ndarray:
+    """Turn a label file into a uint8 class map: class indices as they are, RGB colours via the palette.
+
+    Values other than 0 ... n_classes-1 and the ignore index, and colours not in the palette, are a
+    LabelError that lists them.
+    """
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim == 3 and classes.palette:
+        table = classes.colour_to_class()
+        codes = (array[..., 0].astype(np.int32) << 16) | (array[..., 1].astype(np.int32) << 8) | array[..., 2]
+        unique, inverse = np.unique(codes, return_inverse=True)
+        colours = [((int(c) >> 16) & 255, (int(c) >> 8) & 255, int(c) & 255) for c in unique]
+        unknown = [c for c in colours if c not in table]
+        if unknown:
+            raise LabelError(path, f"the colour label has colours not in [data attributes] palette: "
+                             f"{_shown(f'({r} {g} {b})' for r, g, b in unknown)}",
+                             "Add them to the palette (one 'R G B' triple per class, void last), or fix the label.")
+        lookup = np.array([table[c] for c in colours], dtype=np.uint8)
+        return lookup[inverse.reshape(codes.shape)]
+    if array.ndim == 3:
+        if not (array == array[..., :1]).all():
+            raise LabelError(path, "the label is a colour image but [data attributes] palette is empty",
+                             "Declare the colour of each class in palette (R G B triples), or give class-index labels.")
+        array = array[..., 0]
+    allowed = set(range(classes.n_classes)) | ({classes.ignore_index} if classes.ignore_index is not None else set())
+    values = np.unique(array)
+    bad = [int(v) for v in values if int(v) not in allowed]
+    if bad:
+        void = "" if classes.ignore_index is None else f" or the ignore index {classes.ignore_index}"
+        raise LabelError(path, f"the label has values {_shown(bad)}, outside the classes 0 ... "
+                         f"{classes.n_classes - 1}{void}",
+                         "Check [model] n_classes and [data attributes] ignore_index, or fix the label.")
+    return array.astype(np.uint8)
+
+
 def _check_same_size(image: np.ndarray, other: np.ndarray, image_path: Path, other_path: Path) -> None:
     if image.shape[:2] != other.shape[:2]:
         raise UserError(f"size mismatch: {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but "
@@ -194,7 +310,7 @@ def _pair(images: dict, others: dict, what: str, folder: Path) -> None:
 
 
 def _load_files(number: int, key: str, image_path: Path, label_path: Path | None,
-                mask_path: Path | None, derive: bool) -> Sample:
+                mask_path: Path | None, derive: bool, classes: ClassSpec | None = None) -> Sample:
     """Read one image with its label and FOV mask (or a derived or whole-image FOV)."""
     image = as_rgb(read_image(image_path))
     if mask_path is not None:
@@ -206,14 +322,16 @@ def _load_files(number: int, key: str, image_path: Path, label_path: Path | None
         fov = np.ones(image.shape[:2], dtype=bool)
     label = None
     if label_path is not None:
-        label = to_binary(read_image(label_path), label_path)
+        raw = read_image(label_path)
+        label = to_binary(raw, label_path) if classes is None else to_classes(raw, label_path, classes)
         _check_same_size(image, label, image_path, label_path)
     return Sample(image_path.name, number, image, label, fov, key)
 
 
 def _file_entry(number: int, key: str, image: Path, label: Path | None, mask: Path | None,
-                derive: bool = False) -> Entry:
-    return Entry(image.name, number, key, functools.partial(_load_files, number, key, image, label, mask, derive))
+                derive: bool = False, classes: ClassSpec | None = None) -> Entry:
+    return Entry(image.name, number, key,
+                 functools.partial(_load_files, number, key, image, label, mask, derive, classes))
 
 
 # --- DRIVE (and the generated sample) ---------------------------------------------------------
@@ -418,7 +536,7 @@ def _folder_files(folder: Path, need_labels: bool) -> list[tuple[str, Path, Path
             for stem in sorted(images, key=_natural_key)]
 
 
-def _folder_entries(root: Path) -> tuple[list[Entry], list[Entry] | None]:
+def _folder_entries(root: Path, classes: ClassSpec | None = None) -> tuple[list[Entry], list[Entry] | None]:
     """Generic folders: (train, test) with a test/ folder, else (all, None).
 
     Ids are the numbers in the file names when every name is a number (7.png -> 7), else the
@@ -429,11 +547,61 @@ def _folder_entries(root: Path) -> tuple[list[Entry], list[Entry] | None]:
     rows = train + (test or [])
     numeric = all(stem.isdigit() for stem, *_ in rows) and len({int(s) for s, *_ in rows}) == len(rows)
     ids = [int(stem) if numeric else index for index, (stem, *_) in enumerate(rows, 1)]
-    entries = [_file_entry(number, stem, image, label, mask)
+    entries = [_file_entry(number, stem, image, label, mask, classes=classes)
                for number, (stem, image, label, mask) in zip(ids, rows)]
     if test is None:
         return entries, None
     return entries[: len(train)], entries[len(train):]
+
+
+# --- CamVid (SegNet layout) ------------------------------------------------------------------
+
+CAMVID_CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
+                  "Pedestrian", "Bicyclist")  # 11 = void
+CAMVID_SPLITS = (("train", "train", "trainannot"), ("val", "val", "valannot"), ("test", "test", "testannot"))
+
+
+def camvid_entries(root: Path, classes: ClassSpec | None) -> dict[str, list[Entry]]:
+    """CamVid as distributed with SegNet: {train, val, test} from train/ + trainannot/, val/ + valannot/, ...
+
+    Images and annotations are paired by name. train/ is required; val/ and test/ are used when
+    present (test/ may come without testannot/). Ids are 1-based positions in name order over
+    train, val and test; the names' stems (0001TP_006690) work as ids too.
+    """
+    if classes is None:
+        raise UserError("dataset = CamVid is a multi-class dataset: set [model] n_classes = 11 and [data attributes] "
+                        "ignore_index = 11 (see configuration_camvid.txt), and loss = cce or cce_dice.")
+    root = Path(root)
+    if not (root / "train").is_dir():
+        raise UserError(f"CamVid folder {root / 'train'} not found. Expected the SegNet layout: train/, trainannot/, "
+                        "val/, valannot/ (and optionally test/, testannot/) in [data paths] dataset_dir.")
+    rows: dict[str, list[tuple[str, Path, Path | None]]] = {}
+    for split, image_folder, label_folder in CAMVID_SPLITS:
+        if split != "train" and not (root / image_folder).is_dir():
+            rows[split] = []
+            continue
+        images = _files_by_stem(root / image_folder)
+        labels = None
+        if split != "test" or (root / label_folder).is_dir():
+            labels = _files_by_stem(root / label_folder)
+            _pair_stems(images, labels, "annotation", root / label_folder)
+        rows[split] = [(stem, images[stem], None if labels is None else labels[stem])
+                       for stem in sorted(images, key=_natural_key)]
+    entries: dict[str, list[Entry]] = {}
+    number = 0
+    for split, split_rows in rows.items():
+        entries[split] = []
+        for stem, image, label in split_rows:
+            number += 1
+            entries[split].append(_file_entry(number, stem, image, label, None, classes=classes))
+    return entries
+
+
+def fixed_validation(dataset: str, root: Path, classes: ClassSpec | None = None) -> list[Entry]:
+    """A release's own validation split (CamVid's val/), stored as the 'val' split; [] for the others."""
+    if dataset == "CamVid":
+        return camvid_entries(root, classes)["val"]
+    return []
 
 
 # --- splits and ids ---------------------------------------------------------------------------
@@ -500,10 +668,17 @@ def _check_root(root: Path) -> None:
 
 
 def read_dataset(dataset: str, root: Path, positive_class: str = "membrane", test_ids: Sequence[int | str] = (),
-                 test_fraction: float = 0.0, seed: int = 0) -> tuple[list[Entry], list[Entry]]:
-    """List a dataset as (train, test) entries: its own split, or the configured one where it has none."""
+                 test_fraction: float = 0.0, seed: int = 0,
+                 classes: ClassSpec | None = None) -> tuple[list[Entry], list[Entry]]:
+    """List a dataset as (train, test) entries: its own split, or the configured one where it has none.
+
+    classes (multi-class tasks) makes labels uint8 class maps; only MULTICLASS_DATASETS take it.
+    """
     root = Path(root)
     _check_root(root)
+    if classes is not None and dataset not in MULTICLASS_DATASETS:
+        raise UserError(f"[model] n_classes = {classes.n_classes}, but {dataset} is a binary dataset: set "
+                        f"n_classes = 1, or use a multi-class reader ({', '.join(MULTICLASS_DATASETS)}).")
     fixed: list[Entry] | None
     if dataset in ("DRIVE", "sample", "ISBI2012"):
         entries = list_split(dataset, root, "train", positive_class)
@@ -517,7 +692,10 @@ def read_dataset(dataset: str, root: Path, positive_class: str = "membrane", tes
     elif dataset == "HRF":
         entries, fixed = _hrf_entries(root), None
     elif dataset == "folders":
-        entries, fixed = _folder_entries(root)
+        entries, fixed = _folder_entries(root, classes)
+    elif dataset == "CamVid":
+        splits = camvid_entries(root, classes)
+        entries, fixed = splits["train"], splits["test"]
     else:
         raise UserError(f"unknown dataset '{dataset}'. Valid datasets: {', '.join(DATASETS)}.")
     if fixed is None:
@@ -530,8 +708,11 @@ def read_dataset(dataset: str, root: Path, positive_class: str = "membrane", tes
 
 
 def list_split(dataset: str, root: Path, split: str, positive_class: str = "membrane",
-               test_ids: Sequence[int | str] = (), test_fraction: float = 0.0, seed: int = 0) -> list[Entry]:
-    """List one split ('train' or 'test') of a dataset by its configuration name, without reading images."""
+               test_ids: Sequence[int | str] = (), test_fraction: float = 0.0, seed: int = 0,
+               classes: ClassSpec | None = None) -> list[Entry]:
+    """List one split ('train', 'test', or CamVid's 'val') of a dataset by its configuration name, without reading images."""
+    if split == "val":
+        return fixed_validation(dataset, root, classes)
     root = Path(root)
     _check_root(root)
     if dataset in ("DRIVE", "sample"):
@@ -540,7 +721,7 @@ def list_split(dataset: str, root: Path, split: str, positive_class: str = "memb
         return _drive_entries(root, split)
     if dataset == "ISBI2012":
         return _isbi_entries(root, split, positive_class)
-    train, test = read_dataset(dataset, root, positive_class, test_ids, test_fraction, seed)
+    train, test = read_dataset(dataset, root, positive_class, test_ids, test_fraction, seed, classes)
     return train if split == "train" else test
 
 
@@ -572,9 +753,10 @@ def load_sample(entry: Entry, scale: float = 1.0) -> Sample:
 
 
 def read_split(dataset: str, root: Path, split: str, positive_class: str = "membrane", scale: float = 1.0,
-               test_ids: Sequence[int | str] = (), test_fraction: float = 0.0, seed: int = 0) -> list[Sample]:
-    """Read one split ('train' or 'test') of a dataset by its configuration name."""
-    entries = list_split(dataset, root, split, positive_class, test_ids, test_fraction, seed)
+               test_ids: Sequence[int | str] = (), test_fraction: float = 0.0, seed: int = 0,
+               classes: ClassSpec | None = None) -> list[Sample]:
+    """Read one split ('train', 'test', or CamVid's 'val') of a dataset by its configuration name."""
+    entries = list_split(dataset, root, split, positive_class, test_ids, test_fraction, seed, classes)
     return [load_sample(entry, scale) for entry in entries]
 
 

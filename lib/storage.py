@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -23,8 +23,8 @@ def write_prepared(path: str | os.PathLike, splits: Mapping[str, Sequence[Mappin
                    fill_patches: Callable[[h5py.Dataset, h5py.Dataset, h5py.Dataset], None]) -> None:
     """Write dataset.h5 atomically: per-split full images, labels, FOVs and names, then patches.
 
-    Each split entry is a mapping with 'name', 'id', 'image' (float32 HxWxC), 'label' (bool or
-    None) and 'fov' (bool). `fill_patches(images, labels, positions)` fills the empty, chunked
+    Each split entry is a mapping with 'name', 'id', 'image' (float32 HxWxC), 'label' (bool, uint8
+    class map, or None) and 'fov' (bool). `fill_patches(images, labels, positions)` fills the empty, chunked
     patch datasets block by block, so memory stays flat whatever the number of patches.
     """
     with atomic_path(path) as tmp:
@@ -99,22 +99,63 @@ def read_attr_json(h5: h5py.File, key: str) -> Any:
     return json.loads(h5.attrs[key])
 
 
+def read_classes(h5: h5py.File) -> dict[str, Any] | None:
+    """The label set of a multi-class file (n_classes, class_names, ignore_index, palette, frequencies,
+    median_frequency_weights), or None for a binary one."""
+    return read_attr_json(h5, "classes") if "classes" in h5.attrs else None
+
+
+def class_statistics(labels: Iterable[np.ndarray], n_classes: int, ignore_index: int | None,
+                     fovs: Iterable[np.ndarray] | None = None) -> dict[str, list]:
+    """Pixel counts, frequencies and median-frequency-balancing weights of training label maps.
+
+    As in Eigen & Fergus (2015) and SegNet: freq(c) = pixels of class c / pixels of the images that
+    contain c; weight(c) = median over the classes present of freq / freq(c). Void (ignore_index)
+    and pixels outside the FOV count nowhere. A class absent from every label gets weight 1.0.
+    """
+    counts = np.zeros(n_classes, np.int64)
+    image_pixels = np.zeros(n_classes, np.int64)
+    fov_list = iter(fovs) if fovs is not None else None
+    for label in labels:
+        values = np.asarray(label)
+        if fov_list is not None:
+            values = values[np.asarray(next(fov_list), bool)]
+        values = values.ravel()
+        if ignore_index is not None:
+            values = values[values != ignore_index]
+        per_class = np.bincount(values.astype(np.int64), minlength=n_classes)[:n_classes]
+        counts += per_class
+        image_pixels[per_class > 0] += values.size
+    present = image_pixels > 0
+    frequencies = np.where(present, counts / np.maximum(image_pixels, 1), 0.0)
+    weights = np.ones(n_classes)
+    if present.any():
+        weights[present] = np.median(frequencies[present]) / frequencies[present]
+    return {"pixel_counts": counts.tolist(), "frequencies": frequencies.tolist(),
+            "median_frequency_weights": weights.tolist()}
+
+
 def split_size(h5: h5py.File, split: str) -> int:
     """Number of full images stored for a split (0 if the split is absent)."""
     return len(h5[split]["names"]) if split in h5 else 0
 
 
 def iter_split(h5: h5py.File, split: str) -> Iterator[dict[str, Any]]:
-    """Yield the stored full images of a split one at a time (name, id, image, label, fov)."""
+    """Yield the stored full images of a split one at a time (name, id, image, label, fov).
+
+    Labels are bool for a binary task and uint8 class maps for a multi-class one.
+    """
     if split not in h5:
         return
     group = h5[split]
+    multiclass = "classes" in h5.attrs
     for index, name in enumerate(group["names"].asstr()[()]):
         key = f"{index:05d}"
         yield {
             "name": name,
             "id": int(group["ids"][index]),
             "image": group["images"][key][()],
-            "label": group["labels"][key][()].astype(bool) if key in group["labels"] else None,
+            "label": (None if key not in group["labels"] else
+                      group["labels"][key][()] if multiclass else group["labels"][key][()].astype(bool)),
             "fov": group["fovs"][key][()].astype(bool),
         }

@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO))
 from lib.config import SCHEMA, format_config, load_config, parse_override  # noqa: E402
 from lib.errors import UserError  # noqa: E402
 
-CONFIG_FILES = [REPO / "configuration.txt", REPO / "configuration_sample.txt"]
+CONFIG_FILES = sorted(REPO.glob("configuration*.txt"))  # every shipped profile
 DEFAULT_LINES = (REPO / "configuration.txt").read_text(encoding="utf-8").splitlines()
 
 
@@ -79,7 +79,7 @@ def test_shipped_configuration_files_load_with_typed_values(path: Path) -> None:
 
 
 def test_sample_profile_differs_where_documented() -> None:
-    default, sample = (load_config(p) for p in CONFIG_FILES)
+    default, sample = (load_config(REPO / name) for name in ("configuration.txt", "configuration_sample.txt"))
     assert default["data paths"]["dataset"] == "DRIVE"
     assert sample["data paths"]["dataset"] == "sample"
     assert sample["data paths"]["holdout_ids"] == [29, 30]

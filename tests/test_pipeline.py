@@ -128,3 +128,13 @@ def test_augmentation_is_deterministic_for_a_seed():
     b = augment_batch(images, labels, np.random.default_rng(9), ALL_ON)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_training_log_reader_keeps_the_last_row_of_a_repeated_epoch_and_reads_na(tmp_path):
+    from train import read_log
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,loss,val_loss\n0,1.0,NA\n1,0.8,0.9\n1,0.7,0.85\n2,0.6,\n")
+    history = read_log(log)
+    assert history["epoch"] == [0, 1, 2]
+    assert history["loss"] == [1.0, 0.7, 0.6]
+    assert np.isnan(history["val_loss"][0]) and history["val_loss"][1] == 0.85 and np.isnan(history["val_loss"][2])

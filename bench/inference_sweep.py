@@ -1,0 +1,69 @@
+"""Sweep sliding-window settings (window, stride, blend, flip TTA) on a run's holdout images: AUC, F1, s/image.
+
+Used to choose the [testing settings] defaults by measured AUC and time (issue 3).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+from common import ROOT, add_common_arguments, quiet_logs, report
+
+quiet_logs()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lib.config import load_config, load_run_config  # noqa: E402
+from lib.inference import predict_image  # noqa: E402
+from lib.metrics import binary_scores  # noqa: E402
+from lib.storage import FILE_NAME, iter_split, open_prepared  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run", default="runs/drive_holdout", help="run folder with best.keras")
+    parser.add_argument("--split", default="val", help="prepared split to score (val = holdout images)")
+    parser.add_argument("--windows", default="128,256,whole", help="window sizes ('whole' = the padded image)")
+    parser.add_argument("--overlaps", default="0,0.25,0.5", help="fractions of the window that overlap")
+    parser.add_argument("--blends", default="constant,gaussian")
+    parser.add_argument("--tta", default="false,true")
+    add_common_arguments(parser)
+    args = parser.parse_args()
+
+    run = ROOT / args.run if not Path(args.run).is_absolute() else Path(args.run)
+    config = load_run_config(run / "configuration.txt", load_config(ROOT / "configuration.txt"))
+    depth = config["model"]["depth"]
+    model = keras.models.load_model(run / "best.keras", compile=False, safe_mode=True)
+    with open_prepared(ROOT / config["data paths"]["prepared_dir"] / FILE_NAME) as h5:
+        samples = list(iter_split(h5, args.split))
+    labels = np.concatenate([s["label"][s["fov"]] for s in samples])
+    whole = max(max(s["image"].shape[:2]) for s in samples)
+    whole = -(-whole // 2 ** depth) * 2 ** depth
+    rows = []
+    for window, overlap, blend, tta in itertools.product(
+            args.windows.split(","), [float(o) for o in args.overlaps.split(",")], args.blends.split(","),
+            [t == "true" for t in args.tta.split(",")]):
+        size = whole if window == "whole" else int(window)
+        if window == "whole" and overlap:
+            continue
+        stride = max(int(size * (1 - overlap)), 1)
+        testing = {"window": size, "stride": stride, "blend": blend, "batch_size": 4, "tta_flips": tta}
+        predict_image(model, samples[0]["image"], testing, depth)  # warm-up (graph tracing)
+        start = time.perf_counter()
+        probs = np.concatenate([predict_image(model, s["image"], testing, depth)[..., 0][s["fov"]] for s in samples])
+        seconds = (time.perf_counter() - start) / len(samples)
+        scores = binary_scores(probs, labels)
+        rows.append([window, stride, blend, "on" if tta else "off", f"{scores['auc_roc']:.4f}",
+                     f"{scores['f1']:.4f}", f"{scores['accuracy']:.4f}", f"{seconds:.2f}"])
+        print(json.dumps(rows[-1]), flush=True)
+    report(f"Sliding-window settings on {len(samples)} '{args.split}' images of {run.name}",
+           ["window", "stride", "blend", "flip TTA", "AUC", "F1@0.5", "accuracy", "s/image"], rows,
+           json_path=args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Helper run by test_backends.py under KERAS_BACKEND=jax|torch (usually without TensorFlow):
+build the U-Net, fit a few steps on a PatchStream over a tiny HDF5 file, predict one full image.
+
+    python tests/without_tensorflow.py tests/backend_check.py FOLDER [POLICY]
+prints one JSON line with the backend, the losses and the prediction's shape and range. POLICY
+(default float32) may be mixed_float16, forced even on a CPU to check the losses under it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lib.backend import configure_precision, jit_setting  # noqa: E402
+from lib.distribute import make_distribution  # noqa: E402
+from lib.inference import predict_image  # noqa: E402
+from lib.losses import loss_and_metrics  # noqa: E402
+from lib.pipeline import PatchStream  # noqa: E402
+from lib.storage import write_prepared  # noqa: E402
+from lib.unet import build_unet  # noqa: E402
+
+N, SIZE = 64, 16
+
+
+def fill(images, labels, positions) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((N, SIZE, SIZE, 1)).astype(np.float32)
+    images[:] = x.astype(np.float16)
+    labels[:] = (x > 0.6).astype(np.uint8)  # learnable from the pixel itself
+    positions[:] = 0
+
+
+def main() -> None:
+    folder = Path(sys.argv[1])
+    path = folder / "dataset.h5"
+    write_prepared(path, {}, {"dataset": "backend-check"}, N, SIZE, 1, fill)
+    keras.utils.set_random_seed(0)
+    distribution = make_distribution("auto")
+    policy = configure_precision(False)
+    if len(sys.argv) > 2 and sys.argv[2] != policy:
+        policy = sys.argv[2]
+        keras.mixed_precision.set_global_policy(policy)
+    with distribution.scope():
+        model = build_unet(channels=1, depth=2, base_filters=4)
+        loss, metrics = loss_and_metrics("bce_dice", 1)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=distribution.replica_loss(loss),
+                      metrics=metrics, jit_compile=jit_setting("auto"))
+    stream = PatchStream(path, 0, N, 16, steps=4, shuffle=True, seed=1)
+    history = model.fit(stream, epochs=3, verbose=0)
+    image = np.random.default_rng(1).random((40, 56, 1)).astype(np.float32)
+    testing = {"tta_flips": True, "window": 32, "stride": 24, "batch_size": 2, "blend": "gaussian"}
+    prob = predict_image(model, image, testing, depth=2)
+    print(json.dumps({
+        "backend": keras.backend.backend(), "policy": policy, "strategy": distribution.name,
+        "compute_dtype": model.get_layer("down0_conv1").compute_dtype, "optimizer": type(model.optimizer).__name__,
+        "output_dtype": str(prob.dtype),
+        "tensorflow_loaded": "tensorflow" in sys.modules and sys.modules["tensorflow"] is not None,
+        "loss": history.history["loss"], "metrics": sorted(history.history),
+        "shape": list(prob.shape), "min": float(prob.min()), "max": float(prob.max()),
+    }))
+
+
+if __name__ == "__main__":
+    main()

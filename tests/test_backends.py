@@ -1,0 +1,92 @@
+"""Any Keras backend: the model, losses and metrics train under TensorFlow, JAX and PyTorch, and the
+scripts run on a machine without TensorFlow. A backend that is not installed is skipped."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, script_env, set_args
+
+BACKENDS = ("tensorflow", "jax", "torch")
+WITHOUT_TF = str(REPO / "tests" / "without_tensorflow.py")
+
+SCRIPT_SETTINGS = [
+    "dataset=DRIVE", "patch_size=16", "N_subimgs=300", "depth=1", "base_filters=4", "N_epochs=2",
+    "steps_per_epoch=3", "training_settings.batch_size=8", "window=32", "stride=32", "validate_every=1",
+    "learning_rate=0.003", "max_train_minutes=0", "validation_fraction=0.1", "holdout_ids=27,28",
+]
+
+
+def _need(backend: str) -> None:
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"the {backend} backend is not installed")
+
+
+def _run(backend: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run a Python file under KERAS_BACKEND=backend; other backends also without TensorFlow."""
+    env = dict(script_env(), KERAS_BACKEND=backend)
+    prefix = [] if backend == "tensorflow" else [WITHOUT_TF]
+    return subprocess.run([sys.executable, *prefix, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unet_losses_and_metrics_train_and_predict_under_mixed_float16(backend, tmp_path):
+    """A few steps of bce_dice with the dice/iou metrics on a PatchStream, then a full-image prediction."""
+    _need(backend)
+    result = _run(backend, str(REPO / "tests" / "backend_check.py"), str(tmp_path), "mixed_float16")
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["backend"] == backend and report["strategy"] == "single"
+    if backend != "tensorflow":
+        assert not report["tensorflow_loaded"]
+    assert report["compute_dtype"] == "float16" and report["optimizer"] == "LossScaleOptimizer"
+    losses = report["loss"]
+    assert all(math.isfinite(value) for value in losses) and losses[-1] < losses[0]
+    assert {"dice_coefficient", "iou_coefficient", "loss"} <= set(report["metrics"])
+    assert report["shape"] == [40, 56, 1] and report["output_dtype"] == "float32"
+    assert 0.0 <= report["min"] <= report["max"] <= 1.0
+
+
+@pytest.mark.parametrize("backend", ("jax", "torch"))
+def test_prepare_train_predict_run_without_tensorflow(backend, tmp_path, small_drive):
+    _need(backend)
+    args = ["--config", "configuration_sample.txt",
+            *set_args(SCRIPT_SETTINGS + [f"dataset_dir={small_drive}", f"prepared_dir={tmp_path / 'prepared'}",
+                                         f"runs_dir={tmp_path / 'runs'}", f"name={backend}"])]
+    for script, extra in (("prepare_datasets.py", []), ("train.py", []), ("predict.py", ["--split", "test"])):
+        result = _run(backend, str(REPO / script), *args, *extra)
+        assert result.returncode == 0, f"{script}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        if script == "train.py":
+            assert f"backend {backend}" in result.stdout and "Finished in" in result.stdout
+    run = tmp_path / "runs" / backend
+    assert (run / "best.keras").is_file() and (run / "training_summary.json").is_file()
+    assert not (run / "tensorboard").exists()  # TensorBoard logging is TensorFlow-only
+    metrics = json.loads((run / "predictions" / "test" / "metrics.json").read_text())
+    assert 0.0 <= metrics["pooled"]["auc_roc"] <= 1.0
+    # tf.distribute strategies are refused with a clear message rather than ignored.
+    refused = _run(backend, str(REPO / "train.py"), *args, "--set", "name=refused", "--set", "strategy=mirrored")
+    assert refused.returncode == 2 and "needs the TensorFlow backend" in refused.stderr
+
+
+def test_mixed_precision_is_ignored_on_a_cpu_with_a_warning(capsys):
+    keras = pytest.importorskip("keras")
+    from lib.backend import configure_precision, has_gpu, jit_setting
+    if has_gpu():
+        pytest.skip("this machine has a GPU")
+    try:
+        assert configure_precision(True) == "float32"
+        assert keras.mixed_precision.global_policy().name == "float32"
+        assert "no effect without a GPU" in capsys.readouterr().out
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert configure_precision(False) == "float32"
+    assert (jit_setting("auto"), jit_setting("true"), jit_setting("false")) == ("auto", True, False)
+    assert jit_setting("true", distributed=True) is False  # XLA fails across tf.distribute replicas
+    assert "does not work with the mirrored" in capsys.readouterr().out
