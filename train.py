@@ -165,10 +165,11 @@ def main() -> int:
         return 0 if not nan_guard.where else 1
     if nan_guard.where:
         epoch, step = nan_guard.where
-        raise UserError(f"the training loss became NaN at epoch {epoch}, step {step}. The last good "
-                        f"checkpoints are kept in {run}. Run the same command to retry from the last good "
-                        "epoch, or lower [training settings] learning_rate (e.g. by 10x) and start over with "
-                        "--overwrite.")
+        kept = (f"The last good checkpoints are kept in {run}. Run the same command to retry from the last "
+                "good epoch, or" if (run / "last.keras").exists() else
+                "No epoch finished before it, so no checkpoint was written. Check the input data, or")
+        raise UserError(f"the training loss became NaN at epoch {epoch}, step {step}. {kept} lower "
+                        "[training settings] learning_rate (e.g. by 10x) and start over with --overwrite.")
 
     history = read_log(run / "log.csv")
     save_learning_curves(history, run / "learning_curves.png")

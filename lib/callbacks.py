@@ -47,8 +47,9 @@ class HoldoutScore(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if logs is None:
             return
-        if (epoch + 1) % self.every:
+        if (epoch + 1) % self.every or not _finite_loss(logs):
             # Always present (NaN when not scored): the CSV log fixes its columns at the first epoch.
+            # An epoch whose loss went NaN has NaN weights: nothing to score.
             logs.update({f"holdout_{key}": float("nan") for key in self.keys})
             return
         if self.n_classes > 1:

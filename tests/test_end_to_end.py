@@ -148,3 +148,39 @@ def test_sigkill_during_training_then_same_command_resumes(tmp_path, small_drive
     best_logged = max(float(r["holdout_auc_roc"]) for r in log.values())
     assert state["best"] == pytest.approx(best_logged, abs=1e-9)
     assert state["best"] >= state_before["best"]
+
+
+def test_ctrl_c_stops_cleanly_keeps_checkpoints_and_prints_the_resume_command(small_drive, trained):
+    tmp, _, _, _ = trained
+    args = tiny_settings(tmp, small_drive, name="interrupted", extra=["N_epochs=4"])
+    child = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=script_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    backup = tmp / "runs" / "interrupted" / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and child.poll() is None and not backup.exists():
+        time.sleep(0.2)
+    assert child.poll() is None, "training ended before it could be interrupted"
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130
+    assert "Interrupted" in stderr and "train.py" in stderr and "Traceback" not in stderr
+    run = tmp / "runs" / "interrupted"
+    assert (run / "last.keras").is_file() and (run / "backup").is_dir()
+    assert not (run / "training_summary.json").exists()  # not finished: the same command resumes
+    assert "Resuming run" in run_script("train.py", *args).stdout
+
+
+def test_nan_loss_stops_with_a_clear_message_and_writes_no_bad_checkpoint(tmp_path, small_drive, trained):
+    import shutil
+    tmp, _, _, _ = trained
+    shutil.copytree(tmp / "prepared", tmp_path / "prepared")
+    with h5py.File(tmp_path / "prepared" / "dataset.h5", "r+") as h5:
+        images = h5["patches/images"]
+        images[:] = np.nan  # poisoned inputs make the loss NaN at the first step
+    args = tiny_settings(tmp_path, small_drive, name="nan", extra=["learning_rate=0.003"])
+    result = run_script("train.py", *args, check=False)
+    assert result.returncode == 2
+    assert "loss became NaN at epoch 1" in result.stderr and "Traceback" not in result.stderr
+    run = tmp_path / "runs" / "nan"
+    assert not (run / "last.keras").exists() and not (run / "best.keras").exists()
+    assert not (run / "training_summary.json").exists()
