@@ -5,6 +5,7 @@ import argparse
 import csv
 import io
 import json
+import zipfile
 from pathlib import Path
 
 import keras
@@ -38,6 +39,9 @@ def load_run(run: Path, current: dict):
     if not model_path.is_file():
         raise UserError(f"model file {model_path} not found: training has not saved a {name} checkpoint "
                         "yet. Finish training (rerun train.py), or use --set testing_settings.checkpoint=last.")
+    if not zipfile.is_zipfile(model_path):
+        raise UserError(f"model file {model_path} is not a Keras model archive (it is truncated or corrupt). "
+                        "Retrain, or use the other checkpoint with --set testing_settings.checkpoint=last (or best).")
     try:
         model = keras.models.load_model(model_path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a damaged archive

@@ -127,7 +127,7 @@ def case_missing_model_file(tmp, drive, trained):
 
 def case_corrupt_model_file(tmp, drive, trained):
     (_copy_run(tmp, trained) / "best.keras").write_bytes(os.urandom(3000))
-    return "predict.py", tiny_settings(tmp, drive), "best.keras cannot be loaded"
+    return "predict.py", tiny_settings(tmp, drive), "best.keras is not a Keras model archive"
 
 
 def case_input_with_wrong_channels(tmp, drive, trained):
