@@ -153,8 +153,10 @@ def test_sigkill_during_training_then_same_command_resumes(tmp_path, small_drive
 def test_ctrl_c_stops_cleanly_keeps_checkpoints_and_prints_the_resume_command(small_drive, trained):
     tmp, _, _, _ = trained
     args = tiny_settings(tmp, small_drive, name="interrupted", extra=["N_epochs=4"])
+    # A shell starts background jobs with SIGINT ignored; the child must get Ctrl-C as a terminal would.
     child = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=script_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     backup = tmp / "runs" / "interrupted" / "backup" / "training_metadata.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and child.poll() is None and not backup.exists():
