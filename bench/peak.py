@@ -35,6 +35,14 @@ def matmul_peak(size: int = 2048, repeats: int = 5, inner: int = 0, dtype: str =
     import numpy as np
     ops = keras.ops
     rng = np.random.default_rng(0)
+    # BLAS first: TensorFlow's worker threads keep spinning for a while after its own ops.
+    host_a = rng.standard_normal((size, size)).astype(dtype)
+    host_a @ host_a
+    host = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        host_a @ host_a
+        host.append(time.perf_counter() - start)
     a = ops.convert_to_tensor(rng.standard_normal((size, size)).astype(dtype) / np.sqrt(size))
     b = ops.convert_to_tensor(rng.standard_normal((size, size)).astype(dtype))
     flops = 2.0 * size ** 3
@@ -52,8 +60,12 @@ def matmul_peak(size: int = 2048, repeats: int = 5, inner: int = 0, dtype: str =
         probe = sample(2) / 2
         inner = max(1, min(1000, int(0.3 / max(probe, 1e-6))))
     times = [sample(inner) / inner for _ in range(repeats)]
+    # Eager keras.ops.matmul on a TensorFlow CPU reaches only about a fifth of what the same CPU's BLAS
+    # does; the reference peak is the best of both, so "% of peak" is not flattered by a slow op path.
+    keras_gflops = flops / common.median(times) / 1e9
+    numpy_gflops = flops / common.median(host) / 1e9
     return {"size": size, "inner": inner, "repeats": repeats, "seconds": times,
-            "gflops": flops / common.median(times) / 1e9,
+            "gflops": max(keras_gflops, numpy_gflops), "keras_gflops": keras_gflops, "numpy_gflops": numpy_gflops,
             "gflops_all": [flops / t / 1e9 for t in times]}
 
 
@@ -71,11 +83,11 @@ def main() -> int:
         result = matmul_peak(size, args.repeats, args.inner)
         results.append(result)
         rows.append([f"{size}x{size}", result["inner"], result["repeats"],
-                     common.median(result["seconds"]) * 1e3, result["gflops"],
-                     min(result["gflops_all"]), max(result["gflops_all"])])
-    common.report("float32 matmul peak (keras.ops.matmul)",
-                  ["matrix", "matmuls/sample", "samples", "ms/matmul (median)", "GFLOP/s (median)",
-                   "min", "max"], rows, json_path=args.json, extra={"results": results})
+                     common.median(result["seconds"]) * 1e3, result["keras_gflops"], result["numpy_gflops"],
+                     result["gflops"]])
+    common.report("float32 matmul peak (best of keras.ops.matmul and numpy's BLAS)",
+                  ["matrix", "matmuls/sample", "samples", "keras ms/matmul", "keras GFLOP/s", "numpy GFLOP/s",
+                   "peak GFLOP/s"], rows, json_path=args.json, extra={"results": results})
     return 0
 
 

@@ -35,9 +35,9 @@ METHODS = ("default", "stride5", "stride48", "whole")
 
 def load_run(run: Path, checkpoint: str | None):
     import keras
-    from lib.config import load_config
+    from lib.config import load_config, load_run_config
     from lib.losses import CUSTOM_OBJECTS
-    config = load_config(run / "configuration.txt")
+    config = load_run_config(run / "configuration.txt", load_config(common.ROOT / "configuration.txt"))
     name = checkpoint or config["testing settings"]["checkpoint"]
     model = keras.models.load_model(run / f"{name}.keras", custom_objects=CUSTOM_OBJECTS, compile=False,
                                     safe_mode=True)

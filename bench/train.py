@@ -136,7 +136,7 @@ def measure(name: str, feed: str, config, args, tmp: Path) -> dict:
         n = args.stream_patches
 
         def stream(steps):
-            return PatchStream(path, 0, n, batch, steps=steps, shuffle=True, augment=True, seed=0,
+            return PatchStream(path, 0, n, batch, steps=steps, shuffle=True, augment=config["augmentation"], seed=0,
                                workers=args.workers)
         warm = stream(args.warmup_steps)
         model.fit(warm, epochs=1, verbose=0, callbacks=[NaNGuard(), EpochSetter([warm])])
@@ -209,7 +209,7 @@ def main() -> int:
              f"timed: {args.repeats} epoch(s) of {args.steps} batches after a {args.warmup_steps}-batch warm-up fit; "
              "patches/s = median over epochs, first batch of each epoch excluded",
              "GFLOP/s = patches/s x 3 x forward conv FLOPs/patch; pipeline overhead = memory rate / stream rate - 1",
-             f"stream: PatchStream(augment=True, workers={args.workers}) over {args.stream_patches} float16 "
+             f"stream: PatchStream(augment=[augmentation] of the configuration, workers={args.workers}) over {args.stream_patches} float16 "
              "patches in a temporary dataset.h5; jit_compile=" + str(results[0]["jit_compile"] if results else None)]
     common.report("Training throughput",
                   ["model", "patch", "batch", "MFLOP fwd/patch", "feed", "patches/s", "min", "max",

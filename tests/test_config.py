@@ -171,8 +171,9 @@ def test_huge_depth_is_a_user_error_not_a_hang(tmp_path: Path) -> None:
 
 
 def test_stride_larger_than_window_is_rejected() -> None:
+    window = load_config(REPO / "configuration.txt")["testing settings"]["window"]
     with pytest.raises(UserError, match="stride"):
-        load_config(REPO / "configuration.txt", ["stride=512"])
+        load_config(REPO / "configuration.txt", [f"stride={window + 8}"])
 
 
 def test_missing_file_is_a_user_error(tmp_path: Path) -> None:
