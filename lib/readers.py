@@ -296,17 +296,22 @@ def _list_by_id(folder: Path, pattern: str, example: str | None = None,
                  f"'{example or _example(pattern)}'")["file"]
 
 
-def _pair(images: dict, others: dict, what: str, folder: Path) -> None:
-    missing = sorted(set(images) - set(others))
-    extra = sorted(set(others) - set(images))
+_BY_NUMBER = "with the same number: add the missing files or remove the extra ones."
+_BY_STEM = "Files are paired by name without the extension (a.png with a.tif): every image needs exactly one {what}."
+
+
+def _pair(images: dict, others: dict, what: str, folder: Path, rule: str = "") -> None:
+    """Raise a UserError naming every image without a partner and every partner without an image."""
+    missing = sorted(set(images) - set(others), key=_natural_key)
+    extra = sorted(set(others) - set(images), key=_natural_key)
     problems = []
     if missing:
         problems.append(f"no {what} for image(s) {', '.join(images[i].name for i in missing)}")
     if extra:
         problems.append(f"{what}(s) {', '.join(others[i].name for i in extra)} have no image")
     if problems:
-        raise UserError(f"in {folder}: {'; '.join(problems)}. Every image needs exactly one {what} "
-                        "with the same number: add the missing files or remove the extra ones.")
+        fix = rule.format(what=what) if rule else f"Every image needs exactly one {what} {_BY_NUMBER}"
+        raise UserError(f"in {folder}: {'; '.join(problems)}. {fix}")
 
 
 def _load_files(number: int, key: str, image_path: Path, label_path: Path | None,
@@ -477,9 +482,9 @@ def _hrf_entries(root: Path) -> list[Entry]:
 
 # --- your own data: images/ + labels/ (+ masks/) ----------------------------------------------
 
-def _natural_key(text: str) -> list:
-    """Sort key that puts 'img2' before 'img10'."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+def _natural_key(text: str | int) -> list:
+    """Sort key that puts 'img2' before 'img10' (numbers sort as numbers)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(text))]
 
 
 def _files_by_stem(folder: Path) -> dict[str, Path]:
@@ -509,29 +514,16 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _pair_stems(images: dict[str, Path], others: dict[str, Path], what: str, folder: Path) -> None:
-    missing = sorted(set(images) - set(others), key=_natural_key)
-    extra = sorted(set(others) - set(images), key=_natural_key)
-    problems = []
-    if missing:
-        problems.append(f"no {what} for image(s) {', '.join(images[s].name for s in missing)}")
-    if extra:
-        problems.append(f"{what}(s) {', '.join(others[s].name for s in extra)} have no image")
-    if problems:
-        raise UserError(f"in {folder}: {'; '.join(problems)}. Files are paired by name without the "
-                        f"extension (a.png with a.tif): every image needs exactly one {what}.")
-
-
 def _folder_files(folder: Path, need_labels: bool) -> list[tuple[str, Path, Path | None, Path | None]]:
     """(stem, image, label, mask) for images/ with labels/ and optional masks/ under folder."""
     images = _files_by_stem(folder / "images")
     labels = masks = None
     if need_labels or (folder / "labels").is_dir():
         labels = _files_by_stem(folder / "labels")
-        _pair_stems(images, labels, "label", folder / "labels")
+        _pair(images, labels, "label", folder / "labels", _BY_STEM)
     if (folder / "masks").is_dir():
         masks = _files_by_stem(folder / "masks")
-        _pair_stems(images, masks, "mask", folder / "masks")
+        _pair(images, masks, "mask", folder / "masks", _BY_STEM)
     return [(stem, images[stem], None if labels is None else labels[stem], None if masks is None else masks[stem])
             for stem in sorted(images, key=_natural_key)]
 
@@ -584,7 +576,7 @@ def camvid_entries(root: Path, classes: ClassSpec | None) -> dict[str, list[Entr
         labels = None
         if split != "test" or (root / label_folder).is_dir():
             labels = _files_by_stem(root / label_folder)
-            _pair_stems(images, labels, "annotation", root / label_folder)
+            _pair(images, labels, "annotation", root / label_folder, _BY_STEM)
         rows[split] = [(stem, images[stem], None if labels is None else labels[stem])
                        for stem in sorted(images, key=_natural_key)]
     entries: dict[str, list[Entry]] = {}
