@@ -14,7 +14,7 @@ import numpy as np
 
 from lib.atomic import write_json
 from lib.backend import configure_precision, jit_setting
-from lib.callbacks import Checkpoints, EpochSetter, HoldoutScore, NaNGuard, SafeBackupAndRestore, TimeLimit
+from lib.callbacks import Checkpoints, CtrlC, EpochSetter, HoldoutScore, NaNGuard, SafeBackupAndRestore, TimeLimit
 from lib.config import add_config_arguments, load_config, write_config
 from lib.distribute import AgreeToStop, SyncFromChief, check_global_batch, make_distribution
 from lib.errors import UserError, run_cli
@@ -134,14 +134,17 @@ def main() -> int:
         if keras.backend.backend() == "tensorflow":
             callbacks.append(keras.callbacks.TensorBoard(str(run / "tensorboard"), profile_batch=0))
     # With several workers: start from the chief's (restored) state; stop together.
-    callbacks += [time_limit, SyncFromChief(distribution), AgreeToStop(distribution)]
+    # CtrlC last: an interrupted epoch's checkpoints are written before it raises.
+    ctrl_c = CtrlC()
+    callbacks += [time_limit, SyncFromChief(distribution), AgreeToStop(distribution), ctrl_c]
 
     print(f"{n_train} training and {n_val} validation patches of {config['data attributes']['patch_size']} px; "
           f"{steps} steps of {batch} per epoch, {training['N_epochs']} epochs; monitoring {monitor}")
     started = time.monotonic()
     try:
-        model.fit(train_data, validation_data=val_data, epochs=training["N_epochs"], callbacks=callbacks,
-                  verbose=1 if sys.stdout.isatty() else 2)
+        with ctrl_c:
+            model.fit(train_data, validation_data=val_data, epochs=training["N_epochs"], callbacks=callbacks,
+                      verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:
         print(f"\nInterrupted. Checkpoints are kept in {run}; run the same command to resume:\n  {command}",
               file=sys.stderr)

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -160,3 +163,43 @@ class TimeLimit(keras.callbacks.Callback):
             print(f"\nTime budget of {self.minutes:g} minutes reached: stopping after epoch {epoch + 1}.")
             self.reached = True
             self.model.stop_training = True
+
+
+class CtrlC(keras.callbacks.Callback):
+    """Turn Ctrl-C into a KeyboardInterrupt raised between batches, where nothing can swallow it.
+
+    Python raises SIGINT's KeyboardInterrupt wherever the main thread is. Inside a destructor (h5py's,
+    during garbage collection) it is printed and lost, and training would go on. So the handler only
+    records the request, and the next batch or epoch end raises it. A second Ctrl-C stops at once.
+    Use as a context manager around fit(), which installs and restores the handler.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "CtrlC":
+        # Leave an ignored SIGINT (background jobs) or a custom handler alone.
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        # os.write: print() from a signal handler can collide with a print the main thread is in.
+        os.write(2, b"\nCtrl-C: stopping after this step (press Ctrl-C again to stop at once).\n")
+
+    def _raise_if_requested(self, *args: Any, **kwargs: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    on_train_batch_end = on_test_batch_end = on_predict_batch_end = on_epoch_end = _raise_if_requested
