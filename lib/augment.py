@@ -11,8 +11,9 @@ import numpy as np
 from scipy.ndimage import map_coordinates, zoom
 
 
-def flip_rotate(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random horizontal flip and 90-degree rotation per sample of square (N, h, w, C) batches.
+def flip_rotate(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                rotate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Random left-right mirroring, and with `rotate` 90-degree rotation, per sample of square (N, h, w, C) batches.
 
     The eight results are the dihedral group of the square, so labels keep exactly their values.
     """
@@ -21,6 +22,8 @@ def flip_rotate(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator
     flips = rng.random(len(images)) < 0.5
     images[flips] = images[flips, :, ::-1]
     labels[flips] = labels[flips, :, ::-1]
+    if not rotate:
+        return images, labels
     turns = rng.integers(0, 4, size=len(images))
     for k in (1, 2, 3):
         chosen = turns == k
@@ -82,8 +85,8 @@ def jitter_intensity(images: np.ndarray, rng: np.random.Generator, strength: flo
 def augment_batch(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
                   settings: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Apply the configured [augmentation] to a batch of square patches and their labels."""
-    if settings["flips"]:
-        images, labels = flip_rotate(images, labels, rng)
+    if settings["flips"] != "none":
+        images, labels = flip_rotate(images, labels, rng, rotate=settings["flips"] == "all")
     if settings["rotation_degrees"] or settings["scale"] or settings["elastic_alpha"]:
         grids = sampling_grids(len(images), images.shape[1], rng, settings["rotation_degrees"],
                                settings["scale"], settings["elastic_alpha"])

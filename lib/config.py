@@ -25,6 +25,16 @@ def _bool(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _flips(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered in ("all", "horizontal", "none"):
+        return lowered
+    try:
+        return "all" if _bool(lowered) else "none"  # true/false: the key's values before it had three
+    except ValueError:
+        raise ValueError("expected all, horizontal or none") from None
+
+
 def _int_list(text: str) -> list[int]:
     return [int(part) for part in text.replace(",", " ").split()]
 
@@ -131,6 +141,7 @@ def _threshold(text: str) -> float | str:
 
 
 _bool.__name__ = "true|false"
+_flips.__name__ = "all|horizontal|none"
 _int_list.__name__ = "comma-separated integers"
 _id_list.__name__ = "comma-separated image ids (numbers, or names with a number such as 01L, 05_dr)"
 _fraction.__name__ = "number in [0, 1)"
@@ -199,7 +210,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "jit_compile": (_choice("auto", "true", "false"), "XLA compilation of the training step: auto (Keras' choice: on for one GPU and JAX, off on CPU, with several devices and PyTorch), true or false"),
     },
     "augmentation": {
-        "flips": (_bool, "random flips and 90-degree rotations, identical for image and label"),
+        "flips": (_flips, "all: random flips and 90-degree rotations; horizontal: left-right mirroring only (scenes with an up, e.g. roads); none"),
         "rotation_degrees": (_non_negative(float), "random rotation of up to this many degrees either way; 0 disables"),
         "scale": (_fraction, "random zoom by a factor in [1/(1+s), 1+s]; 0 disables"),
         "elastic_alpha": (_non_negative(float), "elastic deformation: std of the coarse-grid displacements in pixels; 0 disables"),

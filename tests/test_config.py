@@ -142,6 +142,7 @@ def test_missing_key_is_a_user_error_naming_it(tmp_path: Path) -> None:
     ("data attributes", "channels", "2"),
     ("training settings", "learning_rate", "nan"),
     ("training settings", "max_train_minutes", "inf"),
+    ("augmentation", "flips", "vertical"),
 ])
 def test_wrong_value_is_a_user_error_naming_key_and_value(tmp_path: Path, section: str, key: str,
                                                          bad: str) -> None:
@@ -168,6 +169,11 @@ def test_huge_depth_is_a_user_error_not_a_hang(tmp_path: Path) -> None:
     path = _edited(tmp_path, "depth = 3", "depth = " + "9" * 4000)
     with pytest.raises(UserError, match="depth"):
         load_config(path)
+
+
+@pytest.mark.parametrize("written, meant", [("true", "all"), ("false", "none"), ("horizontal", "horizontal")])
+def test_flips_accepts_its_choices_and_the_true_false_of_earlier_versions(written: str, meant: str) -> None:
+    assert load_config(REPO / "configuration.txt", [f"flips={written}"])["augmentation"]["flips"] == meant
 
 
 def test_stride_larger_than_window_is_rejected() -> None:

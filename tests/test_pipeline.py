@@ -64,8 +64,8 @@ def test_patch_stream_steps_per_epoch_walks_on_through_the_data(tmp_path):
 
 from lib.augment import augment_batch, sampling_grids  # noqa: E402
 
-ALL_ON = dict(flips=True, rotation_degrees=20.0, scale=0.2, elastic_alpha=3.0, intensity=0.2)
-ALL_OFF = dict(flips=False, rotation_degrees=0.0, scale=0.0, elastic_alpha=0.0, intensity=0.0)
+ALL_ON = dict(flips="all", rotation_degrees=20.0, scale=0.2, elastic_alpha=3.0, intensity=0.2)
+ALL_OFF = dict(flips="none", rotation_degrees=0.0, scale=0.0, elastic_alpha=0.0, intensity=0.0)
 
 
 def smooth_images(n=16, size=32, seed=0):
@@ -138,3 +138,15 @@ def test_training_log_reader_keeps_the_last_row_of_a_repeated_epoch_and_reads_na
     assert history["epoch"] == [0, 1, 2]
     assert history["loss"] == [1.0, 0.7, 0.6]
     assert np.isnan(history["val_loss"][0]) and history["val_loss"][1] == 0.85 and np.isnan(history["val_loss"][2])
+
+
+def test_horizontal_flips_only_mirror_left_right():
+    rng = np.random.default_rng(0)
+    images = rng.random((64, 8, 8, 1)).astype("float32")
+    labels = (images > 0.5).astype("float32")
+    out_images, out_labels = augment_batch(images, labels, rng, dict(ALL_OFF, flips="horizontal"))
+    mirrored = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out_images, images)]
+    kept = [np.array_equal(o, i) for o, i in zip(out_images, images)]
+    assert all(m or k for m, k in zip(mirrored, kept))  # never upside down or turned
+    assert 15 < sum(mirrored) < 49
+    np.testing.assert_array_equal(out_images > 0.5, out_labels > 0.5)
