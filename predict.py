@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -107,15 +108,15 @@ def colour_panels(panels: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([part for panel in panels for part in (gap, panel)][1:], axis=1)
 
 
-def predict_multiclass(model, samples, classes: ClassSpec, testing, depth: int, out: Path,
+def predict_multiclass(model, samples, count: int, classes: ClassSpec, testing, depth: int, out: Path,
                        settings: dict) -> list[str]:
     """Class maps, colourized maps, comparisons, legend; with labels metrics.json, per_image.csv and the
     confusion matrix (void pixels and pixels outside the FOV left out). Returns the summary lines."""
     palette = classes.display_palette()
     void = classes.ignore_index is not None
     save_legend([*classes.names, *(["void"] if void else [])], palette[: classes.n_classes + void], out / "legend.png")
-    per_image, pooled_true, pooled_pred = [], [], []
-    for s in progress(samples, len(samples), "predict"):
+    per_image, pooled_true, pooled_pred, unlabelled = [], [], [], 0
+    for s in progress(samples, count, "predict"):
         predicted = np.argmax(predict_image(model, s["image"], testing, depth), axis=-1).astype(np.uint8)
         stem = Path(s["name"]).stem.replace("[", "_").replace("]", "")
         coloured = colorize(predicted, palette)
@@ -126,6 +127,7 @@ def predict_multiclass(model, samples, classes: ClassSpec, testing, depth: int, 
             panels.append(colorize(classes.display_map(s["label"]), palette))
         save_png(colour_panels([*panels, coloured]), out / f"{stem}_compare.png")
         if s["label"] is None:
+            unlabelled += 1
             continue
         keep = s["fov"] if classes.ignore_index is None else s["fov"] & (s["label"] != classes.ignore_index)
         pooled_true.append(s["label"][keep])
@@ -135,7 +137,7 @@ def predict_multiclass(model, samples, classes: ClassSpec, testing, depth: int, 
             scores = multiclass_scores(predicted[keep], s["label"][keep], classes.n_classes, None, classes.names)
             row.update({key: scores[key] for key in MULTICLASS_IMAGE_KEYS})
         per_image.append(row)
-    if not samples or any(s["label"] is None for s in samples):
+    if not per_image or unlabelled:
         return ["no labels: metrics not computed"]
 
     pooled = multiclass_scores(np.concatenate(pooled_pred), np.concatenate(pooled_true), classes.n_classes,
@@ -162,6 +164,56 @@ def predict_multiclass(model, samples, classes: ClassSpec, testing, depth: int, 
             f"per-class IoU: {iou}"]
 
 
+def predict_binary(model, samples, count: int, threshold: float, testing, depth: int, out: Path,
+                   settings: dict, dataset: str, config) -> list[str]:
+    """Probability, binary, comparison and overlay PNGs; with labels metrics.json, per_image.csv and
+    ROC / PR curves (pixels inside the FOV). Keeps only FOV pixels between images. Returns summary lines."""
+    names, fov_probs, fov_labels, extra, unlabelled = [], [], [], [], 0
+    for s in progress(samples, count, "predict"):
+        prob = predict_image(model, s["image"], testing, depth)[..., 0]
+        prob = np.where(s["fov"], prob, 0.0)
+        stem = Path(s["name"]).stem.replace("[", "_").replace("]", "")
+        binary = prob >= threshold
+        shown = s["image"] if s["image"].shape[-1] in (1, 3) else s["image"][..., :1]
+        save_png(prob, out / f"{stem}_probability.png")
+        save_png(binary, out / f"{stem}_binary.png")
+        save_png(side_by_side(shown, s["label"], binary), out / f"{stem}_compare.png")
+        save_png(overlay(shown, binary, s["label"]), out / f"{stem}_overlay.png")
+        if s["label"] is None:
+            unlabelled += 1
+            continue
+        names.append(s["name"])
+        fov_probs.append(prob[s["fov"]])
+        fov_labels.append(s["label"][s["fov"]])
+        extra += extra_scores([prob], [s["label"]], [s["fov"]], threshold, dataset, config)
+    if not names or unlabelled:
+        return ["no labels: metrics not computed"]
+
+    results = evaluate_images(fov_probs, fov_labels, None, threshold=threshold, names=names)
+    for row, values in zip(results["per_image"], extra):
+        row.update(values)
+    for key in extra[0]:
+        column = [values[key] for values in extra]
+        results["per_image_mean"][key] = float(np.mean(column))
+        results["per_image_sd"][key] = float(np.std(column, ddof=1)) if len(column) > 1 else 0.0
+    results["settings"] = settings
+    write_json(out / "metrics.json", results)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    keys = [*PER_IMAGE_KEYS, *extra[0]]
+    writer.writerow(["name", *keys])
+    for row in results["per_image"]:
+        writer.writerow([row["name"], *(f"{row[k]:.6f}" for k in keys)])
+    write_text(out / "per_image.csv", buffer.getvalue())
+    save_roc_pr({settings["split"]: (np.concatenate(fov_labels), np.concatenate(fov_probs))},
+                out / "roc.png", out / "pr.png")
+    pooled = results["pooled"]
+    return ["pooled inside the FOV:  " + "  ".join(f"{k} {pooled[k]:.4f}" for k in PER_IMAGE_KEYS),
+            "per image (mean ± sd):  " + "  ".join(
+                f"{k} {results['per_image_mean'][k]:.4f}±{results['per_image_sd'][k]:.4f}"
+                for k in ("f1", "auc_roc", *extra[0]))]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     add_config_arguments(parser)
@@ -185,84 +237,38 @@ def main() -> int:
         threshold = float(info.get("threshold", 0.5))
         print(f"Threshold {threshold:.3f} ({info.get('threshold_source', 'default: no holdout images')})")
 
-    if args.input:
-        samples = samples_from_input(args.input, args.mask, preprocessing["settings"]["channels"])
-        for s in samples:
-            s["image"] = preprocess(s.pop("raw"), s["fov"], preprocessing["settings"], preprocessing["statistics"])
-        where = f"input_{args.input.stem}"
-    else:
-        data_path = Path(config["data paths"]["prepared_dir"]) / FILE_NAME
-        with open_prepared(data_path) as h5:
-            split = args.split or ("test" if split_size(h5, "test") else "val")
-            if not split_size(h5, split):
-                raise UserError(f"{data_path} has no '{split}' images. Prepare a dataset with a test split, "
+    with contextlib.ExitStack() as stack:
+        if args.input:
+            raw = samples_from_input(args.input, args.mask, preprocessing["settings"]["channels"])
+            samples = ({**s, "image": preprocess(s["raw"], s["fov"], preprocessing["settings"],
+                                                 preprocessing["statistics"])} for s in raw)
+            count, where = len(raw), f"input_{args.input.stem}"
+        else:
+            data_path = Path(config["data paths"]["prepared_dir"]) / FILE_NAME
+            h5 = stack.enter_context(open_prepared(data_path))
+            where = args.split or ("test" if split_size(h5, "test") else "val")
+            count = split_size(h5, where)
+            if not count:
+                raise UserError(f"{data_path} has no '{where}' images. Prepare a dataset with a test split, "
                                 "hold out training images with [data paths] holdout_ids, or use --input.")
-            samples = list(iter_split(h5, split))
-        where = split
-    out = args.output or run / "predictions" / where
-    if (out / "summary.txt").exists() and not args.overwrite:
-        raise UserError(f"{out} already holds predictions. Use --overwrite to replace them, or --output NEW_FOLDER.")
-    out.mkdir(parents=True, exist_ok=True)
-
-    if classes is not None:
-        lines = [f"run: {run}", f"images: {len(samples)} ({where})", f"classes: {classes.n_classes} "
-                 f"({', '.join(classes.names)}); ignore index {classes.ignore_index}",
-                 f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "
-                 f"tta_flips {testing['tta_flips']}"]
-        lines += predict_multiclass(model, samples, classes, testing, depth, out,
-                                    {**testing, "run": str(run), "split": where})
-        summary = "\n".join(lines) + f"\noutputs: {out}\n"
-        write_text(out / "summary.txt", summary)
-        print("\n" + summary)
-        return 0
-
-    probs = []
-    for s in progress(samples, len(samples), "predict"):
-        prob = predict_image(model, s["image"], testing, depth)[..., 0]
-        prob = np.where(s["fov"], prob, 0.0)
-        probs.append(prob)
-        stem = Path(s["name"]).stem.replace("[", "_").replace("]", "")
-        binary = prob >= threshold
-        shown = s["image"] if s["image"].shape[-1] in (1, 3) else s["image"][..., :1]
-        save_png(prob, out / f"{stem}_probability.png")
-        save_png(binary, out / f"{stem}_binary.png")
-        save_png(side_by_side(shown, s["label"], binary), out / f"{stem}_compare.png")
-        save_png(overlay(shown, binary, s["label"]), out / f"{stem}_overlay.png")
-
-    lines = [f"run: {run}", f"images: {len(samples)} ({where})", f"threshold: {threshold:.3f}",
-             f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "
-             f"tta_flips {testing['tta_flips']}"]
-    if all(s["label"] is not None for s in samples):
-        names = [s["name"] for s in samples]
-        labels = [s["label"] for s in samples]
-        fovs = [s["fov"] for s in samples]
-        results = evaluate_images(probs, labels, fovs, threshold=threshold, names=names)
-        extra = extra_scores(probs, labels, fovs, threshold, preprocessing["dataset"], config)
-        for row, values in zip(results["per_image"], extra):
-            row.update(values)
-        for key in extra[0]:
-            column = [values[key] for values in extra]
-            results["per_image_mean"][key] = float(np.mean(column))
-            results["per_image_sd"][key] = float(np.std(column, ddof=1)) if len(column) > 1 else 0.0
-        results["settings"] = {"threshold": threshold, **testing, "run": str(run), "split": where}
-        write_json(out / "metrics.json", results)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        keys = [*PER_IMAGE_KEYS, *extra[0]]
-        writer.writerow(["name", *keys])
-        for row in results["per_image"]:
-            writer.writerow([row["name"], *(f"{row[k]:.6f}" for k in keys)])
-        write_text(out / "per_image.csv", buffer.getvalue())
-        pooled_labels = np.concatenate([l[f] for l, f in zip(labels, fovs)])
-        pooled_probs = np.concatenate([p[f] for p, f in zip(probs, fovs)])
-        save_roc_pr({where: (pooled_labels, pooled_probs)}, out / "roc.png", out / "pr.png")
-        pooled = results["pooled"]
-        lines.append("pooled inside the FOV:  " + "  ".join(f"{k} {pooled[k]:.4f}" for k in PER_IMAGE_KEYS))
-        lines.append("per image (mean ± sd):  " + "  ".join(
-            f"{k} {results['per_image_mean'][k]:.4f}±{results['per_image_sd'][k]:.4f}"
-            for k in ("f1", "auc_roc", *extra[0])))
-    else:
-        lines.append("no labels: metrics not computed")
+            samples = iter_split(h5, where)  # one image in memory at a time (HRF images are large)
+        out = args.output or run / "predictions" / where
+        if (out / "summary.txt").exists() and not args.overwrite:
+            raise UserError(f"{out} already holds predictions. Use --overwrite to replace them, "
+                            "or --output NEW_FOLDER.")
+        out.mkdir(parents=True, exist_ok=True)
+        header = [f"run: {run}", f"images: {count} ({where})"]
+        settings = {**testing, "run": str(run), "split": where}
+        if classes is not None:
+            lines = [*header, f"classes: {classes.n_classes} ({', '.join(classes.names)}); ignore index "
+                     f"{classes.ignore_index}", f"window {testing['window']}, stride {testing['stride']}, "
+                     f"blend {testing['blend']}, tta_flips {testing['tta_flips']}"]
+            lines += predict_multiclass(model, samples, count, classes, testing, depth, out, settings)
+        else:
+            lines = [*header, f"threshold: {threshold:.3f}", f"window {testing['window']}, stride "
+                     f"{testing['stride']}, blend {testing['blend']}, tta_flips {testing['tta_flips']}"]
+            lines += predict_binary(model, samples, count, threshold, testing, depth, out,
+                                    {"threshold": threshold, **settings}, preprocessing["dataset"], config)
     summary = "\n".join(lines) + f"\noutputs: {out}\n"
     write_text(out / "summary.txt", summary)
     print("\n" + summary)
