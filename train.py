@@ -14,7 +14,8 @@ import numpy as np
 
 from lib.atomic import write_json
 from lib.backend import configure_precision, jit_setting
-from lib.callbacks import Checkpoints, CtrlC, EpochSetter, HoldoutScore, NaNGuard, SafeBackupAndRestore, TimeLimit
+from lib.callbacks import (Checkpoints, CosineSchedule, CtrlC, EpochSetter, HoldoutScore, NaNGuard,
+                           SafeBackupAndRestore, TimeLimit)
 from lib.config import add_config_arguments, load_config, write_config
 from lib.distribute import AgreeToStop, SyncFromChief, check_global_batch, make_distribution
 from lib.errors import UserError, run_cli
@@ -49,6 +50,7 @@ def main() -> int:
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
     training, testing = config["training settings"], config["testing settings"]
+    time_limit = TimeLimit(training["max_train_minutes"])  # the budget covers loading and building too
     # First of all: MultiWorkerMirroredStrategy must exist before TensorFlow starts its runtime.
     distribution = make_distribution(training["strategy"])
     policy = configure_precision(training["mixed_precision"])
@@ -92,13 +94,6 @@ def main() -> int:
     val_data = PatchStream(data_path, n_train, n_patches, batch, shuffle=False) if n_val >= batch else None
 
     steps = len(train_data)
-    total_steps = steps * training["N_epochs"]
-    if training["lr_schedule"] == "cosine":
-        warmup = min(steps, total_steps // 2)
-        rate = keras.optimizers.schedules.CosineDecay(0.0, max(total_steps - warmup, 1), alpha=0.0,
-                                                      warmup_target=training["learning_rate"], warmup_steps=warmup)
-    else:
-        rate = training["learning_rate"]
     n_classes, ignore_index = config["model"]["n_classes"], config["data attributes"]["ignore_index"]
     ignore_index = None if ignore_index < 0 else ignore_index
     if n_classes > 1 and (classes is None or classes["n_classes"] != n_classes
@@ -109,7 +104,7 @@ def main() -> int:
     loss, metrics = loss_and_metrics(training["loss"], n_classes, ignore_index, weights)
     with distribution.scope():
         model = unet_from_config(config)
-        model.compile(optimizer=keras.optimizers.Adam(rate), loss=distribution.replica_loss(loss),
+        model.compile(optimizer=keras.optimizers.Adam(training["learning_rate"]), loss=distribution.replica_loss(loss),
                       metrics=metrics,
                       jit_compile=jit_setting(training["jit_compile"], distribution.strategy is not None))
     distribution.prepare_model(model)
@@ -120,8 +115,12 @@ def main() -> int:
     use_holdout = bool(holdout) and training["validate_every"] > 0
     holdout_score = "holdout_auc_roc" if n_classes == 1 else "holdout_mean_iou"
     monitor, mode = (holdout_score, "max") if use_holdout else (("val_loss", "min") if val_data else ("loss", "min"))
-    nan_guard, time_limit = NaNGuard(), TimeLimit(training["max_train_minutes"])
+    nan_guard = NaNGuard()
     callbacks = [nan_guard, EpochSetter([train_data])]
+    if training["lr_schedule"] == "cosine":
+        # Workers' clocks differ: with several, the schedule follows steps only, so their rates agree.
+        callbacks.append(CosineSchedule(training["learning_rate"], steps, training["N_epochs"],
+                                        time_limit if distribution.workers == 1 else None))
     if distribution.is_chief:
         if use_holdout:
             callbacks.append(HoldoutScore(holdout, lambda m, image: predict_image(m, image, testing, depth),

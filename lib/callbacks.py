@@ -150,19 +150,71 @@ class NaNGuard(keras.callbacks.Callback):
 
 
 class TimeLimit(keras.callbacks.Callback):
-    """Stop after the epoch that passes a wall-clock budget (minutes; 0 = none)."""
+    """Stop at the end of an epoch when another would not finish within the wall-clock budget (minutes; 0 = none).
+
+    The budget counts from this object's creation: create it first thing, so loading and building count too.
+    """
 
     def __init__(self, minutes: float) -> None:
         super().__init__()
         self.minutes = minutes
         self.start = time.monotonic()
+        self.epoch_start = self.start
         self.reached = False
 
+    def fraction_used(self) -> float:
+        """Share of the budget spent so far (0.0 without a budget)."""
+        return (time.monotonic() - self.start) / (60 * self.minutes) if self.minutes else 0.0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch_start = time.monotonic()
+
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if self.minutes and time.monotonic() - self.start > 60 * self.minutes:
-            print(f"\nTime budget of {self.minutes:g} minutes reached: stopping after epoch {epoch + 1}.")
+        now = time.monotonic()
+        if self.minutes and now - self.start + (now - self.epoch_start) > 60 * self.minutes:
+            print(f"\nTime budget of {self.minutes:g} minutes: stopping after epoch {epoch + 1}, as another "
+                  "epoch would not finish within it.")
             self.reached = True
             self.model.stop_training = True
+
+
+class CosineSchedule(keras.callbacks.Callback):
+    """Learning rate: linear warm-up over the first epoch, then cosine decay to zero at the end of the run.
+
+    With a time budget, progress through the decay is the larger of the share of steps done and the
+    share of the budget used: a slower or busier machine still anneals before the budget stops training.
+    """
+
+    def __init__(self, peak: float, steps_per_epoch: int, epochs: int, budget: TimeLimit | None = None,
+                 every: int = 10) -> None:
+        super().__init__()
+        self.peak, self.steps, self.epochs, self.budget, self.every = peak, steps_per_epoch, epochs, budget, every
+        self.epoch = 0
+
+    def rate(self, step: int, time_fraction: float = 0.0) -> float:
+        """The learning rate at a global step, with `time_fraction` of the budget used."""
+        total = max(self.steps * self.epochs, 1)
+        warmup = max(min(self.steps, total // 2), 1)
+        if step < warmup:
+            return self.peak * (step + 1) / warmup
+        start = warmup / total
+        fraction = max(step / total, time_fraction)
+        progress = min(max((fraction - start) / max(1.0 - start, 1e-12), 0.0), 1.0)
+        return self.peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch: int, logs=None) -> None:
+        if batch % self.every:
+            return
+        rate = self.rate(self.epoch * self.steps + batch, self.budget.fraction_used() if self.budget else 0.0)
+        # Within an epoch JAX keeps the training state outside the variables: write it back first, so
+        # the new rate (an optimizer variable) is read into the next step, as Keras' own callbacks do.
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
+        self.model.optimizer.learning_rate = rate
 
 
 class CtrlC(keras.callbacks.Callback):

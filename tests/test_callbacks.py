@@ -1,12 +1,14 @@
-"""Training callbacks that need no training run: the Ctrl-C handler."""
+"""Training callbacks on their own: the Ctrl-C handler, the learning-rate schedule, the time budget."""
 from __future__ import annotations
 
 import os
 import signal
+import time
 
+import numpy as np
 import pytest
 
-from lib.callbacks import CtrlC
+from lib.callbacks import CosineSchedule, CtrlC, TimeLimit
 
 
 def test_ctrl_c_is_deferred_to_the_next_batch_end_and_a_second_one_stops_at_once():
@@ -36,3 +38,54 @@ def test_ctrl_c_leaves_an_ignored_sigint_ignored():
             ctrl_c.on_epoch_end(0, {})  # nothing requested: no exception
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_cosine_schedule_warms_up_over_one_epoch_then_decays_to_zero():
+    schedule = CosineSchedule(1e-3, steps_per_epoch=10, epochs=5)
+    rates = [schedule.rate(step) for step in range(50)]
+    np.testing.assert_allclose(rates[:10], 1e-3 * np.arange(1, 11) / 10)  # linear warm-up, never zero
+    assert rates[10] == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(rates[10:], rates[11:]))  # then strictly decreasing
+    assert schedule.rate(50) == pytest.approx(0.0, abs=1e-12)
+    assert schedule.rate(30) == pytest.approx(0.5e-3)  # half-way through the decay
+
+
+def test_a_used_up_time_budget_moves_the_schedule_ahead_of_the_steps():
+    schedule = CosineSchedule(1e-3, steps_per_epoch=10, epochs=5)
+    assert schedule.rate(12, time_fraction=0.6) == pytest.approx(schedule.rate(30))  # 60% of the time: step 30's rate
+    assert schedule.rate(40, time_fraction=0.6) == pytest.approx(schedule.rate(40))  # steps ahead of time: steps rule
+    assert schedule.rate(12, time_fraction=1.0) == pytest.approx(0.0, abs=1e-12)
+    assert schedule.rate(3, time_fraction=0.9) == pytest.approx(schedule.rate(3))  # warm-up is by steps only
+
+
+def test_cosine_schedule_sets_the_optimizer_rate_during_fit():
+    import keras
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer=keras.optimizers.Adam(1.0), loss="mse")
+    schedule = CosineSchedule(1e-2, steps_per_epoch=5, epochs=3, every=1)
+    seen = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: seen.append(float(model.optimizer.learning_rate.numpy())))
+    x = np.random.default_rng(0).random((20, 4)).astype("float32")
+    model.fit(x, x[:, :1], batch_size=4, epochs=3, verbose=0, callbacks=[schedule, record])
+    np.testing.assert_allclose(seen, [schedule.rate(step) for step in range(15)], rtol=1e-5)
+
+
+class _Model:
+    stop_training = False
+
+
+def test_time_limit_stops_when_another_epoch_would_not_fit(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    limit = TimeLimit(minutes=10)  # 600 s
+    limit.set_model(_Model())
+    for epoch, seconds in enumerate([250, 250]):  # after the second epoch, 500 s + another 250 s > 600 s
+        limit.on_epoch_begin(epoch)
+        clock[0] += seconds
+        limit.on_epoch_end(epoch)
+        assert limit.model.stop_training == (epoch == 1)
+    assert limit.fraction_used() == pytest.approx(500 / 600)
+    assert TimeLimit(minutes=0).fraction_used() == 0.0
