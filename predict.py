@@ -23,7 +23,7 @@ from lib.preprocessing import preprocess
 from lib.progress import progress
 from lib.readers import ClassSpec, read_image, read_input_images, to_binary
 from lib.runs import CONFIG_NAME, find_run_folder
-from lib.storage import FILE_NAME, iter_split, open_prepared, split_size
+from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, split_size
 
 PER_IMAGE_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "jaccard", "auc_roc", "auc_pr")
 MULTICLASS_IMAGE_KEYS = ("pixel_accuracy", "mean_iou", "mean_accuracy")
@@ -77,6 +77,26 @@ def samples_from_input(path: Path, mask: Path | None, channels: int):
                                 f"{mask_file} is {fov.shape[1]}x{fov.shape[0]}.")
         samples.append({"name": file.name, "raw": image, "label": None, "fov": fov})
     return samples
+
+
+def check_other_dataset(h5, path: Path, run: Path, preprocessing: dict, classes: ClassSpec | None) -> None:
+    """Refuse a prepared dataset the run's model cannot read; note preprocessing that differs."""
+    theirs, ours = read_attr_json(h5, "preprocessing"), preprocessing["settings"]
+    if theirs["channels"] != ours["channels"]:
+        raise UserError(f"{path} holds {theirs['channels']}-channel images, but the model of {run} was trained on "
+                        f"{ours['channels']}-channel images. Prepare that dataset again with "
+                        f"--set channels={ours['channels']} (and the same gray_mode).")
+    stored = read_classes(h5)
+    if (stored is None) != (classes is None):
+        raise UserError(f"{path} is a {'binary' if classes else 'multi-class'} dataset, but the model of {run} is "
+                        f"{'multi-class' if classes else 'binary'}: it cannot be scored on it.")
+    if stored is not None and stored["n_classes"] != classes.n_classes:
+        raise UserError(f"{path} has {stored['n_classes']} classes, but the model of {run} predicts "
+                        f"{classes.n_classes}: it cannot be scored on it.")
+    differ = [f"{key} {theirs.get(key)} (model: {value})" for key, value in ours.items() if theirs.get(key) != value]
+    if differ:
+        print(f"note: {path} was prepared with other preprocessing than the model's training data: "
+              f"{', '.join(differ)}. Each dataset is normalized with its own training-split statistics.")
 
 
 def extra_scores(probs, labels, fovs, threshold: float, dataset: str, config) -> list[dict[str, float]]:
@@ -222,9 +242,14 @@ def main() -> int:
                         help="prepared split to segment and score (default: test, else val)")
     parser.add_argument("--input", type=Path, help="segment this image file or folder instead of a prepared split")
     parser.add_argument("--mask", type=Path, help="with --input: FOV mask file or folder (matched by file stem)")
+    parser.add_argument("--data", type=Path, help="segment and score a split of another prepared dataset (its "
+                        "prepared folder or dataset.h5), e.g. STARE with a model trained on DRIVE; "
+                        "[testing settings] zoom matches vessel widths")
     parser.add_argument("--output", type=Path, help="output folder (default: <run>/predictions/<split or input>)")
     parser.add_argument("--overwrite", action="store_true", help="replace earlier predictions in the output folder")
     args = parser.parse_args()
+    if args.input and args.data:
+        parser.error("give --input (image files) or --data (a prepared dataset), not both")
 
     # Model, preprocessing and data paths come from the run; inference choices from the current config.
     current = load_config(args.config, args.overrides)
@@ -243,15 +268,23 @@ def main() -> int:
             samples = ({**s, "image": preprocess(s["raw"], s["fov"], preprocessing["settings"],
                                                  preprocessing["statistics"])} for s in raw)
             count, where = len(raw), f"input_{args.input.stem}"
+            dataset = preprocessing["dataset"]
         else:
-            data_path = Path(config["data paths"]["prepared_dir"]) / FILE_NAME
+            if args.data:
+                data_path = args.data if args.data.suffix == ".h5" else args.data / FILE_NAME
+            else:
+                data_path = Path(config["data paths"]["prepared_dir"]) / FILE_NAME
             h5 = stack.enter_context(open_prepared(data_path))
-            where = args.split or ("test" if split_size(h5, "test") else "val")
-            count = split_size(h5, where)
+            if args.data:
+                check_other_dataset(h5, data_path, run, preprocessing, classes)
+            dataset = str(h5.attrs["dataset"])
+            split = args.split or ("test" if split_size(h5, "test") else "val")
+            count = split_size(h5, split)
             if not count:
-                raise UserError(f"{data_path} has no '{where}' images. Prepare a dataset with a test split, "
+                raise UserError(f"{data_path} has no '{split}' images. Prepare a dataset with a test split, "
                                 "hold out training images with [data paths] holdout_ids, or use --input.")
-            samples = iter_split(h5, where)  # one image in memory at a time (HRF images are large)
+            samples = iter_split(h5, split)  # one image in memory at a time (HRF images are large)
+            where = f"{dataset}_{split}" if args.data else split
         out = args.output or run / "predictions" / where
         if (out / "summary.txt").exists() and not args.overwrite:
             raise UserError(f"{out} already holds predictions. Use --overwrite to replace them, "
@@ -268,7 +301,7 @@ def main() -> int:
             lines = [*header, f"threshold: {threshold:.3f}", f"window {testing['window']}, stride "
                      f"{testing['stride']}, blend {testing['blend']}, tta_flips {testing['tta_flips']}"]
             lines += predict_binary(model, samples, count, threshold, testing, depth, out,
-                                    {"threshold": threshold, **settings}, preprocessing["dataset"], config)
+                                    {"threshold": threshold, **settings}, dataset, config)
     summary = "\n".join(lines) + f"\noutputs: {out}\n"
     write_text(out / "summary.txt", summary)
     print("\n" + summary)

@@ -224,6 +224,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "tta_flips": (_bool, "test-time augmentation: average the predictions of the four flips of each window"),
         "threshold": (_threshold, "probability threshold for binary maps: a number, or auto (the best-F1 threshold found on the holdout images)"),
         "checkpoint": (_choice("best", "last"), "which checkpoint of the run predict.py uses"),
+        "zoom": (_positive(float), "resize each image by this factor before inference and the probabilities back to its size (another dataset: match vessel widths); 1 = as prepared"),
     },
 }
 

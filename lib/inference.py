@@ -5,6 +5,7 @@ from typing import Any, Mapping
 
 import keras
 import numpy as np
+from skimage.transform import resize
 
 from lib.tiling import sliding_window
 
@@ -24,7 +25,17 @@ def model_predictor(model: keras.Model, tta_flips: bool = False):
 
 
 def predict_image(model: keras.Model, image: np.ndarray, testing: Mapping[str, Any], depth: int) -> np.ndarray:
-    """Probability map (H x W x K) of one preprocessed H x W x C image."""
-    return sliding_window(image, model_predictor(model, testing["tta_flips"]),
-                          window=testing["window"], stride=testing["stride"],
-                          batch_size=testing["batch_size"], blend=testing["blend"], multiple=2 ** depth)
+    """Probability map (H x W x K) of one preprocessed H x W x C image; inferred at `zoom` times its size."""
+    zoom = testing.get("zoom", 1.0)
+    height, width = image.shape[:2]
+    if zoom != 1.0:
+        size = (max(1, round(height * zoom)), max(1, round(width * zoom)))
+        image = resize(image, (*size, image.shape[2]), order=1, anti_aliasing=zoom < 1.0,
+                       preserve_range=True).astype(np.float32)
+    probs = sliding_window(image, model_predictor(model, testing["tta_flips"]),
+                           window=testing["window"], stride=testing["stride"],
+                           batch_size=testing["batch_size"], blend=testing["blend"], multiple=2 ** depth)
+    if zoom != 1.0:
+        probs = resize(probs, (height, width, probs.shape[2]), order=1, anti_aliasing=False,
+                       preserve_range=True).astype(np.float32)
+    return probs

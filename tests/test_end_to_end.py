@@ -112,6 +112,44 @@ def test_predict_input_folder_reuses_saved_preprocessing(trained, small_drive):
     assert not (out / "metrics.json").exists()  # no labels given, no metrics invented
 
 
+def _write_stare(root: Path, numbers: tuple[int, ...], width: int = 150, height: int = 140) -> Path:
+    """A STARE release in its formats (PPM images, P5 PPM labels of both observers, no FOV masks)."""
+    from lib.sample_data import make_fundus
+    (root / "labels-ah").mkdir(parents=True)
+    (root / "labels-vk").mkdir()
+    rng = np.random.default_rng(7)
+    for number in numbers:
+        image, vessels, _ = make_fundus(rng, width, height)
+        Image.fromarray(image).save(root / f"im{number:04d}.ppm")
+        for observer in ("ah", "vk"):
+            Image.fromarray(vessels.astype(np.uint8) * 255).save(root / f"labels-{observer}" / f"im{number:04d}.{observer}.ppm")
+    return root
+
+
+def test_predict_scores_another_dataset_at_a_zoom_and_refuses_an_incompatible_one(trained, tmp_path):
+    """Cross-dataset evaluation: the DRIVE-trained run on STARE's test images, at the original size."""
+    tmp, args, _, _ = trained
+    stare = _write_stare(tmp_path / "STARE", (1, 2, 3, 4))
+    other = ["--set", "dataset=STARE", "--set", f"dataset_dir={stare}", "--set", "holdout_ids=",
+             "--set", "test_ids=3,4", "--set", "N_subimgs=200"]
+    run_script("prepare_datasets.py", *args, *other, "--set", f"prepared_dir={tmp_path / 'stare'}")
+    result = run_script("predict.py", *args, "--data", str(tmp_path / "stare"), "--set", "zoom=0.8")
+    out = tmp / "runs" / "tiny" / "predictions" / "STARE_test"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["per_image"]) == 2 and metrics["settings"]["zoom"] == 0.8
+    assert metrics["pooled"]["auc_roc"] > 0.8  # the same kind of vessels, another dataset's layout
+    with Image.open(out / "im0003_probability.png") as image:
+        assert image.size == (150, 140)  # scored at the dataset's own size, not the zoomed one
+    assert "auc_roc" in result.stdout
+
+    run_script("prepare_datasets.py", *args, *other, "--set", "channels=3",
+               "--set", f"prepared_dir={tmp_path / 'stare_rgb'}")
+    refused = run_script("predict.py", *args, "--data", str(tmp_path / "stare_rgb"), check=False)
+    assert refused.returncode == 2
+    assert "3-channel" in refused.stderr and "--set channels=1" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_finished_run_is_not_overwritten(trained):
     tmp, args, _, _ = trained
     result = run_script("train.py", *args, check=False)

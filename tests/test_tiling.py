@@ -187,3 +187,27 @@ def test_gaussian_weights_are_positive_symmetric_and_peak_in_the_centre() -> Non
         np.testing.assert_allclose(weights, weights.T)
         centre = (window - 1) // 2
         assert weights[centre, centre] == weights.max()
+
+
+def test_zoomed_inference_returns_the_original_size_and_sees_a_smaller_image() -> None:
+    import keras
+
+    from lib.inference import predict_image
+
+    seen = []
+
+    class Record(keras.layers.Layer):
+        def call(self, x):
+            seen.append(tuple(x.shape[1:3]))
+            return x
+
+    model = keras.Sequential([keras.Input((None, None, 1)), Record()])
+    yy, xx = np.mgrid[0:60, 0:80]
+    image = (0.5 + 0.4 * np.sin(xx / 9.0) * np.cos(yy / 7.0))[..., None].astype(np.float32)  # smooth
+    testing = dict(window=64, stride=48, batch_size=4, blend="gaussian", tta_flips=False, zoom=0.5)
+    out = predict_image(model, image, testing, depth=2)
+    assert out.shape == image.shape
+    assert max(max(shape) for shape in seen if None not in shape) <= 40  # the 60x80 image went in at 30x40
+    assert np.abs(out - image)[4:-4, 4:-4].max() < 0.05  # down and back up: a smooth image survives
+    same = predict_image(model, image, dict(testing, zoom=1.0), depth=2)
+    np.testing.assert_allclose(same, image, atol=1e-6)
