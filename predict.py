@@ -79,6 +79,11 @@ def samples_from_input(path: Path, mask: Path | None, channels: int):
     return samples
 
 
+def output_stem(name: str) -> str:
+    """An image's name without extension and brackets, for its output files."""
+    return Path(name).stem.replace("[", "_").replace("]", "")
+
+
 def check_other_dataset(h5, path: Path, run: Path, preprocessing: dict, classes: ClassSpec | None) -> None:
     """Refuse a prepared dataset the run's model cannot read; note preprocessing that differs."""
     theirs, ours = read_attr_json(h5, "preprocessing"), preprocessing["settings"]
@@ -138,7 +143,7 @@ def predict_multiclass(model, samples, count: int, classes: ClassSpec, testing, 
     per_image, pooled_true, pooled_pred, unlabelled = [], [], [], 0
     for s in progress(samples, count, "predict"):
         predicted = np.argmax(predict_image(model, s["image"], testing, depth), axis=-1).astype(np.uint8)
-        stem = Path(s["name"]).stem.replace("[", "_").replace("]", "")
+        stem = output_stem(s["name"])
         coloured = colorize(predicted, palette)
         save_png(predicted, out / f"{stem}_classes.png")   # class indices, like the annotations
         save_png(coloured, out / f"{stem}_color.png")
@@ -192,7 +197,7 @@ def predict_binary(model, samples, count: int, threshold: float, testing, depth:
     for s in progress(samples, count, "predict"):
         prob = predict_image(model, s["image"], testing, depth)[..., 0]
         prob = np.where(s["fov"], prob, 0.0)
-        stem = Path(s["name"]).stem.replace("[", "_").replace("]", "")
+        stem = output_stem(s["name"])
         binary = prob >= threshold
         shown = s["image"] if s["image"].shape[-1] in (1, 3) else s["image"][..., :1]
         save_png(prob, out / f"{stem}_probability.png")
@@ -291,15 +296,15 @@ def main() -> int:
                             "or --output NEW_FOLDER.")
         out.mkdir(parents=True, exist_ok=True)
         header = [f"run: {run}", f"images: {count} ({where})"]
+        windows = (f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "
+                   f"tta_flips {testing['tta_flips']}")
         settings = {**testing, "run": str(run), "split": where}
         if classes is not None:
             lines = [*header, f"classes: {classes.n_classes} ({', '.join(classes.names)}); ignore index "
-                     f"{classes.ignore_index}", f"window {testing['window']}, stride {testing['stride']}, "
-                     f"blend {testing['blend']}, tta_flips {testing['tta_flips']}"]
+                     f"{classes.ignore_index}", windows]
             lines += predict_multiclass(model, samples, count, classes, testing, depth, out, settings)
         else:
-            lines = [*header, f"threshold: {threshold:.3f}", f"window {testing['window']}, stride "
-                     f"{testing['stride']}, blend {testing['blend']}, tta_flips {testing['tta_flips']}"]
+            lines = [*header, f"threshold: {threshold:.3f}", windows]
             lines += predict_binary(model, samples, count, threshold, testing, depth, out,
                                     {"threshold": threshold, **settings}, dataset, config)
     summary = "\n".join(lines) + f"\noutputs: {out}\n"

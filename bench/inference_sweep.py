@@ -51,7 +51,8 @@ def main() -> None:
         if window == "whole" and overlap:
             continue
         stride = max(int(size * (1 - overlap)), 1)
-        testing = {"window": size, "stride": stride, "blend": blend, "batch_size": 4, "tta_flips": tta}
+        testing = dict(config["testing settings"], window=size, stride=stride, blend=blend, batch_size=4,
+                       tta_flips=tta)
         predict_image(model, samples[0]["image"], testing, depth)  # warm-up (graph tracing)
         start = time.perf_counter()
         probs = np.concatenate([predict_image(model, s["image"], testing, depth)[..., 0][s["fov"]] for s in samples])

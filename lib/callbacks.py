@@ -160,7 +160,6 @@ class TimeLimit(keras.callbacks.Callback):
         self.minutes = minutes
         self.start = time.monotonic()
         self.epoch_start = self.start
-        self.reached = False
 
     def fraction_used(self) -> float:
         """Share of the budget spent so far (0.0 without a budget)."""
@@ -174,7 +173,6 @@ class TimeLimit(keras.callbacks.Callback):
         if self.minutes and now - self.start + (now - self.epoch_start) > 60 * self.minutes:
             print(f"\nTime budget of {self.minutes:g} minutes: stopping after epoch {epoch + 1}, as another "
                   "epoch would not finish within it.")
-            self.reached = True
             self.model.stop_training = True
 
 

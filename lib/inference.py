@@ -26,7 +26,7 @@ def model_predictor(model: keras.Model, tta_flips: bool = False):
 
 def predict_image(model: keras.Model, image: np.ndarray, testing: Mapping[str, Any], depth: int) -> np.ndarray:
     """Probability map (H x W x K) of one preprocessed H x W x C image; inferred at `zoom` times its size."""
-    zoom = testing.get("zoom", 1.0)
+    zoom = testing["zoom"]
     height, width = image.shape[:2]
     if zoom != 1.0:
         size = (max(1, round(height * zoom)), max(1, round(width * zoom)))
