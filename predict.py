@@ -21,7 +21,7 @@ from lib.metrics import adapted_rand, cldice, evaluate_images, multiclass_scores
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
 from lib.preprocessing import preprocess
 from lib.progress import progress
-from lib.readers import ClassSpec, read_image, read_input_images, to_binary
+from lib.readers import ClassSpec, as_rgb, input_image_files, read_image, to_binary
 from lib.runs import CONFIG_NAME, find_run_folder
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, split_size
 
@@ -55,10 +55,10 @@ def load_run(run: Path, current: dict):
     return config, model, preprocessing, info
 
 
-def samples_from_input(path: Path, mask: Path | None, channels: int):
-    """Raw images (and optional FOV masks) given on the command line, as unpreprocessed samples."""
-    samples = []
-    for file, image in read_input_images(path):
+def samples_from_input(files: list[Path], mask: Path | None, channels: int):
+    """Raw images (and optional FOV masks) given on the command line, read one at a time."""
+    for file in files:
+        image = as_rgb(read_image(file))
         if channels == 3 and image.shape[-1] != 3:
             raise UserError(f"{file} has {image.shape[-1]} channel(s) but this model was trained on RGB "
                             "images (channels = 3); give RGB images.")
@@ -75,8 +75,7 @@ def samples_from_input(path: Path, mask: Path | None, channels: int):
             if fov.shape != image.shape[:2]:
                 raise UserError(f"size mismatch: {file} is {image.shape[1]}x{image.shape[0]} but its mask "
                                 f"{mask_file} is {fov.shape[1]}x{fov.shape[0]}.")
-        samples.append({"name": file.name, "raw": image, "label": None, "fov": fov})
-    return samples
+        yield {"name": file.name, "raw": image, "label": None, "fov": fov}
 
 
 def output_stem(name: str) -> str:
@@ -269,10 +268,11 @@ def main() -> int:
 
     with contextlib.ExitStack() as stack:
         if args.input:
-            raw = samples_from_input(args.input, args.mask, preprocessing["settings"]["channels"])
+            files = input_image_files(args.input)  # images are read one at a time, as they are segmented
+            raw = samples_from_input(files, args.mask, preprocessing["settings"]["channels"])
             samples = ({**s, "image": preprocess(s["raw"], s["fov"], preprocessing["settings"],
                                                  preprocessing["statistics"])} for s in raw)
-            count, where = len(raw), f"input_{args.input.stem}"
+            count, where = len(files), f"input_{args.input.stem}"
             dataset = preprocessing["dataset"]
         else:
             if args.data:

@@ -752,8 +752,8 @@ def read_split(dataset: str, root: Path, split: str, positive_class: str = "memb
     return [load_sample(entry, scale) for entry in entries]
 
 
-def read_input_images(path: Path) -> list[tuple[Path, np.ndarray]]:
-    """Read one image file or every image file in a folder (for predict.py --input)."""
+def input_image_files(path: Path) -> list[Path]:
+    """The image file, or every image file in the folder, given to predict.py --input."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
@@ -764,6 +764,6 @@ def read_input_images(path: Path) -> list[tuple[Path, np.ndarray]]:
         files = [path]
     else:
         raise UserError(f"--input {path} not found: give an image file or a folder of images.")
-    return [(f, as_rgb(read_image(f))) for f in files]
+    return files
 
 

@@ -112,6 +112,22 @@ def test_predict_input_folder_reuses_saved_preprocessing(trained, small_drive):
     assert not (out / "metrics.json").exists()  # no labels given, no metrics invented
 
 
+def test_predict_input_streams_and_a_corrupt_file_keeps_earlier_results(trained, small_drive, tmp_path):
+    """--input reads one image at a time: a corrupt file late in the folder is named, earlier maps stay."""
+    tmp, args, _, _ = trained
+    folder = tmp_path / "images"
+    folder.mkdir()
+    first = sorted((small_drive / "test" / "images").iterdir())[0]
+    (folder / first.name).write_bytes(first.read_bytes())
+    (folder / "zz_broken.tif").write_bytes(b"II*\x00" + bytes(200))  # a TIFF header, then nothing
+    out = tmp_path / "out"
+    result = run_script("predict.py", *args, "--input", str(folder), "--output", str(out), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "zz_broken.tif" in result.stderr.split("error:", 1)[-1]
+    assert (out / f"{first.stem}_probability.png").exists()
+    assert not (out / "summary.txt").exists()  # the run is not reported as complete
+
+
 def _write_stare(root: Path, numbers: tuple[int, ...], width: int = 150, height: int = 140) -> Path:
     """A STARE release in its formats (PPM images, P5 PPM labels of both observers, no FOV masks)."""
     from lib.sample_data import make_fundus
