@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from lib.atomic import write_json, write_text
-from lib.config import add_config_arguments, check_consistency, load_config, load_run_config
+from lib.config import add_config_arguments, load_config, load_run_config
 from lib.errors import UserError, run_cli
 from lib.inference import predict_image
 from lib.losses import CUSTOM_OBJECTS
@@ -31,10 +31,8 @@ MULTICLASS_IMAGE_KEYS = ("pixel_accuracy", "mean_iou", "mean_accuracy")
 
 def load_run(run: Path, current: dict):
     """Load a run's saved configuration (with the current [testing settings]), model and preprocessing."""
-    config = load_run_config(run / CONFIG_NAME, current)
-    config["testing settings"] = current["testing settings"]
+    config = load_run_config(run / CONFIG_NAME, current, from_current=("testing settings",))
     testing = config["testing settings"]
-    check_consistency(config, f"{run / CONFIG_NAME} with the current [testing settings]")
     name = testing["checkpoint"]
     model_path = run / f"{name}.keras"
     if not model_path.is_file():

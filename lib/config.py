@@ -277,7 +277,8 @@ def parse_override(text: str) -> tuple[str, str, str]:
     return section, key, value.strip()
 
 
-def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), fallback: Config | None = None) -> Config:
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), fallback: Config | None = None,
+                from_current: Sequence[str] = ()) -> Config:
     """Read an INI configuration, apply 'section.key=value' overrides, and return typed values."""
     path = Path(path)
     if not path.is_file():
@@ -293,6 +294,8 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), fallback
     raw: dict[str, dict[str, str]] = {}
     obsolete = []
     for section in parser.sections():
+        if section in from_current:
+            continue
         if section not in SCHEMA and fallback is not None:
             obsolete.append(f"[{section}]")
             continue
@@ -312,24 +315,27 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), fallback
         raw.setdefault(section, {})[key] = value
     if obsolete:
         print(f"note: {path} has settings this version no longer uses ({', '.join(obsolete)}); ignored.")
-    return _typed(raw, str(path), fallback)
+    return _typed(raw, str(path), fallback, from_current)
 
 
-def load_run_config(path: str | os.PathLike, current: Config) -> Config:
-    """Load a run folder's saved configuration; keys added to the toolkit since are taken from `current`."""
-    return load_config(path, fallback=current)
+def load_run_config(path: str | os.PathLike, current: Config, from_current: Sequence[str] = ()) -> Config:
+    """Load a run folder's saved configuration; newer keys and the `from_current` sections come from `current`."""
+    return load_config(path, fallback=current, from_current=from_current)
 
 
-def _typed(raw: dict[str, dict[str, str]], source: str, fallback: Config | None = None) -> Config:
+def _typed(raw: dict[str, dict[str, str]], source: str, fallback: Config | None = None,
+           from_current: Sequence[str] = ()) -> Config:
     config: Config = {}
     filled = []
     for section, keys in SCHEMA.items():
         config[section] = {}
         for key, (parse, comment) in keys.items():
             if key not in raw.get(section, {}) and fallback is not None:
-                # A run saved before this key existed: the current configuration supplies it.
+                # A run saved before this key existed, or a section the caller takes from the current
+                # configuration: the current configuration supplies it.
                 config[section][key] = fallback[section][key]
-                filled.append(f"{section}.{key}")
+                if section not in from_current:
+                    filled.append(f"{section}.{key}")
                 continue
             if key not in raw.get(section, {}):
                 raise UserError(f"{source}: missing key '{key}' in [{section}] ({comment}). "
@@ -343,7 +349,7 @@ def _typed(raw: dict[str, dict[str, str]], source: str, fallback: Config | None 
             config[section][key] = value
     if filled:
         print(f"note: {source} predates the keys {', '.join(filled)}; using their current values.")
-    check_consistency(config, source)
+    check_consistency(config, source + "".join(f" with the current [{section}]" for section in from_current))
     return config
 
 

@@ -318,3 +318,16 @@ def test_a_run_saved_before_a_key_existed_takes_it_from_the_current_configuratio
     assert "augmentation.flips" in out and "model.retired_key" in out
     with pytest.raises(UserError, match="unknown key 'retired_key'"):
         load_config(tmp_path / "old.txt")  # a user's own file must be complete
+
+
+def test_sections_taken_from_the_current_configuration_are_not_read_from_the_run(tmp_path, capsys):
+    """predict.py uses the current [testing settings]: a run's older or missing ones raise no note."""
+    from lib.config import load_run_config
+    current = load_config(REPO / "configuration.txt", ["testing settings.window=512", "testing settings.stride=384"])
+    text = (REPO / "configuration.txt").read_text()
+    old = "\n".join(line for line in text.splitlines() if not line.startswith(("zoom =", "flips =")))
+    (tmp_path / "old.txt").write_text(old.replace("window = 1024", "window = 128"))
+    loaded = load_run_config(tmp_path / "old.txt", current, from_current=("testing settings",))
+    assert loaded["testing settings"] == current["testing settings"]  # 512, not the run's 128
+    out = capsys.readouterr().out
+    assert "augmentation.flips" in out and "testing settings" not in out
