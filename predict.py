@@ -111,7 +111,8 @@ def extra_scores(probs, labels, fovs, threshold: float, dataset: str, config) ->
             interior_pred = ~predicted if membrane_positive else predicted
             interior_true = ~label if membrane_positive else label
             rows.append({"pixel_error": float(np.mean(predicted[fov] != label[fov])),
-                         "adapted_rand_error": adapted_rand(interior_pred, interior_true)})
+                         "adapted_rand_error": adapted_rand(interior_pred, interior_true),
+                         "adapted_rand_error_filled": adapted_rand(interior_pred, interior_true, fill=True)})
         else:
             rows.append({"cldice": cldice(predicted, label, fov)})
     return rows

@@ -386,3 +386,19 @@ def test_adapted_rand_error_is_zero_for_identical_cells_and_grows_when_cells_mer
     merged[:, 19:21] = True  # membrane missed: left and right cells merge
     merged[19:21, :] = False
     assert adapted_rand(merged, interior) > 0.2
+
+
+def test_filled_adapted_rand_ignores_thick_predicted_membranes_but_not_merges():
+    from lib.metrics import adapted_rand
+    interior = np.ones((40, 40), bool)
+    interior[:, 19:21] = False
+    interior[19:21, :] = False
+    thick = interior.copy()
+    thick[:, 15:25] = False  # the same four cells, with a membrane five times as wide
+    thick[15:25, :] = False
+    assert adapted_rand(thick, interior) > 0.2  # predicted membrane pixels form one segment across cells
+    assert adapted_rand(thick, interior, fill=True) == pytest.approx(0.0, abs=1e-12)
+    merged = interior.copy()
+    merged[:, 19:21] = True
+    merged[19:21, :] = False
+    assert adapted_rand(merged, interior, fill=True) > 0.2  # a gap in a membrane still merges two cells
