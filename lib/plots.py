@@ -57,13 +57,19 @@ def _subsample_curve(x: np.ndarray, y: np.ndarray,
     return x[idx], y[idx]
 
 
-def _gray_u8(array: np.ndarray, what: str) -> np.ndarray:
-    """HxW bool / 0-1 / probability float / uint8 map -> HxW uint8 gray (1 or 1.0 -> 255)."""
+def _as_2d(array: np.ndarray, what: str) -> np.ndarray:
+    """An HxW or HxWx1 array as HxW; anything else is a ValueError naming `what`."""
     a = np.asarray(array)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]
     if a.ndim != 2:
         raise ValueError(f"{what} must be HxW, got shape {a.shape}")
+    return a
+
+
+def _gray_u8(array: np.ndarray, what: str) -> np.ndarray:
+    """HxW bool / 0-1 / probability float / uint8 map -> HxW uint8 gray (1 or 1.0 -> 255)."""
+    a = _as_2d(array, what)
     if a.dtype == np.bool_:
         return np.where(a, 255, 0).astype(np.uint8)
     if a.dtype.kind in "iu":
@@ -106,11 +112,7 @@ def _rgb_u8(image: np.ndarray) -> np.ndarray:
 
 def _binary_mask(array: np.ndarray, what: str) -> np.ndarray:
     """HxW bool / 0-1 / probability map -> bool mask (probabilities thresholded at >= 0.5)."""
-    a = np.asarray(array)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[..., 0]
-    if a.ndim != 2:
-        raise ValueError(f"{what} must be HxW, got shape {a.shape}")
+    a = _as_2d(array, what)
     if a.dtype == np.bool_:
         return a
     if a.dtype.kind == "f":
