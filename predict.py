@@ -53,22 +53,32 @@ def load_run(run: Path, current: dict):
     return config, model, preprocessing, info
 
 
-def samples_from_input(files: list[Path], mask: Path | None, channels: int):
-    """Raw images (and optional FOV masks) given on the command line, read one at a time."""
+def mask_files(files: list[Path], mask: Path | None) -> list[Path | None]:
+    """The FOV mask of each --input image: the --mask file, or the one in the --mask folder matching its stem."""
+    if mask is not None and not mask.exists():
+        raise UserError(f"--mask {mask} not found: give a mask file or a folder of masks named like the images.")
+    found = []
     for file in files:
+        mask_file = mask if mask is None or not mask.is_dir() else mask / file.name
+        if mask is not None and mask.is_dir() and not mask_file.exists():
+            candidates = sorted(mask.glob(file.stem + "*"))
+            if not candidates:
+                raise UserError(f"no FOV mask for {file.name} in {mask} (looked for {file.stem}*).")
+            mask_file = candidates[0]
+        found.append(mask_file)
+    return found
+
+
+def samples_from_input(files: list[Path], masks: list[Path | None], channels: int):
+    """Raw images (and optional FOV masks) given on the command line, read one at a time."""
+    for file, mask_file in zip(files, masks):
         image = as_rgb(read_image(file))
         if channels == 3 and image.shape[-1] != 3:
             raise UserError(f"{file} has {image.shape[-1]} channel(s) but this model was trained on RGB "
                             "images (channels = 3); give RGB images.")
-        if mask is None:
+        if mask_file is None:
             fov = np.ones(image.shape[:2], bool)
         else:
-            mask_file = mask / file.name if mask.is_dir() else mask
-            if mask.is_dir() and not mask_file.exists():
-                candidates = sorted(mask.glob(file.stem + "*"))
-                if not candidates:
-                    raise UserError(f"no FOV mask for {file.name} in {mask} (looked for {file.stem}*).")
-                mask_file = candidates[0]
             fov = to_binary(read_image(mask_file), mask_file, "mask")
             if fov.shape != image.shape[:2]:
                 raise UserError(f"size mismatch: {file} is {image.shape[1]}x{image.shape[0]} but its mask "
@@ -268,7 +278,8 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         if args.input:
             files = input_image_files(args.input)  # images are read one at a time, as they are segmented
-            raw = samples_from_input(files, args.mask, preprocessing["settings"]["channels"])
+            masks = mask_files(files, args.mask)  # a missing mask stops the run before any work
+            raw = samples_from_input(files, masks, preprocessing["settings"]["channels"])
             samples = ({**s, "image": preprocess(s["raw"], s["fov"], preprocessing["settings"],
                                                  preprocessing["statistics"])} for s in raw)
             count, where = len(files), f"input_{args.input.stem}"

@@ -140,6 +140,17 @@ def case_input_with_wrong_channels(tmp, drive, trained):
     return "predict.py", tiny_settings(tmp, drive) + ["--input", str(gray)], "gray.png has 1 channel"
 
 
+def case_input_folder_with_a_mask_missing(tmp, drive, trained):
+    _copy_run(tmp, trained)
+    masks = tmp / "masks"
+    masks.mkdir()
+    for mask in sorted((drive / "test" / "mask").iterdir())[:-1]:  # the last image has none
+        (masks / mask.name).write_bytes(mask.read_bytes())
+    last = sorted((drive / "test" / "images").iterdir())[-1]
+    args = ["--input", str(drive / "test" / "images"), "--mask", str(masks)]
+    return "predict.py", tiny_settings(tmp, drive) + args, f"no FOV mask for {last.name}"
+
+
 CASES = {name[5:]: func for name, func in sorted(globals().items()) if name.startswith("case_")}
 
 
