@@ -17,7 +17,7 @@ from lib.config import add_config_arguments, load_config, load_run_config
 from lib.errors import UserError, run_cli
 from lib.inference import predict_image
 from lib.losses import CUSTOM_OBJECTS
-from lib.metrics import adapted_rand, cldice, evaluate_images, multiclass_scores
+from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
 from lib.preprocessing import preprocess
 from lib.progress import progress
@@ -118,11 +118,7 @@ def extra_scores(probs, labels, fovs, threshold: float, dataset: str, config) ->
         predicted = prob >= threshold
         if dataset == "ISBI2012":
             membrane_positive = config["data attributes"]["positive_class"] == "membrane"
-            interior_pred = ~predicted if membrane_positive else predicted
-            interior_true = ~label if membrane_positive else label
-            rows.append({"pixel_error": float(np.mean(predicted[fov] != label[fov])),
-                         "adapted_rand_error": adapted_rand(interior_pred, interior_true),
-                         "adapted_rand_error_filled": adapted_rand(interior_pred, interior_true, fill=True)})
+            rows.append(isbi_scores(predicted, label, fov, membrane_positive))
         else:
             rows.append({"cldice": cldice(predicted, label, fov)})
     return rows

@@ -353,6 +353,18 @@ def adapted_rand(interior_predicted: np.ndarray, interior_labels: np.ndarray, fi
     return float(error)
 
 
+def isbi_scores(predicted: np.ndarray, labels: np.ndarray, fov: np.ndarray,
+                membrane_positive: bool) -> dict[str, float]:
+    """ISBI 2012 pixel error and adapted Rand errors (literal and filled) of one thresholded slice."""
+    predicted = _as_bool(predicted, "predicted")
+    labels = _as_bool(labels, "labels")
+    interior_pred = ~predicted if membrane_positive else predicted
+    interior_true = ~labels if membrane_positive else labels
+    return {"pixel_error": float(np.mean(predicted[fov] != labels[fov])),
+            "adapted_rand_error": adapted_rand(interior_pred, interior_true),
+            "adapted_rand_error_filled": adapted_rand(interior_pred, interior_true, fill=True)}
+
+
 def _as_class_map(array: Any, what: str) -> np.ndarray:
     """Return an integer class map, rejecting non-integer dtypes."""
     a = np.asarray(array)

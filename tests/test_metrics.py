@@ -402,3 +402,19 @@ def test_filled_adapted_rand_ignores_thick_predicted_membranes_but_not_merges():
     merged[:, 19:21] = True
     merged[19:21, :] = False
     assert adapted_rand(merged, interior, fill=True) > 0.2  # a gap in a membrane still merges two cells
+
+
+def test_isbi_scores_agree_whichever_class_is_the_foreground():
+    from lib.metrics import isbi_scores
+    interior = np.ones((40, 40), bool)
+    interior[:, 19:21] = False
+    interior[19:21, :] = False
+    predicted_interior = interior.copy()
+    predicted_interior[:, 17:23] = False  # thicker membrane: 4 more columns, less the 8 pixels already off
+    fov = np.ones_like(interior)
+    as_membrane = isbi_scores(~predicted_interior, ~interior, fov, membrane_positive=True)
+    as_interior = isbi_scores(predicted_interior, interior, fov, membrane_positive=False)
+    assert as_membrane == as_interior
+    assert as_membrane["pixel_error"] == pytest.approx((4 * 40 - 8) / 1600)
+    assert as_membrane["adapted_rand_error_filled"] == pytest.approx(0.0, abs=1e-12)
+    assert as_membrane["adapted_rand_error"] > 0.0
