@@ -55,12 +55,14 @@ def load_run(run: Path, current: dict):
 
 def mask_files(files: list[Path], mask: Path | None) -> list[Path | None]:
     """The FOV mask of each --input image: the --mask file, or the one in the --mask folder matching its stem."""
-    if mask is not None and not mask.exists():
+    if mask is None or mask.is_file():
+        return [mask] * len(files)
+    if not mask.is_dir():
         raise UserError(f"--mask {mask} not found: give a mask file or a folder of masks named like the images.")
     found = []
     for file in files:
-        mask_file = mask if mask is None or not mask.is_dir() else mask / file.name
-        if mask is not None and mask.is_dir() and not mask_file.exists():
+        mask_file = mask / file.name
+        if not mask_file.exists():
             candidates = sorted(mask.glob(file.stem + "*"))
             if not candidates:
                 raise UserError(f"no FOV mask for {file.name} in {mask} (looked for {file.stem}*).")
