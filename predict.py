@@ -88,6 +88,19 @@ def samples_from_input(files: list[Path], masks: list[Path | None], channels: in
         yield {"name": file.name, "raw": image, "label": None, "fov": fov}
 
 
+def at_model_scale(testing: dict, model_scale: float, source_scale: float) -> dict:
+    """Testing settings whose zoom also brings images read at source_scale to the scale the model was
+    trained at ([data paths] resize), so a model trained at half size never sees full-size images."""
+    factor = model_scale / source_scale
+    if factor == 1.0:
+        return testing
+    zoom = testing["zoom"] * factor
+    print(f"note: the model was trained on images resized by {model_scale:g} and these are at {source_scale:g} "
+          f"of their original size: they are segmented at {zoom:g} times their size, and the maps and scores "
+          "are at their own size.")
+    return {**testing, "zoom": zoom}
+
+
 def output_stem(name: str) -> str:
     """An image's name without extension and brackets, for its output files."""
     return Path(name).stem.replace("[", "_").replace("]", "")
@@ -282,6 +295,7 @@ def main() -> int:
                                                  preprocessing["statistics"])} for s in raw)
             count, where = len(files), f"input_{args.input.stem}"
             dataset = preprocessing["dataset"]
+            source_scale = 1.0  # files as distributed
         else:
             if args.data:
                 data_path = args.data if args.data.suffix == ".h5" else args.data / FILE_NAME
@@ -290,6 +304,7 @@ def main() -> int:
             h5 = stack.enter_context(open_prepared(data_path))
             if args.data:
                 check_other_dataset(h5, data_path, run, preprocessing, classes)
+            source_scale = float(read_attr_json(h5, "fingerprint")["data paths"].get("resize", 1.0))
             dataset = str(h5.attrs["dataset"])
             split = args.split or ("test" if split_size(h5, "test") else "val")
             count = split_size(h5, split)
@@ -298,6 +313,7 @@ def main() -> int:
                                 "hold out training images with [data paths] holdout_ids, or use --input.")
             samples = iter_split(h5, split)  # one image in memory at a time (HRF images are large)
             where = f"{dataset}_{split}" if args.data else split
+        testing = at_model_scale(testing, config["data paths"]["resize"], source_scale)
         out = args.output or run / "predictions" / where
         if (out / "summary.txt").exists() and not args.overwrite:
             raise UserError(f"{out} already holds predictions. Use --overwrite to replace them, "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,6 +127,24 @@ def test_predict_input_streams_and_a_corrupt_file_keeps_earlier_results(trained,
     assert "zz_broken.tif" in result.stderr.split("error:", 1)[-1]
     assert (out / f"{first.stem}_probability.png").exists()
     assert not (out / "summary.txt").exists()  # the run is not reported as complete
+
+
+def test_a_run_trained_at_half_size_segments_input_files_at_half_size(trained, small_drive, tmp_path):
+    """--input files are as distributed: a run prepared with resize=0.5 shrinks them itself and returns
+    full-size maps, the same as zoom=0.5 by hand on the full-size run."""
+    tmp, args, _, _ = trained
+    half = tmp / "runs" / "tiny_half"
+    shutil.copytree(tmp / "runs" / "tiny", half, ignore=shutil.ignore_patterns("predictions"))
+    config = (half / "configuration.txt").read_text()
+    (half / "configuration.txt").write_text(config.replace("resize = 1.0", "resize = 0.5", 1))
+    images = str(small_drive / "test" / "images")
+    result = run_script("predict.py", *args, "--run", str(half), "--input", images, "--output", str(tmp_path / "a"))
+    assert "resized by 0.5" in result.stdout
+    run_script("predict.py", *args, "--input", images, "--set", "zoom=0.5", "--output", str(tmp_path / "b"))
+    with Image.open(tmp_path / "a" / "01_test_probability.png") as a, \
+            Image.open(tmp_path / "b" / "01_test_probability.png") as b:
+        assert a.size == (128, 120)
+        assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def _write_stare(root: Path, numbers: tuple[int, ...], width: int = 150, height: int = 140) -> Path:
