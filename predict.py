@@ -15,7 +15,7 @@ import numpy as np
 from lib.atomic import write_json, write_text
 from lib.config import add_config_arguments, load_config, load_run_config
 from lib.errors import UserError, run_cli
-from lib.inference import predict_image
+from lib.inference import predict_image, tta_flips
 from lib.losses import CUSTOM_OBJECTS
 from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
@@ -152,8 +152,8 @@ def colour_panels(panels: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([part for panel in panels for part in (gap, panel)][1:], axis=1)
 
 
-def predict_multiclass(model, samples, count: int, classes: ClassSpec, testing, depth: int, out: Path,
-                       settings: dict) -> list[str]:
+def predict_multiclass(model, samples, count: int, classes: ClassSpec, testing, depth: int, flips: str,
+                       out: Path, settings: dict) -> list[str]:
     """Class maps, colourized maps, comparisons, legend; with labels metrics.json, per_image.csv and the
     confusion matrix (void pixels and pixels outside the FOV left out). Returns the summary lines."""
     palette = classes.display_palette()
@@ -161,7 +161,7 @@ def predict_multiclass(model, samples, count: int, classes: ClassSpec, testing, 
     save_legend([*classes.names, *(["void"] if void else [])], palette[: classes.n_classes + void], out / "legend.png")
     per_image, pooled_true, pooled_pred, unlabelled = [], [], [], 0
     for s in progress(samples, count, "predict"):
-        predicted = np.argmax(predict_image(model, s["image"], testing, depth), axis=-1).astype(np.uint8)
+        predicted = np.argmax(predict_image(model, s["image"], testing, depth, flips), axis=-1).astype(np.uint8)
         stem = output_stem(s["name"])
         coloured = colorize(predicted, palette)
         save_png(predicted, out / f"{stem}_classes.png")   # class indices, like the annotations
@@ -208,13 +208,13 @@ def predict_multiclass(model, samples, count: int, classes: ClassSpec, testing, 
             f"per-class IoU: {iou}"]
 
 
-def predict_binary(model, samples, count: int, threshold: float, testing, depth: int, out: Path,
-                   settings: dict, dataset: str, config) -> list[str]:
+def predict_binary(model, samples, count: int, threshold: float, testing, depth: int, flips: str,
+                   out: Path, settings: dict, dataset: str, config) -> list[str]:
     """Probability, binary, comparison and overlay PNGs; with labels metrics.json, per_image.csv and
     ROC / PR curves (pixels inside the FOV). Keeps only FOV pixels between images. Returns summary lines."""
     names, fov_probs, fov_labels, extra, unlabelled = [], [], [], [], 0
     for s in progress(samples, count, "predict"):
-        prob = predict_image(model, s["image"], testing, depth)[..., 0]
+        prob = predict_image(model, s["image"], testing, depth, flips)[..., 0]
         prob = np.where(s["fov"], prob, 0.0)
         stem = output_stem(s["name"])
         binary = prob >= threshold
@@ -280,6 +280,7 @@ def main() -> int:
     run = find_run_folder(current, args.run)
     config, model, preprocessing, info = load_run(run, current)
     testing, depth = config["testing settings"], config["model"]["depth"]
+    flips = config["augmentation"]["flips"]  # TTA averages only the flips the model was trained with
     threshold = testing["threshold"]
     classes = ClassSpec.from_config(config)
     if threshold == "auto" and classes is None:
@@ -321,15 +322,15 @@ def main() -> int:
         out.mkdir(parents=True, exist_ok=True)
         header = [f"run: {run}", f"images: {count} ({where})"]
         windows = (f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "
-                   f"tta_flips {testing['tta_flips']}")
+                   f"tta_flips {tta_flips(testing, flips) or False}")
         settings = {**testing, "run": str(run), "split": where}
         if classes is not None:
             lines = [*header, f"classes: {classes.n_classes} ({', '.join(classes.names)}); ignore index "
                      f"{classes.ignore_index}", windows]
-            lines += predict_multiclass(model, samples, count, classes, testing, depth, out, settings)
+            lines += predict_multiclass(model, samples, count, classes, testing, depth, flips, out, settings)
         else:
             lines = [*header, f"threshold: {threshold:.3f}", windows]
-            lines += predict_binary(model, samples, count, threshold, testing, depth, out,
+            lines += predict_binary(model, samples, count, threshold, testing, depth, flips, out,
                                     {"threshold": threshold, **settings}, dataset, config)
     summary = "\n".join(lines) + f"\noutputs: {out}\n"
     write_text(out / "summary.txt", summary)

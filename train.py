@@ -50,6 +50,7 @@ def main() -> int:
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
     training, testing = config["training settings"], config["testing settings"]
+    flips = config["augmentation"]["flips"]
     time_limit = TimeLimit(training["max_train_minutes"])  # the budget covers loading and building too
     # First of all: MultiWorkerMirroredStrategy must exist before TensorFlow starts its runtime.
     distribution = make_distribution(training["strategy"])
@@ -123,7 +124,7 @@ def main() -> int:
                                         time_limit if distribution.workers == 1 else None))
     if distribution.is_chief:
         if use_holdout:
-            callbacks.append(HoldoutScore(holdout, lambda m, image: predict_image(m, image, testing, depth),
+            callbacks.append(HoldoutScore(holdout, lambda m, image: predict_image(m, image, testing, depth, flips),
                                           training["validate_every"], n_classes, ignore_index))
         callbacks += [
             Checkpoints(run, monitor, mode, training["early_stopping_patience"]),
@@ -181,7 +182,8 @@ def main() -> int:
             "threshold": 0.5, "threshold_source": "default"}
     if holdout and n_classes == 1:  # the binary threshold; several classes take the argmax
         best = keras.models.load_model(run / "best.keras", compile=False, safe_mode=True)
-        probs = np.concatenate([predict_image(best, s["image"], testing, depth)[..., 0][s["fov"]] for s in holdout])
+        probs = np.concatenate([predict_image(best, s["image"], testing, depth, flips)[..., 0][s["fov"]]
+                                for s in holdout])
         labels = np.concatenate([s["label"][s["fov"]] for s in holdout])
         threshold, f1 = best_f1_threshold(probs, labels)
         info.update(threshold=float(threshold), threshold_source="best F1 on the holdout images",

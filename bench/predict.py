@@ -99,7 +99,7 @@ def main() -> int:
     common.quiet_logs()
 
     import numpy as np
-    from lib.inference import model_predictor, predict_image
+    from lib.inference import model_predictor, predict_image, tta_flips
     from lib.metrics import binary_scores
     from lib.storage import FILE_NAME, iter_split, open_prepared, split_size
 
@@ -138,7 +138,7 @@ def main() -> int:
         for sample in chosen:
             settings = settings_for(method, testing, sample["image"].shape, multiple, args)
             for shape in window_batches(sample["image"].shape, settings, multiple)[1]:
-                model_predictor(model, settings["tta_flips"])(np.zeros(shape, np.float32))
+                model_predictor(model, tta_flips(settings, "all"))(np.zeros(shape, np.float32))
         per_image, probs, windows = [], [], []
         for sample in chosen:
             settings = settings_for(method, testing, sample["image"].shape, multiple, args)

@@ -221,7 +221,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "stride": (_positive(int), "step between windows; smaller than window means averaged overlap"),
         "blend": (_choice("constant", "gaussian"), "how overlapping windows are averaged: constant or gaussian (centre-weighted)"),
         "batch_size": (_positive(int), "windows per prediction batch"),
-        "tta_flips": (_bool, "test-time augmentation: average the predictions of the four flips of each window"),
+        "tta_flips": (_bool, "test-time augmentation: average the predictions of the flipped windows (all four flips; left-right only for a model trained with flips = horizontal)"),
         "threshold": (_threshold, "probability threshold for binary maps: a number, or auto (the best-F1 threshold found on the holdout images)"),
         "checkpoint": (_choice("best", "last"), "which checkpoint of the run predict.py uses"),
         "zoom": (_positive(float), "resize each image by this factor before inference and the probabilities back to its size (another dataset: match vessel widths); 1 = as prepared"),

@@ -10,29 +10,43 @@ from skimage.transform import resize
 from lib.tiling import sliding_window
 
 
-def model_predictor(model: keras.Model, tta_flips: bool = False):
-    """A batch -> probabilities function; with TTA, averages the four flips of each window."""
+# Flip axes of a (N, H, W, C) batch averaged by test-time augmentation.
+TTA_FLIPS = {"all": ((), (1,), (2,), (1, 2)), "horizontal": ((), (2,))}
+
+
+def tta_flips(testing: Mapping[str, Any], trained_flips: str) -> str | None:
+    """Which flips TTA averages: none when off; only left-right mirroring for a model trained with
+    [augmentation] flips = horizontal (road scenes have an up); else all four."""
+    if not testing["tta_flips"]:
+        return None
+    return "horizontal" if trained_flips == "horizontal" else "all"
+
+
+def model_predictor(model: keras.Model, flips: str | None = None):
+    """A batch -> probabilities function; with flips ('all' or 'horizontal'), the average over those flips."""
     def predict(batch: np.ndarray) -> np.ndarray:
-        if not tta_flips:
+        if flips is None:
             return keras.ops.convert_to_numpy(model(batch, training=False))
         total = 0.0
-        for axes in ((), (1,), (2,), (1, 2)):
+        for axes in TTA_FLIPS[flips]:
             flipped = np.flip(batch, axis=axes) if axes else batch
             out = keras.ops.convert_to_numpy(model(flipped, training=False))
             total = total + (np.flip(out, axis=axes) if axes else out)
-        return total / 4.0
+        return total / len(TTA_FLIPS[flips])
     return predict
 
 
-def predict_image(model: keras.Model, image: np.ndarray, testing: Mapping[str, Any], depth: int) -> np.ndarray:
-    """Probability map (H x W x K) of one preprocessed H x W x C image; inferred at `zoom` times its size."""
+def predict_image(model: keras.Model, image: np.ndarray, testing: Mapping[str, Any], depth: int,
+                  trained_flips: str = "all") -> np.ndarray:
+    """Probability map (H x W x K) of one preprocessed H x W x C image; inferred at `zoom` times its size,
+    with the TTA flips that fit a model trained with [augmentation] flips = trained_flips."""
     zoom = testing["zoom"]
     height, width = image.shape[:2]
     if zoom != 1.0:
         size = (max(1, round(height * zoom)), max(1, round(width * zoom)))
         image = resize(image, (*size, image.shape[2]), order=1, anti_aliasing=zoom < 1.0,
                        preserve_range=True).astype(np.float32)
-    probs = sliding_window(image, model_predictor(model, testing["tta_flips"]),
+    probs = sliding_window(image, model_predictor(model, tta_flips(testing, trained_flips)),
                            window=testing["window"], stride=testing["stride"],
                            batch_size=testing["batch_size"], blend=testing["blend"], multiple=2 ** depth)
     if zoom != 1.0:

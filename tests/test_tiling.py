@@ -211,3 +211,20 @@ def test_zoomed_inference_returns_the_original_size_and_sees_a_smaller_image() -
     assert np.abs(out - image)[4:-4, 4:-4].max() < 0.05  # down and back up: a smooth image survives
     same = predict_image(model, image, dict(testing, zoom=1.0), depth=2)
     np.testing.assert_allclose(same, image, atol=1e-6)
+
+
+def test_tta_averages_only_the_flips_the_model_was_trained_with() -> None:
+    from lib.inference import model_predictor, tta_flips
+
+    rows = np.arange(16, dtype=np.float32)[None, :, None, None]
+
+    def model(batch, training=False):  # depends on the row: mirrored left-right it is the same, upside down not
+        return batch * rows
+
+    batch = np.random.default_rng(0).random((2, 16, 12, 1)).astype(np.float32)
+    assert tta_flips({"tta_flips": False}, "all") is None
+    assert tta_flips({"tta_flips": True}, "horizontal") == "horizontal"
+    assert tta_flips({"tta_flips": True}, "all") == tta_flips({"tta_flips": True}, "none") == "all"
+    plain = model_predictor(model)(batch)
+    np.testing.assert_allclose(model_predictor(model, "horizontal")(batch), plain, rtol=1e-6)
+    np.testing.assert_allclose(model_predictor(model, "all")(batch), batch * (rows + rows[:, ::-1]) / 2, rtol=1e-6)
