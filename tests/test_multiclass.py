@@ -65,10 +65,10 @@ def write_camvid(root: Path, n_train: int = 6, n_val: int = 3, colour_labels: bo
 
 
 def tiny(tmp: Path, data: Path, extra: list[str] | None = None) -> list[str]:
-    """The CamVid profile shrunk to seconds: small patches, a small U-Net, two short epochs."""
-    pairs = ["patch_size=32", "N_subimgs=480", "depth=2", "base_filters=8", "N_epochs=2", "steps_per_epoch=12",
-             "training_settings.batch_size=8", "testing_settings.batch_size=4", "window=64", "stride=48",
-             "validate_every=1", "learning_rate=0.01", "max_train_minutes=0", "validation_fraction=0.1",
+    """The CamVid profile shrunk to seconds: full size, small patches, a small U-Net, two short epochs."""
+    pairs = ["resize=1", "patch_size=32", "N_subimgs=480", "depth=2", "base_filters=8", "N_epochs=2",
+             "steps_per_epoch=12", "training_settings.batch_size=8", "testing_settings.batch_size=4", "window=64",
+             "stride=48", "validate_every=1", "learning_rate=0.01", "max_train_minutes=0", "validation_fraction=0.1",
              f"dataset_dir={data}", f"prepared_dir={tmp / 'prepared'}", f"runs_dir={tmp / 'runs'}", "name=mc"]
     return ["--config", str(CAMVID), *set_args(pairs + (extra or []))]
 
