@@ -124,7 +124,9 @@ def main() -> int:
                                         time_limit if distribution.workers == 1 else None))
     if distribution.is_chief:
         if use_holdout:
-            callbacks.append(HoldoutScore(holdout, lambda m, image: predict_image(m, image, testing, depth, flips),
+            # Model selection needs no flip TTA; it would double the time each epoch's scoring takes.
+            scoring = {**testing, "tta_flips": False}
+            callbacks.append(HoldoutScore(holdout, lambda m, image: predict_image(m, image, scoring, depth, flips),
                                           training["validate_every"], n_classes, ignore_index))
         callbacks += [
             Checkpoints(run, monitor, mode, training["early_stopping_patience"]),

@@ -34,7 +34,7 @@ class EpochSetter(keras.callbacks.Callback):
 
 
 class HoldoutScore(keras.callbacks.Callback):
-    """Every k epochs, score full holdout images as predict.py would; add holdout_* to the logs.
+    """Every k epochs, score full holdout images as predict.py would (without flip TTA); add holdout_* to the logs.
 
     Binary: holdout_auc_roc, _f1, _accuracy. Several classes (n_classes > 1): holdout_mean_iou,
     _pixel_accuracy, _mean_accuracy of the argmax class maps, ignore_index pixels left out.
