@@ -124,8 +124,8 @@ def main() -> int:
                                         time_limit if distribution.workers == 1 else None))
     if distribution.is_chief:
         if use_holdout:
-            # Model selection needs no flip TTA; it would double the time each epoch's scoring takes.
-            scoring = {**testing, "tta_flips": False}
+            # Model selection needs no flip or scale TTA; they would multiply the time each epoch's scoring takes.
+            scoring = {**testing, "tta_flips": False, "tta_scales": [1.0]}
             callbacks.append(HoldoutScore(holdout, lambda m, image: predict_image(m, image, scoring, depth, flips),
                                           training["validate_every"], n_classes, ignore_index))
         callbacks += [

@@ -53,10 +53,11 @@ def settings_for(method: str, testing: dict, image_shape: tuple, multiple: int, 
     if method in ("stride5", "stride48"):
         stride = args.classic_stride if method == "stride5" else args.classic_window
         return dict(testing, window=args.classic_window, stride=stride, blend="constant",
-                    batch_size=args.patch_batch, tta_flips=False)
+                    batch_size=args.patch_batch, tta_flips=False, tta_scales=[1.0])
     height, width = image_shape[:2]
     side = max(-(-height // multiple) * multiple, -(-width // multiple) * multiple)
-    return dict(testing, window=side, stride=side, blend="constant", batch_size=1, tta_flips=False)
+    return dict(testing, window=side, stride=side, blend="constant", batch_size=1, tta_flips=False,
+                tta_scales=[1.0])
 
 
 def window_batches(image_shape: tuple, settings: dict, multiple: int) -> tuple[int, list[tuple]]:

@@ -103,6 +103,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _scale_list(text: str) -> list[float]:
+    scales = [_finite(float(part)) for part in text.replace(",", " ").split()]
+    if not scales or min(scales) <= 0:
+        raise ValueError("give one or more positive factors")
+    if len(set(scales)) != len(scales):
+        raise ValueError("a factor is listed twice")
+    return scales
+
+
 def _name_list(text: str) -> list[str]:
     names = [part.strip() for part in text.split(",") if part.strip()]
     if len(set(names)) != len(names):
@@ -146,6 +155,7 @@ _int_list.__name__ = "comma-separated integers"
 _id_list.__name__ = "comma-separated image ids (numbers, or names with a number such as 01L, 05_dr)"
 _fraction.__name__ = "number in [0, 1)"
 _threshold.__name__ = "auto or a number in (0, 1)"
+_scale_list.__name__ = "comma-separated positive factors"
 _name_list.__name__ = "comma-separated unique names"
 _ignore_index.__name__ = "-1 or an integer 0..255"
 _palette.__name__ = "'R G B' triples separated by commas"
@@ -222,6 +232,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "blend": (_choice("constant", "gaussian"), "how overlapping windows are averaged: constant or gaussian (centre-weighted)"),
         "batch_size": (_positive(int), "windows per prediction batch"),
         "tta_flips": (_bool, "test-time augmentation: average the predictions of the flipped windows (all four flips; left-right only for a model trained with flips = horizontal)"),
+        "tta_scales": (_scale_list, "test-time augmentation over scales: average the probabilities of the image inferred at each of these factors times zoom (e.g. 1.0, 1.3); 1.0 alone: one scale"),
         "threshold": (_threshold, "probability threshold for binary maps: a number, or auto (the best-F1 threshold found on the holdout images)"),
         "checkpoint": (_choice("best", "last"), "which checkpoint of the run predict.py uses"),
         "zoom": (_positive(float), "resize each image by this factor before inference and the probabilities back to its size (another dataset: match vessel widths); 1 = as prepared"),

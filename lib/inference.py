@@ -1,4 +1,4 @@
-"""Full-image prediction with a trained model: sliding windows, optional flip TTA."""
+"""Full-image prediction with a trained model: sliding windows, optional flip and scale TTA."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -38,16 +38,25 @@ def model_predictor(model: keras.Model, flips: str | None = None):
 
 def predict_image(model: keras.Model, image: np.ndarray, testing: Mapping[str, Any], depth: int,
                   trained_flips: str = "all") -> np.ndarray:
-    """Probability map (H x W x K) of one preprocessed H x W x C image; inferred at `zoom` times its size,
-    with the TTA flips that fit a model trained with [augmentation] flips = trained_flips."""
-    zoom = testing["zoom"]
+    """Probability map (H x W x K) of one preprocessed H x W x C image: the mean over [testing settings]
+    tta_scales of the image inferred at scale x zoom times its size, with the TTA flips that fit a model
+    trained with [augmentation] flips = trained_flips."""
+    predictor = model_predictor(model, tta_flips(testing, trained_flips))
+    scales = testing["tta_scales"]
+    total = 0.0
+    for scale in scales:
+        total = total + _predict_at(predictor, image, testing, depth, testing["zoom"] * scale)
+    return total / len(scales) if len(scales) > 1 else total
+
+
+def _predict_at(predictor, image: np.ndarray, testing: Mapping[str, Any], depth: int, zoom: float) -> np.ndarray:
+    """Probabilities of the image resized by zoom, resized back to its own size."""
     height, width = image.shape[:2]
     if zoom != 1.0:
         size = (max(1, round(height * zoom)), max(1, round(width * zoom)))
         image = resize(image, (*size, image.shape[2]), order=1, anti_aliasing=zoom < 1.0,
                        preserve_range=True).astype(np.float32)
-    probs = sliding_window(image, model_predictor(model, tta_flips(testing, trained_flips)),
-                           window=testing["window"], stride=testing["stride"],
+    probs = sliding_window(image, predictor, window=testing["window"], stride=testing["stride"],
                            batch_size=testing["batch_size"], blend=testing["blend"], multiple=2 ** depth)
     if zoom != 1.0:
         probs = resize(probs, (height, width, probs.shape[2]), order=1, anti_aliasing=False,

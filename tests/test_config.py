@@ -143,6 +143,9 @@ def test_missing_key_is_a_user_error_naming_it(tmp_path: Path) -> None:
     ("training settings", "learning_rate", "nan"),
     ("training settings", "max_train_minutes", "inf"),
     ("augmentation", "flips", "vertical"),
+    ("testing settings", "tta_scales", "1.0, 0"),
+    ("testing settings", "tta_scales", "1.0, 1.0"),
+    ("testing settings", "tta_scales", ""),
 ])
 def test_wrong_value_is_a_user_error_naming_key_and_value(tmp_path: Path, section: str, key: str,
                                                          bad: str) -> None:

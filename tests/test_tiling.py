@@ -204,13 +204,42 @@ def test_zoomed_inference_returns_the_original_size_and_sees_a_smaller_image() -
     model = keras.Sequential([keras.Input((None, None, 1)), Record()])
     yy, xx = np.mgrid[0:60, 0:80]
     image = (0.5 + 0.4 * np.sin(xx / 9.0) * np.cos(yy / 7.0))[..., None].astype(np.float32)  # smooth
-    testing = dict(window=64, stride=48, batch_size=4, blend="gaussian", tta_flips=False, zoom=0.5)
+    testing = dict(window=64, stride=48, batch_size=4, blend="gaussian", tta_flips=False, zoom=0.5,
+                   tta_scales=[1.0])
     out = predict_image(model, image, testing, depth=2)
     assert out.shape == image.shape
     assert max(max(shape) for shape in seen if None not in shape) <= 40  # the 60x80 image went in at 30x40
     assert np.abs(out - image)[4:-4, 4:-4].max() < 0.05  # down and back up: a smooth image survives
     same = predict_image(model, image, dict(testing, zoom=1.0), depth=2)
     np.testing.assert_allclose(same, image, atol=1e-6)
+
+
+def test_scale_tta_averages_the_maps_inferred_at_each_scale_times_zoom() -> None:
+    import keras
+
+    from lib.inference import predict_image
+
+    seen = []
+
+    class Edges(keras.layers.Layer):
+        """Responds to the image's scale: a gradient's size depends on how large the image is drawn."""
+        def call(self, x):
+            seen.append(tuple(x.shape[1:3]))
+            return keras.ops.abs(x - keras.ops.roll(x, 1, axis=2))
+
+    model = keras.Sequential([keras.Input((None, None, 1)), Edges()])
+    xx = np.mgrid[0:60, 0:80][1]
+    image = (0.5 + 0.4 * np.sin(xx / 5.0))[..., None].astype(np.float32)
+    testing = dict(window=96, stride=96, batch_size=1, blend="constant", tta_flips=False, zoom=1.0)
+    single = {scale: predict_image(model, image, dict(testing, zoom=scale, tta_scales=[1.0]), depth=2)
+              for scale in (0.5, 1.5)}
+    assert not np.allclose(single[0.5], single[1.5], atol=1e-3)  # the scales give different maps
+    seen.clear()
+    both = predict_image(model, image, dict(testing, zoom=0.5, tta_scales=[1.0, 3.0]), depth=2)
+    assert both.shape == image.shape
+    np.testing.assert_allclose(both, (single[0.5] + single[1.5]) / 2, atol=1e-6)  # scales multiply zoom
+    sides = {max(shape) for shape in seen if None not in shape}
+    assert min(sides) <= 40 and max(sides) >= 90  # the image went in at 30x40 and at 90x120
 
 
 def test_tta_averages_only_the_flips_the_model_was_trained_with() -> None:
