@@ -322,7 +322,8 @@ def main() -> int:
         out.mkdir(parents=True, exist_ok=True)
         header = [f"run: {run}", f"images: {count} ({where})"]
         windows = (f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "
-                   f"tta_flips {tta_flips(testing, flips) or False}, tta_scales {', '.join(map(format, testing['tta_scales']))}")
+                   f"tta_flips {tta_flips(testing, flips) or False}, "
+                   f"tta_scales {', '.join(map(format, testing['tta_scales']))}")
         settings = {**testing, "run": str(run), "split": where}
         if classes is not None:
             lines = [*header, f"classes: {classes.n_classes} ({', '.join(classes.names)}); ignore index "

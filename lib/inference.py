@@ -46,7 +46,7 @@ def predict_image(model: keras.Model, image: np.ndarray, testing: Mapping[str, A
     total = 0.0
     for scale in scales:
         total = total + _predict_at(predictor, image, testing, depth, testing["zoom"] * scale)
-    return total / len(scales) if len(scales) > 1 else total
+    return total / len(scales)
 
 
 def _predict_at(predictor, image: np.ndarray, testing: Mapping[str, Any], depth: int, zoom: float) -> np.ndarray:
