@@ -8,7 +8,10 @@ optionally the original orobix graph), model.fit runs on
 with the same loss, metrics and NaN guard as train.py. Each timed epoch of --steps batches gives one rate
 (the first batch of an epoch is left out, so the rate is the steady state); the table shows the median.
 GFLOP/s counts the convolutions only (bench.common.conv_flops), training = 3x forward; "% of peak" is
-relative to the float32 matmul peak (bench/peak.py) measured at the start of this same run.
+relative to the float32 matmul peak (bench/peak.py) measured in this same run: a short peak sample is taken
+before each timed epoch and after the last, and each epoch's rate is divided by the mean of the samples on
+either side of it, so a shared or throttled machine slows both sides of the ratio alike. The table shows
+the median ratio over epochs.
 
     python bench/train.py                      # default and classic, 60 steps, 3 repeats
     python bench/train.py --models classic --steps 100 --repeats 5
@@ -48,18 +51,29 @@ def build(name: str, config) -> tuple:
 
 
 class StepTimer:
-    """Callback recording when each batch ends (after the NaN guard has read the loss, as in train.py)."""
+    """Callback recording when each batch ends (after the NaN guard has read the loss, as in train.py).
 
-    def __new__(cls):
+    probe, when given, is called before each epoch and after the last one (outside the timed span); its
+    results are kept in `probes`.
+    """
+
+    def __new__(cls, probe=None):
         import keras
 
         class _Timer(keras.callbacks.Callback):
             def __init__(self):
                 super().__init__()
                 self.epochs: list[list[float]] = []
+                self.probes: list = []
 
             def on_epoch_begin(self, epoch, logs=None):
+                if probe is not None:
+                    self.probes.append(probe())
                 self.epochs.append([])
+
+            def on_train_end(self, logs=None):
+                if probe is not None:
+                    self.probes.append(probe())
 
             def on_train_batch_end(self, batch, logs=None):
                 self.epochs[-1].append(time.perf_counter())
@@ -104,6 +118,12 @@ def write_random_dataset(path: Path, n: int, patch: int, channels: int, seed: in
                    channels, fill)
 
 
+def peak_ratios(per_epoch: list[float], peaks: list[float], flops_per_patch: float) -> list[float]:
+    """Percent of peak of each epoch: its training GFLOP/s over the mean of the peak samples around it."""
+    return [100 * rate * 3 * flops_per_patch / 1e9 / ((before + after) / 2)
+            for rate, before, after in zip(per_epoch, peaks, peaks[1:])]
+
+
 def measure(name: str, feed: str, config, args, tmp: Path) -> dict:
     import keras
     import numpy as np
@@ -118,7 +138,8 @@ def measure(name: str, feed: str, config, args, tmp: Path) -> dict:
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     model.compile(optimizer=keras.optimizers.Adam(config["training settings"]["learning_rate"]),
                   loss=loss, metrics=metrics, jit_compile=jit)
-    timer = StepTimer()
+    from bench.peak import matmul_peak
+    timer = StepTimer(lambda: matmul_peak(args.peak_size, args.probe_repeats)["gflops"])
     if feed == "memory":
         rng = np.random.default_rng(0)
         n = batch * max(args.steps, args.warmup_steps)
@@ -144,8 +165,10 @@ def measure(name: str, feed: str, config, args, tmp: Path) -> dict:
         model.fit(data, epochs=args.repeats, verbose=0, callbacks=[NaNGuard(), EpochSetter([data]), timer])
     flops = common.conv_flops(model, patch, channels)
     per_epoch = rates(timer, batch)
+    ratios = peak_ratios(per_epoch, timer.probes, flops["forward"])
     return {"model": name, "feed": feed, "patch": patch, "batch": batch, "params": model.count_params(),
             "forward_flops": flops["forward"], "rates": per_epoch, "rate": common.median(per_epoch),
+            "peaks": timer.probes, "percent_of_peak": common.median(ratios), "percents": ratios,
             "jit_compile": getattr(model, "jit_compile", None)}
 
 
@@ -167,7 +190,9 @@ def main() -> int:
     parser.add_argument("--stream-patches", type=int, default=8192,
                         help="patches in the temporary dataset.h5 the stream reads (default 8192)")
     parser.add_argument("--peak-size", type=int, default=2048, help="matmul side for the peak (default 2048)")
-    parser.add_argument("--peak-repeats", type=int, default=5, help="matmul peak samples (default 5)")
+    parser.add_argument("--peak-repeats", type=int, default=5, help="matmul peak samples at the start (default 5)")
+    parser.add_argument("--probe-repeats", type=int, default=3,
+                        help="matmul peak samples taken around each timed epoch (default 3)")
     parser.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto",
                         help="model.compile(jit_compile=...) (default auto, as train.py)")
     parser.add_argument("--tmp", help="folder for the temporary dataset.h5 (default: the system's)")
@@ -200,12 +225,15 @@ def main() -> int:
         gflops = r["rate"] * 3 * r["forward_flops"] / 1e9
         overhead = (memory_rate[r["model"]] / r["rate"] - 1) * 100 if r["feed"] == "stream" and \
             r["model"] in memory_rate else None
-        r.update(train_gflops=gflops, percent_of_peak=100 * gflops / peak["gflops"], pipeline_overhead=overhead)
+        r.update(train_gflops=gflops, pipeline_overhead=overhead)
         rows.append([r["model"], f"{r['patch']}x{r['patch']}", r["batch"], r["forward_flops"] / 1e6, r["feed"],
                      r["rate"], min(r["rates"], default=None), max(r["rates"], default=None), gflops,
-                     r["percent_of_peak"], None if overhead is None else f"{overhead:+.1f}%"])
-    notes = [f"float32 matmul peak in this run: {peak['gflops']:.1f} GFLOP/s ({args.peak_size}x{args.peak_size}, "
-             f"median of {args.peak_repeats})",
+                     f"{min(r['peaks']):.0f}-{max(r['peaks']):.0f}", r["percent_of_peak"],
+                     None if overhead is None else f"{overhead:+.1f}%"])
+    notes = [f"float32 matmul peak at the start of this run: {peak['gflops']:.1f} GFLOP/s "
+             f"({args.peak_size}x{args.peak_size}, median of {args.peak_repeats}); \"peak around\" is the range of "
+             f"the samples (median of {args.probe_repeats}) taken before each timed epoch and after the last",
+             "% of peak = median over epochs of the epoch's GFLOP/s / mean of the peak samples on either side",
              f"timed: {args.repeats} epoch(s) of {args.steps} batches after a {args.warmup_steps}-batch warm-up fit; "
              "patches/s = median over epochs, first batch of each epoch excluded",
              "GFLOP/s = patches/s x 3 x forward conv FLOPs/patch; pipeline overhead = memory rate / stream rate - 1",
@@ -213,7 +241,7 @@ def main() -> int:
              "patches in a temporary dataset.h5; jit_compile=" + str(results[0]["jit_compile"] if results else None)]
     common.report("Training throughput",
                   ["model", "patch", "batch", "MFLOP fwd/patch", "feed", "patches/s", "min", "max",
-                   "GFLOP/s", "% of peak", "pipeline overhead"], rows, notes, args.json,
+                   "GFLOP/s", "peak around", "% of peak", "pipeline overhead"], rows, notes, args.json,
                   extra={"peak": peak, "results": results})
     return 0
 
