@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from lib.atomic import write_json, write_text
 from lib.config import add_config_arguments, load_config, load_run_config
+from lib.cells import cell_colours, watershed_cells
 from lib.errors import UserError, run_cli
 from lib.inference import predict_image, tta_flips
 from lib.losses import CUSTOM_OBJECTS
@@ -102,8 +104,11 @@ def at_model_scale(testing: dict, model_scale: float, source_scale: float) -> di
 
 
 def output_stem(name: str) -> str:
-    """An image's name without extension and brackets, for its output files."""
-    return Path(name).stem.replace("[", "_").replace("]", "")
+    """An image's name without extension, for its output files; page i of a stack "x.tif[i]" gives "x_i"."""
+    page = re.fullmatch(r"(.*)\[(\d+)\]", name)
+    if page:
+        return f"{Path(page[1]).stem}_{page[2]}"
+    return Path(name).stem
 
 
 def check_other_dataset(h5, path: Path, run: Path, preprocessing: dict, classes: ClassSpec | None) -> None:
@@ -126,17 +131,18 @@ def check_other_dataset(h5, path: Path, run: Path, preprocessing: dict, classes:
               f"{', '.join(differ)}. Each dataset is normalized with its own training-split statistics.")
 
 
-def extra_scores(probs, labels, fovs, threshold: float, dataset: str, config) -> list[dict[str, float]]:
-    """Per-image task-specific scores: clDice for vessels; pixel and adapted Rand error for ISBI."""
-    rows = []
-    for prob, label, fov in zip(probs, labels, fovs):
-        predicted = prob >= threshold
-        if dataset == "ISBI2012":
-            membrane_positive = config["data attributes"]["positive_class"] == "membrane"
-            rows.append(isbi_scores(predicted, label, fov, membrane_positive))
-        else:
-            rows.append({"cldice": cldice(predicted, label, fov)})
-    return rows
+def extra_scores(prob, label, fov, threshold: float, dataset: str, config,
+                 cells: np.ndarray | None = None) -> dict[str, float]:
+    """Task-specific scores of one image: clDice for vessels; pixel and adapted Rand errors for ISBI."""
+    predicted = prob >= threshold
+    if dataset == "ISBI2012":
+        return isbi_scores(predicted, label, fov, membrane_positive(config), cells)
+    return {"cldice": cldice(predicted, label, fov)}
+
+
+def membrane_positive(config) -> bool:
+    """Whether the model's foreground (probability) is the membrane, as for ISBI 2012 by default."""
+    return config["data attributes"]["positive_class"] == "membrane"
 
 
 def display_image(image: np.ndarray) -> np.ndarray:
@@ -223,13 +229,17 @@ def predict_binary(model, samples, count: int, threshold: float, testing, depth:
         save_png(binary, out / f"{stem}_binary.png")
         save_png(side_by_side(shown, s["label"], binary), out / f"{stem}_compare.png")
         save_png(overlay(shown, binary, s["label"]), out / f"{stem}_overlay.png")
+        cells = None
+        if dataset == "ISBI2012" and testing["watershed_seed"] > 0:
+            cells = watershed_cells(prob if membrane_positive(config) else 1.0 - prob, testing["watershed_seed"])
+            save_png(cell_colours(cells), out / f"{stem}_cells.png")
         if s["label"] is None:
             unlabelled += 1
             continue
         names.append(s["name"])
         fov_probs.append(prob[s["fov"]])
         fov_labels.append(s["label"][s["fov"]])
-        extra += extra_scores([prob], [s["label"]], [s["fov"]], threshold, dataset, config)
+        extra.append(extra_scores(prob, s["label"], s["fov"], threshold, dataset, config, cells))
     if not names or unlabelled:
         return ["no labels: metrics not computed"]
 

@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--windows", default="128,256,whole", help="window sizes ('whole' = the padded image)")
     parser.add_argument("--overlaps", default="0,0.25,0.5", help="fractions of the window that overlap")
     parser.add_argument("--blends", default="constant,gaussian")
-    parser.add_argument("--tta", default="false,true")
+    parser.add_argument("--tta", default="false,true", help="tta_flips values: false, true (all four), horizontal")
     add_common_arguments(parser)
     args = parser.parse_args()
 
@@ -46,7 +46,7 @@ def main() -> None:
     rows = []
     for window, overlap, blend, tta in itertools.product(
             args.windows.split(","), [float(o) for o in args.overlaps.split(",")], args.blends.split(","),
-            [t == "true" for t in args.tta.split(",")]):
+            [{"true": True, "false": False}.get(t, t) for t in args.tta.split(",")]):
         size = whole if window == "whole" else int(window)
         if window == "whole" and overlap:
             continue
@@ -58,7 +58,7 @@ def main() -> None:
         probs = np.concatenate([predict_image(model, s["image"], testing, depth)[..., 0][s["fov"]] for s in samples])
         seconds = (time.perf_counter() - start) / len(samples)
         scores = binary_scores(probs, labels)
-        rows.append([window, stride, blend, "on" if tta else "off", f"{scores['auc_roc']:.4f}",
+        rows.append([window, stride, blend, {True: "all", False: "off"}.get(tta, tta), f"{scores['auc_roc']:.4f}",
                      f"{scores['f1']:.4f}", f"{scores['accuracy']:.4f}", f"{seconds:.2f}"])
         print(json.dumps(rows[-1]), flush=True)
     report(f"Sliding-window settings on {len(samples)} '{args.split}' images of {run.name}",

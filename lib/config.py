@@ -35,6 +35,16 @@ def _flips(text: str) -> str:
         raise ValueError("expected all, horizontal or none") from None
 
 
+def _tta_flips(text: str) -> bool | str:
+    lowered = text.strip().lower()
+    if lowered == "horizontal":
+        return lowered
+    try:
+        return _bool(lowered)
+    except ValueError:
+        raise ValueError("expected true, false or horizontal") from None
+
+
 def _int_list(text: str) -> list[int]:
     return [int(part) for part in text.replace(",", " ").split()]
 
@@ -151,6 +161,7 @@ def _threshold(text: str) -> float | str:
 
 _bool.__name__ = "true|false"
 _flips.__name__ = "all|horizontal|none"
+_tta_flips.__name__ = "true|false|horizontal"
 _int_list.__name__ = "comma-separated integers"
 _id_list.__name__ = "comma-separated image ids (numbers, or names with a number such as 01L, 05_dr)"
 _fraction.__name__ = "number in [0, 1)"
@@ -231,11 +242,12 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "stride": (_positive(int), "step between windows; smaller than window means averaged overlap"),
         "blend": (_choice("constant", "gaussian"), "how overlapping windows are averaged: constant or gaussian (centre-weighted)"),
         "batch_size": (_positive(int), "windows per prediction batch"),
-        "tta_flips": (_bool, "test-time augmentation: average the predictions of the flipped windows (all four flips; left-right only for a model trained with flips = horizontal)"),
+        "tta_flips": (_tta_flips, "test-time augmentation: average the predictions of the flipped windows; true: all four flips (left-right only for a model trained with flips = horizontal), horizontal: left-right only (half the time of all four), false: none"),
         "tta_scales": (_scale_list, "test-time augmentation over scales: average the probabilities of the image inferred at each of these factors times zoom (e.g. 1.0, 1.3); 1.0 alone: one scale"),
         "threshold": (_threshold, "probability threshold for binary maps: a number, or auto (the best-F1 threshold found on the holdout images)"),
         "checkpoint": (_choice("best", "last"), "which checkpoint of the run predict.py uses"),
         "zoom": (_positive(float), "resize each image by this factor before inference and the probabilities back to its size (another dataset: match vessel widths); 1 = as prepared"),
+        "watershed_seed": (_fraction, "ISBI 2012 only: also split each slice into cells by a watershed of the membrane probabilities from seeds where they are below this value, scored as adapted_rand_error_watershed and drawn in NAME_cells.png; 0 disables it"),
     },
 }
 

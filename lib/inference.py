@@ -15,11 +15,12 @@ TTA_FLIPS = {"all": ((), (1,), (2,), (1, 2)), "horizontal": ((), (2,))}
 
 
 def tta_flips(testing: Mapping[str, Any], trained_flips: str) -> str | None:
-    """Which flips TTA averages: none when off; only left-right mirroring for a model trained with
-    [augmentation] flips = horizontal (road scenes have an up); else all four."""
-    if not testing["tta_flips"]:
+    """Which flips TTA averages: none when off; left-right mirroring when asked for, or for a model trained
+    with [augmentation] flips = horizontal (road scenes have an up); else all four."""
+    setting = testing["tta_flips"]
+    if not setting:
         return None
-    return "horizontal" if trained_flips == "horizontal" else "all"
+    return "horizontal" if setting == "horizontal" or trained_flips == "horizontal" else "all"
 
 
 def model_predictor(model: keras.Model, flips: str | None = None):

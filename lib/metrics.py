@@ -341,28 +341,40 @@ def cldice(predicted: np.ndarray, labels: np.ndarray, fov: np.ndarray | None = N
 def adapted_rand(interior_predicted: np.ndarray, interior_labels: np.ndarray, fill: bool = False) -> float:
     """ISBI 2012 adapted Rand error of the connected components of predicted vs true cell interiors."""
     from skimage.measure import label
-    from skimage.metrics import adapted_rand_error
     from skimage.segmentation import expand_labels
-    truth = label(_as_bool(interior_labels, "labels"), connectivity=1)
     predicted = label(_as_bool(interior_predicted, "predicted"), connectivity=1)
     if fill:
         # True membrane pixels are ignored, but predicted ones form one segment (label 0) that spans
         # every cell; giving each to its nearest cell scores the partition into cells alone.
         predicted = expand_labels(predicted, distance=sum(predicted.shape))
-    error, _, _ = adapted_rand_error(truth, predicted)
+    return cells_rand_error(predicted, interior_labels)
+
+
+def cells_rand_error(cells: np.ndarray, interior_labels: np.ndarray) -> float:
+    """ISBI 2012 adapted Rand error of a predicted cell label map against the true cell interiors."""
+    from skimage.measure import label
+    from skimage.metrics import adapted_rand_error
+    cells = np.asarray(cells)
+    truth = label(_as_bool(interior_labels, "labels"), connectivity=1)
+    _check_same_shape(cells, truth, "cells", "labels")
+    error, _, _ = adapted_rand_error(truth, cells)
     return float(error)
 
 
-def isbi_scores(predicted: np.ndarray, labels: np.ndarray, fov: np.ndarray,
-                membrane_positive: bool) -> dict[str, float]:
-    """ISBI 2012 pixel error and adapted Rand errors (literal and filled) of one thresholded slice."""
+def isbi_scores(predicted: np.ndarray, labels: np.ndarray, fov: np.ndarray, membrane_positive: bool,
+                cells: np.ndarray | None = None) -> dict[str, float]:
+    """ISBI 2012 pixel error and adapted Rand errors (literal, filled, and of the watershed cells when
+    given) of one thresholded slice."""
     predicted = _as_bool(predicted, "predicted")
     labels = _as_bool(labels, "labels")
     interior_pred = ~predicted if membrane_positive else predicted
     interior_true = ~labels if membrane_positive else labels
-    return {"pixel_error": float(np.mean(predicted[fov] != labels[fov])),
-            "adapted_rand_error": adapted_rand(interior_pred, interior_true),
-            "adapted_rand_error_filled": adapted_rand(interior_pred, interior_true, fill=True)}
+    scores = {"pixel_error": float(np.mean(predicted[fov] != labels[fov])),
+              "adapted_rand_error": adapted_rand(interior_pred, interior_true),
+              "adapted_rand_error_filled": adapted_rand(interior_pred, interior_true, fill=True)}
+    if cells is not None:
+        scores["adapted_rand_error_watershed"] = cells_rand_error(cells, interior_true)
+    return scores
 
 
 def _as_class_map(array: Any, what: str) -> np.ndarray:

@@ -143,6 +143,7 @@ def test_missing_key_is_a_user_error_naming_it(tmp_path: Path) -> None:
     ("training settings", "learning_rate", "nan"),
     ("training settings", "max_train_minutes", "inf"),
     ("augmentation", "flips", "vertical"),
+    ("testing settings", "tta_flips", "vertical"),
     ("testing settings", "tta_scales", "1.0, 0"),
     ("testing settings", "tta_scales", "1.0, 1.0"),
     ("testing settings", "tta_scales", ""),
@@ -177,6 +178,11 @@ def test_huge_depth_is_a_user_error_not_a_hang(tmp_path: Path) -> None:
 @pytest.mark.parametrize("written, meant", [("true", "all"), ("false", "none"), ("horizontal", "horizontal")])
 def test_flips_accepts_its_choices_and_the_true_false_of_earlier_versions(written: str, meant: str) -> None:
     assert load_config(REPO / "configuration.txt", [f"flips={written}"])["augmentation"]["flips"] == meant
+
+
+@pytest.mark.parametrize("written, meant", [("true", True), ("off", False), ("Horizontal", "horizontal")])
+def test_tta_flips_accepts_true_false_and_horizontal(written: str, meant: bool | str) -> None:
+    assert load_config(REPO / "configuration.txt", [f"tta_flips={written}"])["testing settings"]["tta_flips"] == meant
 
 
 def test_stride_larger_than_window_is_rejected() -> None:

@@ -254,6 +254,7 @@ def test_tta_averages_only_the_flips_the_model_was_trained_with() -> None:
     assert tta_flips({"tta_flips": False}, "all") is None
     assert tta_flips({"tta_flips": True}, "horizontal") == "horizontal"
     assert tta_flips({"tta_flips": True}, "all") == tta_flips({"tta_flips": True}, "none") == "all"
+    assert tta_flips({"tta_flips": "horizontal"}, "all") == "horizontal"  # asked for: left-right only
     plain = model_predictor(model)(batch)
     np.testing.assert_allclose(model_predictor(model, "horizontal")(batch), plain, rtol=1e-6)
     np.testing.assert_allclose(model_predictor(model, "all")(batch), batch * (rows + rows[:, ::-1]) / 2, rtol=1e-6)
