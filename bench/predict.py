@@ -4,7 +4,7 @@ Uses a trained run (default runs/sample, made by
     python prepare_datasets.py --config configuration_sample.txt && python train.py --config configuration_sample.txt
 ) and the prepared dataset of that run's configuration (test split, else val). Every method goes through
 lib.inference.predict_image (lib.tiling.sliding_window) with the same model:
-  default   the run's [testing settings] (window, stride, blend, batch size, TTA)
+  default   the [testing settings] predict.py would use: those of --config and --set, not the run's
   stride5   the classic method: 48x48 windows every 5 pixels, constant (plain) averaging
   stride48  48x48 windows without overlap
   whole     one window holding the whole image (its size rounded up to a multiple of 2^depth)
@@ -33,11 +33,13 @@ from bench import common  # noqa: E402
 METHODS = ("default", "stride5", "stride48", "whole")
 
 
-def load_run(run: Path, checkpoint: str | None):
+def load_run(run: Path, checkpoint: str | None, config_path: str, overrides: list[str]):
+    """The run's configuration with the current [testing settings] (as predict.py takes them), and its model."""
     import keras
     from lib.config import load_config, load_run_config
     from lib.losses import CUSTOM_OBJECTS
-    config = load_run_config(run / "configuration.txt", load_config(common.ROOT / "configuration.txt"))
+    current = load_config(common.repo_path(config_path), overrides)
+    config = load_run_config(run / "configuration.txt", current, from_current=("testing settings",))
     name = checkpoint or config["testing settings"]["checkpoint"]
     model = keras.models.load_model(run / f"{name}.keras", custom_objects=CUSTOM_OBJECTS, compile=False,
                                     safe_mode=True)
@@ -76,7 +78,12 @@ def window_batches(image_shape: tuple, settings: dict, multiple: int) -> tuple[i
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/sample", help="trained run folder (default runs/sample)")
-    parser.add_argument("--checkpoint", choices=("best", "last"), help="default: the run's [testing settings]")
+    parser.add_argument("--config", default="configuration.txt",
+                        help="configuration whose [testing settings] the default method uses, as predict.py does "
+                        "(default configuration.txt)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a configuration value, e.g. tta_flips=horizontal (repeatable)")
+    parser.add_argument("--checkpoint", choices=("best", "last"), help="default: [testing settings] checkpoint")
     parser.add_argument("--split", choices=("test", "val", "train"), help="default: test, else val")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated, from {','.join(METHODS)} (default: all)")
@@ -109,7 +116,7 @@ def main() -> int:
         print(f"error: {run} is not a trained run folder. Make one with\n  python prepare_datasets.py --config "
               "configuration_sample.txt && python train.py --config configuration_sample.txt", file=sys.stderr)
         return 2
-    config, model, info = load_run(run, args.checkpoint)
+    config, model, info = load_run(run, args.checkpoint, args.config, args.overrides)
     testing, depth = config["testing settings"], config["model"]["depth"]
     multiple = 2 ** depth
     if args.classic_window % multiple:
@@ -172,7 +179,8 @@ def main() -> int:
         k = min(n, len(common_images))
         r["auc_common"] = pooled_auc(r["probs"][:k], common_images[:k]) if k == len(common_images) else None
         s = r["settings"]
-        rows.append([method, f"{s['window']}", s["stride"], s["blend"] + (" +TTA" if s["tta_flips"] else ""),
+        tta = {True: " +TTA", False: ""}.get(s["tta_flips"], f" +TTA {s['tta_flips']}")
+        rows.append([method, f"{s['window']}", s["stride"], s["blend"] + tta,
                      int(np.mean(r["windows"])), f"{n} x {r['repeats']}", mean, mean * args.target_images,
                      None if slow is None else slow / mean, r["auc_pooled"], r["auc_common"]])
         del r["probs"]
