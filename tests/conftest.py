@@ -36,6 +36,13 @@ def run_script(script: str, *args: str, check: bool = True, timeout: float = 600
     return result
 
 
+def write_tiff_stack(pages: list, path: Path) -> None:
+    """Write 2-D uint8 arrays as one multi-page TIFF (the ISBI 2012 layout)."""
+    from PIL import Image
+    first, *rest = [Image.fromarray(p) for p in pages]
+    first.save(path, save_all=True, append_images=rest)
+
+
 def set_args(pairs: list[str]) -> list[str]:
     """Turn key=value pairs into repeated --set arguments."""
     return [part for pair in pairs for part in ("--set", pair)]

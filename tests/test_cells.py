@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_script, set_args
+from conftest import run_script, set_args, write_tiff_stack
 
 
 def membrane_grid(cells_per_side: int = 3, cell: int = 20, wall: int = 3) -> np.ndarray:
@@ -67,11 +67,6 @@ def test_cell_colours_paint_cells_bright_and_their_borders_black() -> None:
     assert (rgb[2, 5] == rgb[3, 6]).all()
 
 
-def _write_stack(pages: list[np.ndarray], path: Path) -> None:
-    first, *rest = [Image.fromarray(p) for p in pages]
-    first.save(path, save_all=True, append_images=rest)
-
-
 def test_predict_on_isbi_writes_cells_and_scores_them(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     membrane = membrane_grid(cells_per_side=3, cell=18, wall=3)[:64, :64]
@@ -82,9 +77,9 @@ def test_predict_on_isbi_writes_cells_and_scores_them(tmp_path: Path) -> None:
         images.append(np.clip(np.where(shifted, 60, 190) + rng.normal(0, 20, shifted.shape), 0, 255).astype(np.uint8))
     root = tmp_path / "ISBI2012"
     root.mkdir()
-    _write_stack(images, root / "train-volume.tif")
-    _write_stack(labels, root / "train-labels.tif")
-    _write_stack(images[:2], root / "test-volume.tif")
+    write_tiff_stack(images, root / "train-volume.tif")
+    write_tiff_stack(labels, root / "train-labels.tif")
+    write_tiff_stack(images[:2], root / "test-volume.tif")
     args = ["--config", "configuration_sample.txt", *set_args([
         "dataset=ISBI2012", f"dataset_dir={root}", f"prepared_dir={tmp_path / 'prepared'}",
         f"runs_dir={tmp_path / 'runs'}", "name=isbi", "holdout_ids=6,7", "clahe=false", "gamma=1.0",

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib.errors import UserError  # noqa: E402
 from lib.readers import read_image, read_split, read_stack  # noqa: E402
 from lib.sample_data import write_drive_sample  # noqa: E402
+from conftest import write_tiff_stack  # noqa: E402
 
 W, H = 96, 88   # small and non-square
 
@@ -223,19 +224,14 @@ def isbi_arrays() -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]
     return images, labels, tests
 
 
-def _write_stack(pages: list[np.ndarray], path: Path) -> None:
-    first, *rest = [Image.fromarray(p) for p in pages]
-    first.save(path, save_all=True, append_images=rest)
-
-
 @pytest.fixture
 def isbi_stack_root(isbi_arrays, tmp_path: Path) -> Path:
     images, labels, tests = isbi_arrays
     root = tmp_path / "isbi_stack"
     root.mkdir()
-    _write_stack(images, root / "train-volume.tif")
-    _write_stack(labels, root / "train-labels.tif")
-    _write_stack(tests, root / "test-volume.tif")
+    write_tiff_stack(images, root / "train-volume.tif")
+    write_tiff_stack(labels, root / "train-labels.tif")
+    write_tiff_stack(tests, root / "test-volume.tif")
     return root
 
 
@@ -296,7 +292,7 @@ def test_isbi_membrane_and_interior_are_complements(layout: str, isbi_stack_root
 
 
 def test_isbi_stacks_with_different_slice_counts_are_a_user_error(isbi_arrays, isbi_stack_root: Path) -> None:
-    _write_stack(isbi_arrays[1][:5], isbi_stack_root / "train-labels.tif")
+    write_tiff_stack(isbi_arrays[1][:5], isbi_stack_root / "train-labels.tif")
     with pytest.raises(UserError) as info:
         read_split("ISBI2012", isbi_stack_root, "train")
     assert "12 slices" in str(info.value) and "5" in str(info.value)
