@@ -17,6 +17,7 @@ from lib.atomic import write_json, write_text
 from lib.config import add_config_arguments, load_config, load_run_config
 from lib.cells import cell_colours, watershed_cells
 from lib.errors import UserError, run_cli
+from lib.folding import fold_batch_norm
 from lib.inference import predict_image, tta_flips
 from lib.losses import CUSTOM_OBJECTS
 from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores
@@ -49,6 +50,7 @@ def load_run(run: Path, current: dict):
         raise UserError(f"model file {model_path} cannot be loaded ({type(exc).__name__}: {exc}). It is "
                         "corrupt or from an incompatible version: retrain, or use the other checkpoint with "
                         "--set testing_settings.checkpoint=last (or best).") from None
+    model = fold_batch_norm(model)
     preprocessing = json.loads((run / "preprocessing.json").read_text())
     info_path = run / "model_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}

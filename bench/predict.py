@@ -41,8 +41,9 @@ def load_run(run: Path, checkpoint: str | None, config_path: str, overrides: lis
     current = load_config(common.repo_path(config_path), overrides)
     config = load_run_config(run / "configuration.txt", current, from_current=("testing settings",))
     name = checkpoint or config["testing settings"]["checkpoint"]
-    model = keras.models.load_model(run / f"{name}.keras", custom_objects=CUSTOM_OBJECTS, compile=False,
-                                    safe_mode=True)
+    from lib.folding import fold_batch_norm
+    model = fold_batch_norm(keras.models.load_model(run / f"{name}.keras", custom_objects=CUSTOM_OBJECTS,
+                                                    compile=False, safe_mode=True))
     info_path = run / "model_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     return config, model, info

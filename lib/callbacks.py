@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from lib.atomic import atomic_path, write_json
+from lib.folding import fold_batch_norm
 from lib.metrics import binary_scores, multiclass_scores
 
 
@@ -55,8 +56,9 @@ class HoldoutScore(keras.callbacks.Callback):
             # An epoch whose loss went NaN has NaN weights: nothing to score.
             logs.update({f"holdout_{key}": float("nan") for key in self.keys})
             return
+        model = fold_batch_norm(self.model)  # once per scoring: the weights change every epoch
         if self.n_classes > 1:
-            predicted = np.concatenate([np.argmax(self.predict(self.model, s["image"]), axis=-1)[s["fov"]]
+            predicted = np.concatenate([np.argmax(self.predict(model, s["image"]), axis=-1)[s["fov"]]
                                         for s in self.samples])
             labels = np.concatenate([s["label"][s["fov"]] for s in self.samples])
             scores = multiclass_scores(predicted, labels, self.n_classes, self.ignore_index)
@@ -65,7 +67,7 @@ class HoldoutScore(keras.callbacks.Callback):
             print(f" - holdout mean IoU {scores['mean_iou']:.4f}, pixel accuracy {scores['pixel_accuracy']:.4f}, "
                   f"mean class accuracy {scores['mean_accuracy']:.4f}")
             return
-        probs = np.concatenate([self.predict(self.model, s["image"])[..., 0][s["fov"]] for s in self.samples])
+        probs = np.concatenate([self.predict(model, s["image"])[..., 0][s["fov"]] for s in self.samples])
         labels = np.concatenate([s["label"][s["fov"]] for s in self.samples])
         scores = binary_scores(probs, labels)
         for key in ("auc_roc", "f1", "accuracy"):

@@ -25,13 +25,14 @@ def tta_flips(testing: Mapping[str, Any], trained_flips: str) -> str | None:
 
 def model_predictor(model: keras.Model, flips: str | None = None):
     """A batch -> probabilities function; with flips ('all' or 'horizontal'), the average over those flips."""
+    # predict_on_batch runs a compiled graph (tf.function, jax.jit): several times faster than eager calls.
     def predict(batch: np.ndarray) -> np.ndarray:
         if flips is None:
-            return keras.ops.convert_to_numpy(model(batch, training=False))
+            return np.asarray(model.predict_on_batch(batch))
         total = 0.0
         for axes in TTA_FLIPS[flips]:
-            flipped = np.flip(batch, axis=axes) if axes else batch
-            out = keras.ops.convert_to_numpy(model(flipped, training=False))
+            flipped = np.ascontiguousarray(np.flip(batch, axis=axes)) if axes else batch
+            out = np.asarray(model.predict_on_batch(flipped))
             total = total + (np.flip(out, axis=axes) if axes else out)
         return total / len(TTA_FLIPS[flips])
     return predict

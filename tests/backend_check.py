@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 
 from lib.backend import configure_precision, jit_setting  # noqa: E402
 from lib.distribute import make_distribution  # noqa: E402
+from lib.folding import fold_batch_norm  # noqa: E402
 from lib.inference import predict_image  # noqa: E402
 from lib.losses import loss_and_metrics  # noqa: E402
 from lib.pipeline import PatchStream  # noqa: E402
@@ -55,7 +56,7 @@ def main() -> None:
     image = np.random.default_rng(1).random((40, 56, 1)).astype(np.float32)
     testing = {"tta_flips": True, "window": 32, "stride": 24, "batch_size": 2, "blend": "gaussian", "zoom": 1.0,
                "tta_scales": [1.0]}
-    prob = predict_image(model, image, testing, depth=2)
+    prob = predict_image(fold_batch_norm(model), image, testing, depth=2)
     print(json.dumps({
         "backend": keras.backend.backend(), "policy": policy, "strategy": distribution.name,
         "compute_dtype": model.get_layer("down0_conv1").compute_dtype, "optimizer": type(model.optimizer).__name__,

@@ -202,6 +202,7 @@ def test_zoomed_inference_returns_the_original_size_and_sees_a_smaller_image() -
             return x
 
     model = keras.Sequential([keras.Input((None, None, 1)), Record()])
+    model.run_eagerly = True  # the layer then sees each concrete input shape, not a traced one
     yy, xx = np.mgrid[0:60, 0:80]
     image = (0.5 + 0.4 * np.sin(xx / 9.0) * np.cos(yy / 7.0))[..., None].astype(np.float32)  # smooth
     testing = dict(window=64, stride=48, batch_size=4, blend="gaussian", tta_flips=False, zoom=0.5,
@@ -228,6 +229,7 @@ def test_scale_tta_averages_the_maps_inferred_at_each_scale_times_zoom() -> None
             return keras.ops.abs(x - keras.ops.roll(x, 1, axis=2))
 
     model = keras.Sequential([keras.Input((None, None, 1)), Edges()])
+    model.run_eagerly = True  # the layer then sees each concrete input shape, not a traced one
     xx = np.mgrid[0:60, 0:80][1]
     image = (0.5 + 0.4 * np.sin(xx / 5.0))[..., None].astype(np.float32)
     testing = dict(window=96, stride=96, batch_size=1, blend="constant", tta_flips=False, zoom=1.0)
@@ -243,12 +245,18 @@ def test_scale_tta_averages_the_maps_inferred_at_each_scale_times_zoom() -> None
 
 
 def test_tta_averages_only_the_flips_the_model_was_trained_with() -> None:
+    import keras
+
     from lib.inference import model_predictor, tta_flips
 
     rows = np.arange(16, dtype=np.float32)[None, :, None, None]
 
-    def model(batch, training=False):  # depends on the row: mirrored left-right it is the same, upside down not
-        return batch * rows
+    class ByRow(keras.layers.Layer):
+        """Depends on the row: mirrored left-right it is the same, upside down not."""
+        def call(self, x):
+            return x * rows
+
+    model = keras.Sequential([keras.Input((16, 12, 1)), ByRow()])
 
     batch = np.random.default_rng(0).random((2, 16, 12, 1)).astype(np.float32)
     assert tta_flips({"tta_flips": False}, "all") is None

@@ -1,0 +1,72 @@
+"""Inference copies of a trained model: each batch normalization folded into the convolution before it."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import layers
+
+
+def _consumers(model: keras.Model, tensor) -> int:
+    """How many layers of the model take this tensor as (one of) their inputs."""
+    count = 0
+    for layer in model.layers:
+        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        count += sum(1 for t in inputs if t is tensor)
+    return count
+
+
+def foldable_pairs(model: keras.Model) -> dict[str, str]:
+    """Batch norm name -> name of the linear Conv2D whose output only it reads (the pairs that can be folded)."""
+    producers = {id(layer.output): layer for layer in model.layers
+                 if isinstance(layer, layers.Conv2D) and not isinstance(layer, layers.Conv2DTranspose)}
+    pairs = {}
+    for layer in model.layers:
+        if not isinstance(layer, layers.BatchNormalization) or layer.axis not in (-1, len(layer.input.shape) - 1):
+            continue
+        conv = producers.get(id(layer.input))
+        if conv is not None and conv.get_config()["activation"] == "linear" and _consumers(model, conv.output) == 1:
+            pairs[layer.name] = conv.name
+    return pairs
+
+
+def fold_batch_norm(model: keras.Model) -> keras.Model:
+    """A copy of model for inference without its foldable batch norms: the scale and shift of each live in the convolution's kernel and bias; the model itself is returned when none is foldable.
+
+    At inference a batch norm is a per-channel affine map, so it costs a full pass over the activations
+    for nothing: folded, TensorFlow runs convolution, bias and ReLU as one fused operation.
+    """
+    pairs = foldable_pairs(model)
+    if not pairs:
+        return model
+    convs = set(pairs.values())
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name in convs:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    def call(layer, *args, **kwargs):
+        # A folded batch norm drops out of the graph: its input goes straight on.
+        return args[0] if layer.name in pairs else layer(*args, **kwargs)
+
+    # A fresh, uncompiled graph over the same layers: cloning a compiled model would also compile the
+    # copy, which needs the training loss (and fails for ours, which is not registered with Keras).
+    graph = keras.Model(model.inputs, model.outputs, name=model.name)
+    folded = keras.models.clone_model(graph, clone_function=clone, call_function=call)
+    for layer in folded.layers:
+        if not layer.weights:
+            continue
+        source = model.get_layer(layer.name)
+        if layer.name not in convs:
+            layer.set_weights(source.get_weights())
+            continue
+        bn = model.get_layer(next(b for b, c in pairs.items() if c == layer.name))
+        kernel = keras.ops.convert_to_numpy(source.kernel).astype(np.float64)
+        bias = keras.ops.convert_to_numpy(source.bias).astype(np.float64) if source.use_bias else 0.0
+        gamma = keras.ops.convert_to_numpy(bn.gamma).astype(np.float64) if bn.scale else 1.0
+        beta = keras.ops.convert_to_numpy(bn.beta).astype(np.float64) if bn.center else 0.0
+        mean = keras.ops.convert_to_numpy(bn.moving_mean).astype(np.float64)
+        scale = gamma / np.sqrt(keras.ops.convert_to_numpy(bn.moving_variance).astype(np.float64) + bn.epsilon)
+        layer.set_weights([(kernel * scale).astype(np.float32), ((bias - mean) * scale + beta).astype(np.float32)])
+    return folded

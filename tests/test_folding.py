@@ -1,0 +1,86 @@
+"""Batch norm folded into the convolution before it: the same predictions from a model without it."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import layers
+
+from lib.folding import fold_batch_norm, foldable_pairs
+from lib.unet import build_unet
+
+
+def _randomize_batch_norms(model: keras.Model, seed: int = 0) -> None:
+    """Give every batch norm statistics and an affine map far from the identity it starts as."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.set_weights([rng.uniform(0.5, 2.0, n), rng.normal(0, 0.5, n),
+                               rng.normal(0, 0.5, n), rng.uniform(0.2, 3.0, n)])
+
+
+def _image(shape=(2, 32, 40, 1), seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape).astype(np.float32)
+
+
+def test_folded_unet_has_no_batch_norm_and_predicts_the_same() -> None:
+    model = build_unet(channels=1, n_classes=1, depth=2, base_filters=8, batch_norm=True)
+    _randomize_batch_norms(model)
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(layer, layers.BatchNormalization) for layer in folded.layers)
+    assert len(foldable_pairs(model)) == 10  # two convolutions in each of 2 down, 1 bottom and 2 up blocks
+    x = _image()
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_allclose(folded.predict_on_batch(x), expected, atol=2e-5)
+    # The trained model is left as it was.
+    assert sum(isinstance(layer, layers.BatchNormalization) for layer in model.layers) == 10
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x, training=False)), expected)
+
+
+def test_folding_a_softmax_unet_loaded_from_a_keras_file(tmp_path) -> None:
+    model = build_unet(channels=3, n_classes=4, depth=2, base_filters=4, batch_norm=True, upsampling="bilinear")
+    _randomize_batch_norms(model, seed=3)
+    model.save(tmp_path / "best.keras")
+    loaded = keras.models.load_model(tmp_path / "best.keras", compile=False, safe_mode=True)
+    folded = fold_batch_norm(loaded)
+    x = _image((1, 24, 16, 3))
+    np.testing.assert_allclose(folded.predict_on_batch(x), keras.ops.convert_to_numpy(model(x, training=False)),
+                               atol=2e-5)
+
+
+def test_a_model_without_batch_norm_is_returned_as_it_is() -> None:
+    model = build_unet(channels=1, n_classes=1, depth=2, base_filters=4, batch_norm=False)
+    assert fold_batch_norm(model) is model
+
+
+def test_batch_norms_that_cannot_be_folded_stay() -> None:
+    inputs = keras.Input((None, None, 1))
+    conv = layers.Conv2D(4, 3, padding="same", use_bias=False, name="shared")(inputs)
+    after_shared = layers.BatchNormalization(name="bn_shared")(conv)  # the conv output is also used below
+    relu_conv = layers.Conv2D(4, 3, padding="same", activation="relu", name="relu_conv")(inputs)
+    after_relu = layers.BatchNormalization(name="bn_relu")(relu_conv)  # a ReLU sits between: not affine
+    plain = layers.Conv2D(4, 3, padding="same", name="plain")(inputs)
+    after_plain = layers.BatchNormalization(name="bn_plain")(plain)
+    outputs = layers.Concatenate()([after_shared, conv, after_relu, after_plain])
+    model = keras.Model(inputs, outputs)
+    _randomize_batch_norms(model, seed=5)
+    assert foldable_pairs(model) == {"bn_plain": "plain"}
+    folded = fold_batch_norm(model)
+    names = {layer.name for layer in folded.layers}
+    assert {"bn_shared", "bn_relu"} <= names and "bn_plain" not in names
+    x = _image((1, 12, 12, 1))
+    np.testing.assert_allclose(folded.predict_on_batch(x), keras.ops.convert_to_numpy(model(x, training=False)),
+                               atol=2e-5)
+
+
+def test_folding_a_compiled_model_in_training_as_the_holdout_callback_does() -> None:
+    from lib.losses import loss_and_metrics
+
+    model = build_unet(channels=1, n_classes=1, depth=2, base_filters=4, batch_norm=True)
+    loss, metrics = loss_and_metrics("bce_dice", 1)  # a loss Keras cannot rebuild from a compile config
+    model.compile(optimizer="adam", loss=loss, metrics=metrics)
+    x = _image((4, 16, 16, 1))
+    model.fit(x, (x > 0.5).astype(np.float32), epochs=1, verbose=0)
+    folded = fold_batch_norm(model)
+    np.testing.assert_allclose(folded.predict_on_batch(x), keras.ops.convert_to_numpy(model(x, training=False)),
+                               atol=2e-5)
