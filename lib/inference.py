@@ -25,7 +25,7 @@ def tta_flips(testing: Mapping[str, Any], trained_flips: str) -> str | None:
 
 def model_predictor(model: keras.Model, flips: str | None = None):
     """A batch -> probabilities function; with flips ('all' or 'horizontal'), the average over those flips."""
-    # predict_on_batch runs a compiled graph (tf.function, jax.jit): several times faster than eager calls.
+    # predict_on_batch runs a compiled graph (tf.function, jax.jit): faster than eager op-by-op calls.
     def predict(batch: np.ndarray) -> np.ndarray:
         if flips is None:
             return np.asarray(model.predict_on_batch(batch))
