@@ -6,25 +6,24 @@ import numpy as np
 from keras import layers
 
 
-def _consumers(model: keras.Model, tensor) -> int:
-    """How many layers of the model take this tensor as (one of) their inputs."""
-    count = 0
-    for layer in model.layers:
-        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
-        count += sum(1 for t in inputs if t is tensor)
-    return count
-
-
 def foldable_pairs(model: keras.Model) -> dict[str, str]:
     """Batch norm name -> name of the linear Conv2D whose output only it reads (the pairs that can be folded)."""
+    if any(len(layer.get("inbound_nodes", [])) > 1 for layer in model.get_config().get("layers", [])):
+        return {}  # a layer called more than once: new weights would change all its uses, so fold nothing
+    inputs = {layer.name: layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+              for layer in model.layers}
     producers = {id(layer.output): layer for layer in model.layers
                  if isinstance(layer, layers.Conv2D) and not isinstance(layer, layers.Conv2DTranspose)}
+    readers = {}
+    for tensors in inputs.values():
+        for tensor in tensors:
+            readers[id(tensor)] = readers.get(id(tensor), 0) + 1
     pairs = {}
     for layer in model.layers:
         if not isinstance(layer, layers.BatchNormalization) or layer.axis not in (-1, len(layer.input.shape) - 1):
             continue
         conv = producers.get(id(layer.input))
-        if conv is not None and conv.get_config()["activation"] == "linear" and _consumers(model, conv.output) == 1:
+        if conv is not None and conv.get_config()["activation"] == "linear" and readers[id(conv.output)] == 1:
             pairs[layer.name] = conv.name
     return pairs
 

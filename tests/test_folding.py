@@ -84,3 +84,12 @@ def test_folding_a_compiled_model_in_training_as_the_holdout_callback_does() -> 
     folded = fold_batch_norm(model)
     np.testing.assert_allclose(folded.predict_on_batch(x), keras.ops.convert_to_numpy(model(x, training=False)),
                                atol=2e-5)
+
+
+def test_a_model_with_a_shared_layer_is_left_unfolded() -> None:
+    inputs = keras.Input((None, None, 2))
+    conv = layers.Conv2D(2, 3, padding="same", use_bias=False)
+    normed = layers.BatchNormalization()(conv(inputs))
+    outputs = layers.Concatenate()([normed, conv(normed)])  # the same convolution used twice
+    model = keras.Model(inputs, outputs)
+    assert fold_batch_norm(model) is model
