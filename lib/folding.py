@@ -29,9 +29,10 @@ def foldable_pairs(model: keras.Model) -> dict[str, str]:
 
 
 def fold_batch_norm(model: keras.Model) -> keras.Model:
-    """A copy of model for inference without its foldable batch norms: the scale and shift of each live in the convolution's kernel and bias; the model itself is returned when none is foldable.
+    """An inference copy of model with each foldable batch norm merged into the convolution before it.
 
-    At inference a batch norm is a per-channel affine map, so it costs a full pass over the activations
+    The scale and shift of each batch norm move into that convolution's kernel and bias, and the batch
+    norm leaves the graph; the model itself is returned when none can be folded. At inference a batch norm is a per-channel affine map, so it costs a full pass over the activations
     for nothing: folded, TensorFlow runs convolution, bias and ReLU as one fused operation.
     """
     pairs = foldable_pairs(model)
