@@ -32,8 +32,9 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     """An inference copy of model with each foldable batch norm merged into the convolution before it.
 
     The scale and shift of each batch norm move into that convolution's kernel and bias, and the batch
-    norm leaves the graph; the model itself is returned when none can be folded. At inference a batch norm is a per-channel affine map, so it costs a full pass over the activations
-    for nothing: folded, TensorFlow runs convolution, bias and ReLU as one fused operation.
+    norm leaves the graph; the model itself is returned when none can be folded. At inference a batch
+    norm is a per-channel affine map, so it costs a full pass over the activations for nothing: folded,
+    TensorFlow runs convolution, bias and ReLU as one fused operation.
     """
     pairs = foldable_pairs(model)
     if not pairs:
