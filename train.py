@@ -19,7 +19,7 @@ from lib.callbacks import (Checkpoints, CosineSchedule, CtrlC, EpochSetter, Hold
 from lib.config import add_config_arguments, load_config, write_config
 from lib.distribute import AgreeToStop, SyncFromChief, check_global_batch, make_distribution
 from lib.errors import UserError, run_cli
-from lib.folding import fold_batch_norm
+from lib.folding import load_for_inference
 from lib.inference import predict_image
 from lib.losses import loss_and_metrics
 from lib.metrics import best_f1_threshold
@@ -184,7 +184,7 @@ def main() -> int:
             "epochs_run": len(history.get("epoch", [])), "minutes_this_session": round(minutes, 2),
             "threshold": 0.5, "threshold_source": "default"}
     if holdout and n_classes == 1:  # the binary threshold; several classes take the argmax
-        best = fold_batch_norm(keras.models.load_model(run / "best.keras", compile=False, safe_mode=True))
+        best = load_for_inference(run / "best.keras")
         probs = np.concatenate([predict_image(best, s["image"], testing, depth, flips)[..., 0][s["fov"]]
                                 for s in holdout])
         labels = np.concatenate([s["label"][s["fov"]] for s in holdout])

@@ -14,11 +14,10 @@ from common import ROOT, add_common_arguments, quiet_logs, report
 
 quiet_logs()
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lib.config import load_config, load_run_config  # noqa: E402
-from lib.folding import fold_batch_norm  # noqa: E402
+from lib.folding import load_for_inference  # noqa: E402
 from lib.inference import predict_image  # noqa: E402
 from lib.metrics import binary_scores  # noqa: E402
 from lib.storage import FILE_NAME, iter_split, open_prepared  # noqa: E402
@@ -38,7 +37,7 @@ def main() -> None:
     run = ROOT / args.run if not Path(args.run).is_absolute() else Path(args.run)
     config = load_run_config(run / "configuration.txt", load_config(ROOT / "configuration.txt"))
     depth = config["model"]["depth"]
-    model = fold_batch_norm(keras.models.load_model(run / "best.keras", compile=False, safe_mode=True))
+    model = load_for_inference(run / "best.keras")
     with open_prepared(ROOT / config["data paths"]["prepared_dir"] / FILE_NAME) as h5:
         samples = list(iter_split(h5, args.split))
     labels = np.concatenate([s["label"][s["fov"]] for s in samples])

@@ -35,15 +35,12 @@ METHODS = ("default", "stride5", "stride48", "whole")
 
 def load_run(run: Path, checkpoint: str | None, config_path: str, overrides: list[str]):
     """The run's configuration with the current [testing settings] (as predict.py takes them), and its model."""
-    import keras
     from lib.config import load_config, load_run_config
-    from lib.losses import CUSTOM_OBJECTS
+    from lib.folding import load_for_inference
     current = load_config(common.repo_path(config_path), overrides)
     config = load_run_config(run / "configuration.txt", current, from_current=("testing settings",))
     name = checkpoint or config["testing settings"]["checkpoint"]
-    from lib.folding import fold_batch_norm
-    model = fold_batch_norm(keras.models.load_model(run / f"{name}.keras", custom_objects=CUSTOM_OBJECTS,
-                                                    compile=False, safe_mode=True))
+    model = load_for_inference(run / f"{name}.keras")
     info_path = run / "model_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     return config, model, info

@@ -1,22 +1,24 @@
 """Inference copies of a trained model: each batch normalization folded into the convolution before it."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 from keras import layers
+
+from lib.losses import CUSTOM_OBJECTS
 
 
 def foldable_pairs(model: keras.Model) -> dict[str, str]:
     """Batch norm name -> name of the linear Conv2D whose output only it reads (the pairs that can be folded)."""
     if any(len(layer.get("inbound_nodes", [])) > 1 for layer in model.get_config().get("layers", [])):
         return {}  # a layer called more than once: new weights would change all its uses, so fold nothing
-    inputs = {layer.name: layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
-              for layer in model.layers}
     producers = {id(layer.output): layer for layer in model.layers
                  if isinstance(layer, layers.Conv2D) and not isinstance(layer, layers.Conv2DTranspose)}
     readers = {}
-    for tensors in inputs.values():
-        for tensor in tensors:
+    for layer in model.layers:
+        for tensor in layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]:
             readers[id(tensor)] = readers.get(id(tensor), 0) + 1
     pairs = {}
     for layer in model.layers:
@@ -39,11 +41,11 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     pairs = foldable_pairs(model)
     if not pairs:
         return model
-    convs = set(pairs.values())
+    norm_of = {conv: norm for norm, conv in pairs.items()}
 
     def clone(layer):
         config = layer.get_config()
-        if layer.name in convs:
+        if layer.name in norm_of:
             config["use_bias"] = True
         return layer.__class__.from_config(config)
 
@@ -59,10 +61,10 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
         if not layer.weights:
             continue
         source = model.get_layer(layer.name)
-        if layer.name not in convs:
+        if layer.name not in norm_of:
             layer.set_weights(source.get_weights())
             continue
-        bn = model.get_layer(next(b for b, c in pairs.items() if c == layer.name))
+        bn = model.get_layer(norm_of[layer.name])
         kernel = keras.ops.convert_to_numpy(source.kernel).astype(np.float64)
         bias = keras.ops.convert_to_numpy(source.bias).astype(np.float64) if source.use_bias else 0.0
         gamma = keras.ops.convert_to_numpy(bn.gamma).astype(np.float64) if bn.scale else 1.0
@@ -71,3 +73,9 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
         scale = gamma / np.sqrt(keras.ops.convert_to_numpy(bn.moving_variance).astype(np.float64) + bn.epsilon)
         layer.set_weights([(kernel * scale).astype(np.float32), ((bias - mean) * scale + beta).astype(np.float32)])
     return folded
+
+
+def load_for_inference(path: Path) -> keras.Model:
+    """A saved model (.keras) ready for prediction: uncompiled, with its batch norms folded."""
+    model = keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True)
+    return fold_batch_norm(model)

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from lib.folding import fold_batch_norm, foldable_pairs
+from lib.folding import fold_batch_norm, foldable_pairs, load_for_inference
 from lib.unet import build_unet
 
 
@@ -41,8 +41,7 @@ def test_folding_a_softmax_unet_loaded_from_a_keras_file(tmp_path) -> None:
     model = build_unet(channels=3, n_classes=4, depth=2, base_filters=4, batch_norm=True, upsampling="bilinear")
     _randomize_batch_norms(model, seed=3)
     model.save(tmp_path / "best.keras")
-    loaded = keras.models.load_model(tmp_path / "best.keras", compile=False, safe_mode=True)
-    folded = fold_batch_norm(loaded)
+    folded = load_for_inference(tmp_path / "best.keras")
     x = _image((1, 24, 16, 3))
     np.testing.assert_allclose(folded.predict_on_batch(x), keras.ops.convert_to_numpy(model(x, training=False)),
                                atol=2e-5)
