@@ -75,7 +75,11 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     return folded
 
 
+def load_saved(path: Path) -> keras.Model:
+    """A saved model (.keras) as trained, uncompiled, with the project's losses and metrics known."""
+    return keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True)
+
+
 def load_for_inference(path: Path) -> keras.Model:
     """A saved model (.keras) ready for prediction: uncompiled, with its batch norms folded."""
-    model = keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True)
-    return fold_batch_norm(model)
+    return fold_batch_norm(load_saved(path))
