@@ -14,8 +14,8 @@ import numpy as np
 
 from lib.atomic import write_json
 from lib.backend import configure_precision, jit_setting
-from lib.callbacks import (Checkpoints, CosineSchedule, CtrlC, EpochSetter, HoldoutScore, NaNGuard,
-                           SafeBackupAndRestore, TimeLimit)
+from lib.callbacks import (AveragedWeights, Checkpoints, CosineSchedule, CtrlC, EpochSetter, HoldoutScore,
+                           NaNGuard, SafeBackupAndRestore, TimeLimit)
 from lib.config import add_config_arguments, load_config, write_config
 from lib.distribute import AgreeToStop, SyncFromChief, check_global_batch, make_distribution
 from lib.errors import UserError, run_cli
@@ -104,9 +104,12 @@ def main() -> int:
                         f"ignore_index = {ignore_index}; rerun prepare_datasets.py with this configuration.")
     weights = classes["median_frequency_weights"] if n_classes > 1 and training["class_weighting"] != "none" else None
     loss, metrics = loss_and_metrics(training["loss"], n_classes, ignore_index, weights)
+    ema = training["ema_momentum"]
     with distribution.scope():
         model = unet_from_config(config)
-        model.compile(optimizer=keras.optimizers.Adam(training["learning_rate"]), loss=distribution.replica_loss(loss),
+        averaging = {"use_ema": True, "ema_momentum": ema} if ema else {}
+        optimizer = keras.optimizers.Adam(training["learning_rate"], **averaging)
+        model.compile(optimizer=optimizer, loss=distribution.replica_loss(loss),
                       metrics=metrics,
                       jit_compile=jit_setting(training["jit_compile"], distribution.strategy is not None))
     distribution.prepare_model(model)
@@ -123,6 +126,9 @@ def main() -> int:
         # Workers' clocks differ: with several, the schedule follows steps only, so their rates agree.
         callbacks.append(CosineSchedule(training["learning_rate"], steps, training["N_epochs"],
                                         time_limit if distribution.workers == 1 else None))
+    average = AveragedWeights() if ema else None
+    if average:
+        callbacks.append(average)
     if distribution.is_chief:
         if use_holdout:
             # Model selection needs no flip or scale TTA; they would multiply the time each epoch's scoring takes.
@@ -132,8 +138,11 @@ def main() -> int:
         callbacks += [
             Checkpoints(run, monitor, mode, training["early_stopping_patience"]),
             keras.callbacks.CSVLogger(str(run / "log.csv"), append=True),
-            SafeBackupAndRestore(str(run / "backup"), double_checkpoint=True),
         ]
+    if average:
+        callbacks.append(average.swap_back)  # the backup below must hold the training state, not the average
+    if distribution.is_chief:
+        callbacks.append(SafeBackupAndRestore(str(run / "backup"), double_checkpoint=True))
         if keras.backend.backend() == "tensorflow":
             callbacks.append(keras.callbacks.TensorBoard(str(run / "tensorboard"), profile_batch=0))
     # With several workers: start from the chief's (restored) state; stop together.

@@ -89,3 +89,42 @@ def test_time_limit_stops_when_another_epoch_would_not_fit(monkeypatch):
         assert limit.model.stop_training == (epoch == 1)
     assert limit.fraction_used() == pytest.approx(500 / 600)
     assert TimeLimit(minutes=0).fraction_used() == 0.0
+
+
+def _averaging_fit(with_callback: bool, epochs: int = 3) -> tuple[list, list, list]:
+    """Fit a tiny model with a moving average of its weights; record them around the epoch-end callbacks."""
+    import keras
+
+    from lib.callbacks import AveragedWeights
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer=keras.optimizers.Adam(0.05, use_ema=True, ema_momentum=0.8), loss="mse")
+    inside, after, averages = [], [], []
+    record_inside = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: inside.append([w.copy() for w in model.get_weights()]))
+    record_after = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: (
+        after.append([w.copy() for w in model.get_weights()]),
+        averages.append([keras.ops.convert_to_numpy(v) for v in model.optimizer._model_variables_moving_average])))
+    callbacks = [record_after]
+    if with_callback:
+        average = AveragedWeights()
+        callbacks = [average, record_inside, average.swap_back, record_after]
+    x = np.random.default_rng(0).random((32, 4)).astype("float32")
+    model.fit(x, x @ np.array([[1.0], [-2.0], [0.5], [3.0]], "float32"), batch_size=8, epochs=epochs, shuffle=False,
+              verbose=0, callbacks=callbacks)
+    return inside, after, averages
+
+
+def test_averaged_weights_are_in_the_model_between_the_two_callbacks_and_training_is_unchanged():
+    inside, after, averages = _averaging_fit(with_callback=True)
+    _, plain_after, plain_averages = _averaging_fit(with_callback=False)
+    for epoch in range(3):
+        for seen, average, raw in zip(inside[epoch], averages[epoch], after[epoch]):
+            np.testing.assert_allclose(seen, average, rtol=1e-6)  # between the two: the average
+            assert not np.allclose(average, raw)  # and it differs from the training state
+        for raw, plain in zip(after[epoch], plain_after[epoch]):
+            np.testing.assert_allclose(raw, plain, rtol=1e-5)  # swapping back leaves training as without it
+        for average, plain in zip(averages[epoch], plain_averages[epoch]):
+            np.testing.assert_allclose(average, plain, rtol=1e-5)

@@ -195,7 +195,8 @@ def test_finished_run_is_not_overwritten(trained):
 
 def test_sigkill_during_training_then_same_command_resumes(tmp_path, small_drive, trained):
     tmp, _, _, _ = trained
-    args = tiny_settings(tmp, small_drive, name="killed", extra=["N_epochs=4"])
+    # With the moving average of the weights on: the backup must hold the training state, not the average.
+    args = tiny_settings(tmp, small_drive, name="killed", extra=["N_epochs=4", "ema_momentum=0.9"])
     command = [sys.executable, str(REPO / "train.py"), *args]
     child = subprocess.Popen(command, cwd=REPO, env=script_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
