@@ -14,8 +14,9 @@ import numpy as np
 
 from lib.atomic import write_json
 from lib.backend import configure_precision, jit_setting
-from lib.callbacks import (AveragedWeights, Checkpoints, CosineSchedule, CtrlC, EpochSetter, HoldoutScore,
-                           NaNGuard, SafeBackupAndRestore, TimeLimit)
+from lib.averaging import AveragedWeights, AveragingAdam
+from lib.callbacks import (Checkpoints, CosineSchedule, CtrlC, EpochSetter, HoldoutScore, NaNGuard,
+                           SafeBackupAndRestore, TimeLimit)
 from lib.config import add_config_arguments, load_config, write_config
 from lib.distribute import AgreeToStop, SyncFromChief, check_global_batch, make_distribution
 from lib.errors import UserError, run_cli
@@ -107,8 +108,8 @@ def main() -> int:
     ema = training["ema_momentum"]
     with distribution.scope():
         model = unet_from_config(config)
-        averaging = {"use_ema": True, "ema_momentum": ema} if ema else {}
-        optimizer = keras.optimizers.Adam(training["learning_rate"], **averaging)
+        optimizer = (AveragingAdam(training["learning_rate"], ema) if ema
+                     else keras.optimizers.Adam(training["learning_rate"]))
         model.compile(optimizer=optimizer, loss=distribution.replica_loss(loss),
                       metrics=metrics,
                       jit_compile=jit_setting(training["jit_compile"], distribution.strategy is not None))

@@ -75,24 +75,6 @@ class HoldoutScore(keras.callbacks.Callback):
         print(f" - holdout AUC {scores['auc_roc']:.4f}, F1 {scores['f1']:.4f}, accuracy {scores['accuracy']:.4f}")
 
 
-class AveragedWeights(keras.callbacks.SwapEMAWeights):
-    """Validate, score and checkpoint the optimizer's moving average of the weights (Adam with use_ema).
-
-    Keras' SwapEMAWeights puts the average into the model for validation only. Here it also stays
-    there from this callback's on_epoch_end to that of `swap_back`, so the callbacks placed between
-    the two (holdout scoring, checkpoints) see the average, and those placed after it (the backup a
-    resumed run starts from) see the training state. Checkpoints written in between hold the average
-    as the model's weights and the raw weights in the optimizer's copy.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(swap_on_epoch=False)
-        self.swap_back = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: self.on_test_end())
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        self.on_test_begin()  # swaps the average in, unless it is in already
-
-
 class Checkpoints(keras.callbacks.Callback):
     """Save last.keras each epoch and best.keras on improvement (atomically); stop on a plateau.
 
