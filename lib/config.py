@@ -220,7 +220,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "batch_size": (_positive(int), "patches per batch: the global batch, split evenly between the devices of the strategy"),
         "learning_rate": (_positive(float), "peak Adam learning rate for the global batch_size (never rescaled with the number of devices)"),
         "lr_schedule": (_choice("cosine", "constant"), "cosine: linear warm-up for one epoch, then cosine decay to zero by the last epoch or the time budget, whichever comes first; constant: fixed rate"),
-        "ema_momentum": (_fraction, "moving average of the weights kept during training, used for validation, holdout scoring and the saved checkpoints: its momentum per step (e.g. 0.999, about the last 1,000 steps); 0 disables it"),
+        "ema_momentum": (_fraction, "moving average of the weights kept during training, used for validation, holdout scoring and the saved checkpoints: its momentum per step (e.g. 0.999: about the last tenth of the steps, at most about 1,000); 0 disables it"),
         "loss": (_choice("bce", "dice", "bce_dice", "cce", "cce_dice"), "training loss: bce, dice, bce_dice (sum of both) for one class; cce (categorical cross-entropy) or cce_dice (cce + mean soft Dice) for several"),
         "class_weighting": (_choice("none", "median_frequency"), "multi-class only: cross-entropy class weights: none, or median_frequency (median class frequency / class frequency, from the training labels)"),
         "validation_fraction": (_fraction, "fraction of the training patches held out for validation loss"),

@@ -89,4 +89,3 @@ def test_time_limit_stops_when_another_epoch_would_not_fit(monkeypatch):
         assert limit.model.stop_training == (epoch == 1)
     assert limit.fraction_used() == pytest.approx(500 / 600)
     assert TimeLimit(minutes=0).fraction_used() == 0.0
-
