@@ -16,7 +16,7 @@ from lib.atomic import write_json, write_text
 from lib.config import add_config_arguments, load_config, load_run_config
 from lib.cells import cell_colours, watershed_cells
 from lib.errors import UserError, run_cli
-from lib.folding import fold_batch_norm, load_saved
+from lib.folding import for_this_machine, load_saved
 from lib.inference import predict_image, tta_flips
 from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
@@ -49,7 +49,7 @@ def load_run(run: Path, current: dict):
                         "corrupt or from an incompatible version: retrain, or use the other checkpoint with "
                         "--set testing_settings.checkpoint=last (or best).") from None
     # Folded outside the try: a folding error is a bug to see, not a corrupt file to report.
-    model = fold_batch_norm(model)
+    model = for_this_machine(model)
     preprocessing = json.loads((run / "preprocessing.json").read_text())
     info_path = run / "model_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}

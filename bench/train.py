@@ -208,8 +208,10 @@ def main() -> int:
     common.quiet_logs()
 
     from bench.peak import matmul_peak
+    from lib.backend import configure_precision
     from lib.config import load_config
     config = load_config(common.repo_path(args.config), args.overrides)
+    policy = configure_precision(config["training settings"]["mixed_precision"])  # as train.py
 
     peak = matmul_peak(args.peak_size, args.peak_repeats)
     results = []
@@ -233,7 +235,8 @@ def main() -> int:
     notes = [f"float32 matmul peak at the start of this run: {peak['gflops']:.1f} GFLOP/s "
              f"({args.peak_size}x{args.peak_size}, median of {args.peak_repeats}); \"peak around\" is the range of "
              f"the samples (median of {args.probe_repeats}) taken before each timed epoch and after the last",
-             "% of peak = median over epochs of the epoch's GFLOP/s / mean of the peak samples on either side",
+             "% of peak = median over epochs of the epoch's GFLOP/s / mean of the peak samples on either side"
+             f" (dtype policy {policy}: a bfloat16 model can pass 100% of the float32 peak)",
              f"timed: {args.repeats} epoch(s) of {args.steps} batches after a {args.warmup_steps}-batch warm-up fit; "
              "patches/s = median over epochs, first batch of each epoch excluded",
              "GFLOP/s = patches/s x 3 x forward conv FLOPs/patch; pipeline overhead = memory rate / stream rate - 1",

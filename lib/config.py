@@ -37,12 +37,22 @@ def _flips(text: str) -> str:
 
 def _tta_flips(text: str) -> bool | str:
     lowered = text.strip().lower()
-    if lowered == "horizontal":
+    if lowered in ("horizontal", "rotations"):
         return lowered
     try:
         return _bool(lowered)
     except ValueError:
-        raise ValueError("expected true, false or horizontal") from None
+        raise ValueError("expected true, false, horizontal or rotations") from None
+
+
+def _auto_bool(text: str) -> bool | str:
+    lowered = text.strip().lower()
+    if lowered == "auto":
+        return lowered
+    try:
+        return _bool(lowered)
+    except ValueError:
+        raise ValueError("expected auto, true or false") from None
 
 
 def _int_list(text: str) -> list[int]:
@@ -161,7 +171,8 @@ def _threshold(text: str) -> float | str:
 
 _bool.__name__ = "true|false"
 _flips.__name__ = "all|horizontal|none"
-_tta_flips.__name__ = "true|false|horizontal"
+_tta_flips.__name__ = "true|false|horizontal|rotations"
+_auto_bool.__name__ = "auto|true|false"
 _int_list.__name__ = "comma-separated integers"
 _id_list.__name__ = "comma-separated image ids (numbers, or names with a number such as 01L, 05_dr)"
 _fraction.__name__ = "number in [0, 1)"
@@ -228,7 +239,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "validate_every": (_non_negative(int), "score the holdout images every this many epochs; 0 disables"),
         "max_train_minutes": (_non_negative(float), "wall-clock budget of train.py in minutes: it stops after the last epoch that fits; 0 means no limit"),
         "strategy": (_choice("auto", "single", "mirrored", "multi_worker"), "devices: auto (all local GPUs if more than one, else single), single, mirrored (all local GPUs) or multi_worker (machines listed in TF_CONFIG); mirrored and multi_worker need TensorFlow"),
-        "mixed_precision": (_bool, "float16 mixed precision on a GPU (float32 weights and output layer, loss scaling); ignored with a warning on a CPU, where it is slower"),
+        "mixed_precision": (_auto_bool, "mixed precision with float32 weights and output layer: float16 with loss scaling on a GPU, bfloat16 on a CPU with AMX (Intel Sapphire Rapids and later, TensorFlow backend); auto: wherever it is faster (a GPU, or a CPU with AMX: about twice as fast), float32 elsewhere; true: the same, with a warning where it has no effect; false: float32"),
         "jit_compile": (_choice("auto", "true", "false"), "XLA compilation of the training step: auto (Keras' choice: on for one GPU and JAX, off on CPU, with several devices and PyTorch), true or false"),
     },
     "augmentation": {
@@ -243,7 +254,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "stride": (_positive(int), "step between windows; smaller than window means averaged overlap"),
         "blend": (_choice("constant", "gaussian"), "how overlapping windows are averaged: constant or gaussian (centre-weighted)"),
         "batch_size": (_positive(int), "windows per prediction batch"),
-        "tta_flips": (_tta_flips, "test-time augmentation: average the predictions of the flipped windows; true: all four flips (left-right only for a model trained with flips = horizontal), horizontal: left-right only (half the time of all four), false: none"),
+        "tta_flips": (_tta_flips, "test-time augmentation: average the predictions of the flipped windows; true: all four flips (left-right only for a model trained with flips = horizontal), rotations: the four flips and their 90-degree rotations (eight views, twice the time of four), horizontal: left-right only (half the time of four), false: none"),
         "tta_scales": (_scale_list, "test-time augmentation over scales: average the probabilities of the image inferred at each of these factors times zoom (e.g. 1.0, 1.3); 1.0 alone: one scale"),
         "threshold": (_threshold, "probability threshold for binary maps: a number, or auto (the best-F1 threshold found on the holdout images)"),
         "checkpoint": (_choice("best", "last"), "which checkpoint of the run predict.py uses"),

@@ -1,4 +1,5 @@
-"""Inference copies of a trained model: each batch normalization folded into the convolution before it."""
+"""Inference copies of a trained model: each batch normalization folded into the convolution before it, and
+mixed-precision layers computing in the precision this machine runs fastest."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +8,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from lib.backend import fastest_policy
 from lib.losses import CUSTOM_OBJECTS
 
 
@@ -75,11 +77,39 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     return folded
 
 
+def with_policy(model: keras.Model, policy: str) -> keras.Model:
+    """An inference copy of model whose mixed-precision layers compute under policy; float32 layers stay float32.
+
+    A model keeps the dtype policy it was trained under: float16 layers from a GPU run a CPU's
+    convolutions several times slower, and bfloat16 ones on a CPU without AMX twice as slow.
+    """
+    mixed = {layer.name for layer in model.layers if layer.dtype_policy.name.startswith("mixed_")}
+    if not mixed or all(model.get_layer(name).dtype_policy.name == policy for name in mixed):
+        return model
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name in mixed:
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    graph = keras.Model(model.inputs, model.outputs, name=model.name)  # uncompiled, as in fold_batch_norm
+    copy = keras.models.clone_model(graph, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def for_this_machine(model: keras.Model) -> keras.Model:
+    """The model ready for prediction here: batch norms folded, mixed precision as fast as this machine runs it."""
+    mixed = any(layer.dtype_policy.name.startswith("mixed_") for layer in model.layers)
+    return with_policy(fold_batch_norm(model), fastest_policy()) if mixed else fold_batch_norm(model)
+
+
 def load_saved(path: Path) -> keras.Model:
     """A saved model (.keras) as trained, uncompiled, with the project's losses and metrics known."""
     return keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True)
 
 
 def load_for_inference(path: Path) -> keras.Model:
-    """A saved model (.keras) ready for prediction: uncompiled, with its batch norms folded."""
-    return fold_batch_norm(load_saved(path))
+    """A saved model (.keras) ready for prediction here: uncompiled, batch norms folded, precision as fast as here."""
+    return for_this_machine(load_saved(path))

@@ -10,31 +10,50 @@ from skimage.transform import resize
 from lib.tiling import sliding_window
 
 
-# Flip axes of a (N, H, W, C) batch averaged by test-time augmentation.
-TTA_FLIPS = {"all": ((), (1,), (2,), (1, 2)), "horizontal": ((), (2,))}
+# Views of a (N, H, W, C) batch averaged by test-time augmentation: (flip axes, transpose H and W).
+# "rotations" adds the transposed flips, which make up the 90-degree rotations: all eight symmetries
+# of a square, the ones a model trained with flips = all has seen.
+_FLIP_AXES = ((), (1,), (2,), (1, 2))
+TTA_VIEWS = {"rotations": tuple((axes, t) for t in (False, True) for axes in _FLIP_AXES),
+             "all": tuple((axes, False) for axes in _FLIP_AXES),
+             "horizontal": (((), False), ((2,), False))}
 
 
 def tta_flips(testing: Mapping[str, Any], trained_flips: str) -> str | None:
-    """Which flips TTA averages: none when off; left-right mirroring when asked for, or for a model trained
-    with [augmentation] flips = horizontal (road scenes have an up); else all four."""
+    """Which views TTA averages: none when off; left-right mirroring when asked for, or for a model trained
+    with [augmentation] flips = horizontal (road scenes have an up); else all four flips, or all eight
+    flips and rotations when asked for."""
     setting = testing["tta_flips"]
     if not setting:
         return None
-    return "horizontal" if setting == "horizontal" or trained_flips == "horizontal" else "all"
+    if setting == "horizontal" or trained_flips == "horizontal":
+        return "horizontal"
+    return "rotations" if setting == "rotations" else "all"
+
+
+def _view(batch: np.ndarray, axes: tuple[int, ...], transpose: bool) -> np.ndarray:
+    """The batch flipped along axes, then with height and width swapped (an involution for each view)."""
+    out = np.flip(batch, axis=axes) if axes else batch
+    return np.ascontiguousarray(out.transpose(0, 2, 1, 3)) if transpose else np.ascontiguousarray(out)
+
+
+def _unview(batch: np.ndarray, axes: tuple[int, ...], transpose: bool) -> np.ndarray:
+    """Undo _view: swap height and width back, then flip."""
+    out = batch.transpose(0, 2, 1, 3) if transpose else batch
+    return np.flip(out, axis=axes) if axes else out
 
 
 def model_predictor(model: keras.Model, flips: str | None = None):
-    """A batch -> probabilities function; with flips ('all' or 'horizontal'), the average over those flips."""
+    """A batch -> probabilities function; with flips (a TTA_VIEWS key), the average over those views."""
     # predict_on_batch runs a compiled graph (tf.function, jax.jit): faster than eager op-by-op calls.
     def predict(batch: np.ndarray) -> np.ndarray:
         if flips is None:
             return np.asarray(model.predict_on_batch(batch))
         total = 0.0
-        for axes in TTA_FLIPS[flips]:
-            flipped = np.ascontiguousarray(np.flip(batch, axis=axes)) if axes else batch
-            out = np.asarray(model.predict_on_batch(flipped))
-            total = total + (np.flip(out, axis=axes) if axes else out)
-        return total / len(TTA_FLIPS[flips])
+        for axes, transpose in TTA_VIEWS[flips]:
+            out = np.asarray(model.predict_on_batch(_view(batch, axes, transpose)))
+            total = total + _unview(out, axes, transpose)
+        return total / len(TTA_VIEWS[flips])
     return predict
 
 

@@ -3,7 +3,7 @@ build the U-Net, fit a few steps on a PatchStream over a tiny HDF5 file, predict
 
     python tests/without_tensorflow.py tests/backend_check.py FOLDER [POLICY]
 prints one JSON line with the backend, the losses and the prediction's shape and range. POLICY
-(default float32) may be mixed_float16, forced even on a CPU to check the losses under it.
+(default float32) may be mixed_float16 or mixed_bfloat16, forced even on a CPU to check the losses under it.
 """
 from __future__ import annotations
 

@@ -75,18 +75,54 @@ def test_prepare_train_predict_run_without_tensorflow(backend, tmp_path, small_d
     assert refused.returncode == 2 and "needs the TensorFlow backend" in refused.stderr
 
 
-def test_mixed_precision_is_ignored_on_a_cpu_with_a_warning(capsys):
+def test_precision_policy_uses_mixed_precision_only_where_it_is_faster(capsys):
+    from lib.backend import precision_policy
+    assert precision_policy(False, gpu=True, backend="tensorflow", native_bfloat16=True) == "float32"
+    for setting in (True, "auto"):
+        assert precision_policy(setting, gpu=True, backend="jax", native_bfloat16=False) == "mixed_float16"
+        assert precision_policy(setting, gpu=False, backend="tensorflow", native_bfloat16=True) == "mixed_bfloat16"
+    assert capsys.readouterr().out == ""
+    # XLA's CPU backend and PyTorch get no AMX kernels from TensorFlow's oneDNN: float32 there.
+    assert precision_policy("auto", gpu=False, backend="jax", native_bfloat16=True) == "float32"
+    assert capsys.readouterr().out == ""
+    assert precision_policy("auto", gpu=False, backend="tensorflow", native_bfloat16=False) == "float32"
+    assert capsys.readouterr().out == ""  # auto asked for nothing: no warning
+    assert precision_policy(True, gpu=False, backend="tensorflow", native_bfloat16=False) == "float32"
+    assert "no effect on this CPU" in capsys.readouterr().out
+
+
+def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path):
+    from lib.backend import cpu_has_native_bfloat16
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\n\n")
+    assert cpu_has_native_bfloat16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\nmodel name\t: amx_bf16 lookalike\n")
+    assert not cpu_has_native_bfloat16(cpuinfo)  # AVX-512 bfloat16 alone was slower than float32
+    assert not cpu_has_native_bfloat16(tmp_path / "missing")
+
+
+def test_configure_precision_sets_the_global_policy(capsys):
     keras = pytest.importorskip("keras")
-    from lib.backend import configure_precision, has_gpu, jit_setting
-    if has_gpu():
-        pytest.skip("this machine has a GPU")
+    from lib.backend import configure_precision, jit_setting
     try:
-        assert configure_precision(True) == "float32"
-        assert keras.mixed_precision.global_policy().name == "float32"
-        assert "no effect without a GPU" in capsys.readouterr().out
+        policy = configure_precision("auto")
+        assert keras.mixed_precision.global_policy().name == policy
+        assert policy in ("float32", "mixed_float16", "mixed_bfloat16")
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert configure_precision(False) == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"
     assert (jit_setting("auto"), jit_setting("true"), jit_setting("false")) == ("auto", True, False)
     assert jit_setting("true", distributed=True) is False  # XLA fails across tf.distribute replicas
     assert "does not work with the mirrored" in capsys.readouterr().out
+
+
+def test_unet_trains_and_predicts_under_mixed_bfloat16_on_tensorflow(tmp_path):
+    """The CPU mixed precision of machines with AMX: bfloat16 layers, plain Adam (no loss scaling), float32 output."""
+    _need("tensorflow")
+    result = _run("tensorflow", str(REPO / "tests" / "backend_check.py"), str(tmp_path), "mixed_bfloat16")
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["compute_dtype"] == "bfloat16" and report["optimizer"] == "Adam"
+    assert all(math.isfinite(value) for value in report["loss"]) and report["loss"][-1] < report["loss"][0]
+    assert report["output_dtype"] == "float32" and 0.0 <= report["min"] <= report["max"] <= 1.0

@@ -180,9 +180,16 @@ def test_flips_accepts_its_choices_and_the_true_false_of_earlier_versions(writte
     assert load_config(REPO / "configuration.txt", [f"flips={written}"])["augmentation"]["flips"] == meant
 
 
-@pytest.mark.parametrize("written, meant", [("true", True), ("off", False), ("Horizontal", "horizontal")])
-def test_tta_flips_accepts_true_false_and_horizontal(written: str, meant: bool | str) -> None:
+@pytest.mark.parametrize("written, meant", [("true", True), ("off", False), ("Horizontal", "horizontal"),
+                                            ("rotations", "rotations")])
+def test_tta_flips_accepts_true_false_horizontal_and_rotations(written: str, meant: bool | str) -> None:
     assert load_config(REPO / "configuration.txt", [f"tta_flips={written}"])["testing settings"]["tta_flips"] == meant
+
+
+@pytest.mark.parametrize("written, meant", [("auto", "auto"), ("true", True), ("no", False)])
+def test_mixed_precision_accepts_auto_true_and_false(written: str, meant: bool | str) -> None:
+    config = load_config(REPO / "configuration.txt", [f"mixed_precision={written}"])
+    assert config["training settings"]["mixed_precision"] == meant
 
 
 def test_stride_larger_than_window_is_rejected() -> None:

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from lib.folding import fold_batch_norm, foldable_pairs, load_for_inference
+from lib.folding import fold_batch_norm, foldable_pairs, load_for_inference, with_policy
 from lib.unet import build_unet
 
 
@@ -92,3 +92,31 @@ def test_a_model_with_a_shared_layer_is_left_unfolded() -> None:
     outputs = layers.Concatenate()([normed, conv(normed)])  # the same convolution used twice
     model = keras.Model(inputs, outputs)
     assert fold_batch_norm(model) is model
+
+
+def test_a_mixed_precision_model_is_copied_to_another_policy_with_the_same_weights(tmp_path) -> None:
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_unet(channels=1, n_classes=1, depth=2, base_filters=8, batch_norm=True)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    _randomize_batch_norms(model)
+    assert model.get_layer("down0_conv1").compute_dtype == "bfloat16"
+    copy = with_policy(model, "float32")
+    assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
+    assert all(np.array_equal(a, b) for a, b in zip(copy.get_weights(), model.get_weights()))
+    x = _image()
+    exact = copy.predict_on_batch(x)
+    assert exact.dtype == np.float32
+    # bfloat16 keeps 8 bits of mantissa: the trained policy's answer is near the float32 one, not equal.
+    rough = keras.ops.convert_to_numpy(model(x, training=False))
+    assert 0 < np.abs(rough - exact).mean() < 0.01
+    assert with_policy(model, "mixed_bfloat16") is model  # already there: no copy
+    # Saved and loaded for inference here: folded, and in this machine's fastest precision.
+    model.save(tmp_path / "m.keras")
+    loaded = load_for_inference(tmp_path / "m.keras")
+    from lib.backend import fastest_policy
+    assert loaded.get_layer("down0_conv1").dtype_policy.name == fastest_policy()
+    assert loaded.get_layer("logits").dtype_policy.name == "float32"  # the head stays float32
+    assert np.abs(loaded.predict_on_batch(x) - exact).mean() < 0.01
+

@@ -266,3 +266,27 @@ def test_tta_averages_only_the_flips_the_model_was_trained_with() -> None:
     plain = model_predictor(model)(batch)
     np.testing.assert_allclose(model_predictor(model, "horizontal")(batch), plain, rtol=1e-6)
     np.testing.assert_allclose(model_predictor(model, "all")(batch), batch * (rows + rows[:, ::-1]) / 2, rtol=1e-6)
+
+
+def test_rotation_tta_averages_the_eight_symmetries_of_the_square() -> None:
+    import keras
+
+    from lib.inference import model_predictor, tta_flips
+
+    # Output = input times a fixed map, so each view v gives x * v^-1(map): the average over the
+    # eight views is x times the mean of the map's eight rotations and reflections.
+    weights = np.random.default_rng(1).random((16, 16)).astype(np.float32)
+
+    class ByPosition(keras.layers.Layer):
+        def call(self, x):
+            return x * weights[None, :, :, None]
+
+    model = keras.Sequential([keras.Input((16, 16, 1)), ByPosition()])
+    batch = np.random.default_rng(2).random((3, 16, 16, 1)).astype(np.float32)
+    symmetries = [np.rot90(w, k) for w in (weights, weights[:, ::-1]) for k in range(4)]
+    expected = batch * np.mean(symmetries, axis=0)[None, :, :, None]
+    np.testing.assert_allclose(model_predictor(model, "rotations")(batch), expected, rtol=1e-5)
+    # Four flips alone miss the rotations by 90 degrees: a different average.
+    assert not np.allclose(model_predictor(model, "all")(batch), expected, rtol=1e-3)
+    assert tta_flips({"tta_flips": "rotations"}, "all") == "rotations"
+    assert tta_flips({"tta_flips": "rotations"}, "horizontal") == "horizontal"  # a road model has an up
