@@ -16,7 +16,7 @@ from lib.atomic import write_json, write_text
 from lib.config import add_config_arguments, load_config, load_run_config
 from lib.cells import cell_colours, watershed_cells
 from lib.errors import UserError, run_cli
-from lib.folding import for_this_machine, load_saved
+from lib.folding import compute_dtype, for_this_machine, load_saved
 from lib.inference import predict_image, tta_flips
 from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
@@ -334,7 +334,8 @@ def main() -> int:
         header = [f"run: {run}", f"images: {count} ({where})"]
         windows = (f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "
                    f"tta_flips {tta_flips(testing, flips) or False}, "
-                   f"tta_scales {', '.join(map(format, testing['tta_scales']))}")
+                   f"tta_scales {', '.join(map(format, testing['tta_scales']))}, "
+                   f"compute dtype {compute_dtype(model)}")
         settings = {**testing, "run": str(run), "split": where}
         if classes is not None:
             lines = [*header, f"classes: {classes.n_classes} ({', '.join(classes.names)}); ignore index "

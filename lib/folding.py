@@ -99,6 +99,11 @@ def with_policy(model: keras.Model, policy: str) -> keras.Model:
     return copy
 
 
+def compute_dtype(model: keras.Model) -> str:
+    """The dtype the model's first convolution computes in (float32, bfloat16 or float16)."""
+    return next((layer.compute_dtype for layer in model.layers if isinstance(layer, layers.Conv2D)), "float32")
+
+
 def for_this_machine(model: keras.Model) -> keras.Model:
     """The model ready for prediction here: batch norms folded, mixed precision as fast as this machine runs it."""
     mixed = any(layer.dtype_policy.name.startswith("mixed_") for layer in model.layers)

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from lib.folding import fold_batch_norm, foldable_pairs, load_for_inference, with_policy
+from lib.folding import compute_dtype, fold_batch_norm, foldable_pairs, load_for_inference, with_policy
 from lib.unet import build_unet
 
 
@@ -101,8 +101,9 @@ def test_a_mixed_precision_model_is_copied_to_another_policy_with_the_same_weigh
     finally:
         keras.mixed_precision.set_global_policy("float32")
     _randomize_batch_norms(model)
-    assert model.get_layer("down0_conv1").compute_dtype == "bfloat16"
+    assert compute_dtype(model) == "bfloat16"
     copy = with_policy(model, "float32")
+    assert compute_dtype(copy) == "float32"
     assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
     assert all(np.array_equal(a, b) for a, b in zip(copy.get_weights(), model.get_weights()))
     x = _image()
