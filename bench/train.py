@@ -130,7 +130,9 @@ def measure(name: str, feed: str, config, args, tmp: Path) -> dict:
     from lib.callbacks import EpochSetter, NaNGuard
     from lib.pipeline import PatchStream
 
-    keras.backend.clear_session()
+    from lib.backend import configure_precision
+    keras.backend.clear_session()  # this also resets the global dtype policy: set it after
+    policy = configure_precision(config["training settings"]["mixed_precision"])  # as train.py
     keras.utils.set_random_seed(0)
     model, patch, loss, metrics = build(name, config)
     channels = model.inputs[0].shape[-1]
@@ -169,7 +171,7 @@ def measure(name: str, feed: str, config, args, tmp: Path) -> dict:
     return {"model": name, "feed": feed, "patch": patch, "batch": batch, "params": model.count_params(),
             "forward_flops": flops["forward"], "rates": per_epoch, "rate": common.median(per_epoch),
             "peaks": timer.probes, "percent_of_peak": common.median(ratios), "percents": ratios,
-            "jit_compile": getattr(model, "jit_compile", None)}
+            "jit_compile": getattr(model, "jit_compile", None), "policy": policy}
 
 
 def main() -> int:
@@ -208,10 +210,8 @@ def main() -> int:
     common.quiet_logs()
 
     from bench.peak import matmul_peak
-    from lib.backend import configure_precision
     from lib.config import load_config
     config = load_config(common.repo_path(args.config), args.overrides)
-    policy = configure_precision(config["training settings"]["mixed_precision"])  # as train.py
 
     peak = matmul_peak(args.peak_size, args.peak_repeats)
     results = []
@@ -236,7 +236,8 @@ def main() -> int:
              f"({args.peak_size}x{args.peak_size}, median of {args.peak_repeats}); \"peak around\" is the range of "
              f"the samples (median of {args.probe_repeats}) taken before each timed epoch and after the last",
              "% of peak = median over epochs of the epoch's GFLOP/s / mean of the peak samples on either side"
-             f" (dtype policy {policy}: a bfloat16 model can pass 100% of the float32 peak)",
+             f" (dtype policy {results[0]['policy'] if results else None}: a bfloat16 model can pass 100% of the "
+             "float32 peak)",
              f"timed: {args.repeats} epoch(s) of {args.steps} batches after a {args.warmup_steps}-batch warm-up fit; "
              "patches/s = median over epochs, first batch of each epoch excluded",
              "GFLOP/s = patches/s x 3 x forward conv FLOPs/patch; pipeline overhead = memory rate / stream rate - 1",
