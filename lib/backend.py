@@ -64,16 +64,16 @@ def precision_policy(setting: bool | str, gpu: bool, backend: str, native_bfloat
     return "float32"
 
 
-def fastest_policy() -> str:
-    """The dtype policy this machine runs fastest: mixed_precision = auto's choice."""
-    return precision_policy("auto", has_gpu(), backend_name(), cpu_has_native_bfloat16())
+def machine_policy(setting: bool | str = "auto") -> str:
+    """The dtype policy for mixed_precision = setting on this machine; auto (the default) is the fastest."""
+    if setting is False:
+        return "float32"  # without asking the devices
+    return precision_policy(setting, has_gpu(), backend_name(), cpu_has_native_bfloat16())
 
 
 def configure_precision(setting: bool | str) -> str:
     """Set the global dtype policy for mixed_precision (auto|true|false) before the model is built; return it."""
-    policy = "float32"
-    if setting is not False:
-        policy = precision_policy(setting, has_gpu(), backend_name(), cpu_has_native_bfloat16())
+    policy = machine_policy(setting)
     keras.mixed_precision.set_global_policy(policy)
     return policy
 

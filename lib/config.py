@@ -35,24 +35,22 @@ def _flips(text: str) -> str:
         raise ValueError("expected all, horizontal or none") from None
 
 
-def _tta_flips(text: str) -> bool | str:
-    lowered = text.strip().lower()
-    if lowered in ("horizontal", "rotations"):
-        return lowered
-    try:
-        return _bool(lowered)
-    except ValueError:
-        raise ValueError("expected true, false, horizontal or rotations") from None
+def _bool_or(*words: str) -> Parser:
+    """A parser of true/false that also takes these words as themselves (e.g. auto)."""
+    def parse(text: str) -> bool | str:
+        lowered = text.strip().lower()
+        if lowered in words:
+            return lowered
+        try:
+            return _bool(lowered)
+        except ValueError:
+            raise ValueError(f"expected true, false or {' or '.join(words)}") from None
+    parse.__name__ = "|".join(("true", "false", *words))
+    return parse
 
 
-def _auto_bool(text: str) -> bool | str:
-    lowered = text.strip().lower()
-    if lowered == "auto":
-        return lowered
-    try:
-        return _bool(lowered)
-    except ValueError:
-        raise ValueError("expected auto, true or false") from None
+_tta_flips = _bool_or("horizontal", "rotations")
+_auto_bool = _bool_or("auto")
 
 
 def _int_list(text: str) -> list[int]:
@@ -171,8 +169,6 @@ def _threshold(text: str) -> float | str:
 
 _bool.__name__ = "true|false"
 _flips.__name__ = "all|horizontal|none"
-_tta_flips.__name__ = "true|false|horizontal|rotations"
-_auto_bool.__name__ = "auto|true|false"
 _int_list.__name__ = "comma-separated integers"
 _id_list.__name__ = "comma-separated image ids (numbers, or names with a number such as 01L, 05_dr)"
 _fraction.__name__ = "number in [0, 1)"

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from lib.backend import fastest_policy
+from lib.backend import machine_policy
 from lib.losses import CUSTOM_OBJECTS
 
 
@@ -77,13 +77,17 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     return folded
 
 
+def _mixed_layers(model: keras.Model) -> set[str]:
+    return {layer.name for layer in model.layers if layer.dtype_policy.name.startswith("mixed_")}
+
+
 def with_policy(model: keras.Model, policy: str) -> keras.Model:
     """An inference copy of model whose mixed-precision layers compute under policy; float32 layers stay float32.
 
     A model keeps the dtype policy it was trained under: float16 layers from a GPU run a CPU's
     convolutions several times slower, and bfloat16 ones on a CPU without AMX twice as slow.
     """
-    mixed = {layer.name for layer in model.layers if layer.dtype_policy.name.startswith("mixed_")}
+    mixed = _mixed_layers(model)
     if not mixed or all(model.get_layer(name).dtype_policy.name == policy for name in mixed):
         return model
 
@@ -106,8 +110,9 @@ def compute_dtype(model: keras.Model) -> str:
 
 def for_this_machine(model: keras.Model) -> keras.Model:
     """The model ready for prediction here: batch norms folded, mixed precision as fast as this machine runs it."""
-    mixed = any(layer.dtype_policy.name.startswith("mixed_") for layer in model.layers)
-    return with_policy(fold_batch_norm(model), fastest_policy()) if mixed else fold_batch_norm(model)
+    folded = fold_batch_norm(model)
+    # Only a mixed-precision model needs the machine's policy (which lists the devices to find it).
+    return with_policy(folded, machine_policy()) if _mixed_layers(folded) else folded
 
 
 def load_saved(path: Path) -> keras.Model:

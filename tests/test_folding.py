@@ -116,8 +116,7 @@ def test_a_mixed_precision_model_is_copied_to_another_policy_with_the_same_weigh
     # Saved and loaded for inference here: folded, and in this machine's fastest precision.
     model.save(tmp_path / "m.keras")
     loaded = load_for_inference(tmp_path / "m.keras")
-    from lib.backend import fastest_policy
-    assert loaded.get_layer("down0_conv1").dtype_policy.name == fastest_policy()
+    from lib.backend import machine_policy
+    assert loaded.get_layer("down0_conv1").dtype_policy.name == machine_policy()
     assert loaded.get_layer("logits").dtype_policy.name == "float32"  # the head stays float32
     assert np.abs(loaded.predict_on_batch(x) - exact).mean() < 0.01
-
