@@ -17,7 +17,7 @@ from lib.config import add_config_arguments, load_config, load_run_config
 from lib.cells import cell_colours, watershed_cells
 from lib.errors import UserError, run_cli
 from lib.folding import compute_dtype, for_this_machine, load_saved
-from lib.inference import predict_image, tta_flips
+from lib.inference import predict_image, resolve_tta, tta_flips
 from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
 from lib.preprocessing import preprocess
@@ -290,7 +290,7 @@ def main() -> int:
     current = load_config(args.config, args.overrides)
     run = find_run_folder(current, args.run)
     config, model, preprocessing, info = load_run(run, current)
-    testing, depth = config["testing settings"], config["model"]["depth"]
+    testing, depth = resolve_tta(config["testing settings"], model), config["model"]["depth"]
     flips = config["augmentation"]["flips"]  # TTA averages only the flips the model was trained with
     threshold = testing["threshold"]
     classes = ClassSpec.from_config(config)

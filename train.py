@@ -21,7 +21,7 @@ from lib.config import add_config_arguments, load_config, write_config
 from lib.distribute import AgreeToStop, SyncFromChief, check_global_batch, make_distribution
 from lib.errors import UserError, run_cli
 from lib.folding import load_for_inference
-from lib.inference import predict_image
+from lib.inference import predict_image, resolve_tta
 from lib.losses import loss_and_metrics
 from lib.metrics import best_f1_threshold
 from lib.pipeline import PatchStream
@@ -195,7 +195,8 @@ def main() -> int:
             "threshold": 0.5, "threshold_source": "default"}
     if holdout and n_classes == 1:  # the binary threshold; several classes take the argmax
         best = load_for_inference(run / "best.keras")
-        probs = np.concatenate([predict_image(best, s["image"], testing, depth, flips)[..., 0][s["fov"]]
+        chosen_with = resolve_tta(testing, best)  # the probabilities predict.py will threshold
+        probs = np.concatenate([predict_image(best, s["image"], chosen_with, depth, flips)[..., 0][s["fov"]]
                                 for s in holdout])
         labels = np.concatenate([s["label"][s["fov"]] for s in holdout])
         threshold, f1 = best_f1_threshold(probs, labels)

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 from lib.config import load_config, load_run_config  # noqa: E402
 from lib.folding import load_for_inference  # noqa: E402
-from lib.inference import predict_image  # noqa: E402
+from lib.inference import predict_image, resolve_tta  # noqa: E402
 from lib.metrics import binary_scores  # noqa: E402
 from lib.storage import FILE_NAME, iter_split, open_prepared  # noqa: E402
 
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--windows", default="128,256,whole", help="window sizes ('whole' = the padded image)")
     parser.add_argument("--overlaps", default="0,0.25,0.5", help="fractions of the window that overlap")
     parser.add_argument("--blends", default="constant,gaussian")
-    parser.add_argument("--tta", default="false,true", help="tta_flips values: false, true (all four), horizontal")
+    parser.add_argument("--tta", default="false,true", help="tta_flips values: false, true (all four), horizontal, rotations, auto")
     add_common_arguments(parser)
     args = parser.parse_args()
 
@@ -51,14 +51,14 @@ def main() -> None:
         if window == "whole" and overlap:
             continue
         stride = max(int(size * (1 - overlap)), 1)
-        testing = dict(config["testing settings"], window=size, stride=stride, blend=blend, batch_size=4,
-                       tta_flips=tta)
+        testing = resolve_tta(dict(config["testing settings"], window=size, stride=stride, blend=blend,
+                                   batch_size=4, tta_flips=tta), model)
         predict_image(model, samples[0]["image"], testing, depth)  # warm-up (graph tracing)
         start = time.perf_counter()
         probs = np.concatenate([predict_image(model, s["image"], testing, depth)[..., 0][s["fov"]] for s in samples])
         seconds = (time.perf_counter() - start) / len(samples)
         scores = binary_scores(probs, labels)
-        rows.append([window, stride, blend, {True: "all", False: "off"}.get(tta, tta), f"{scores['auc_roc']:.4f}",
+        rows.append([window, stride, blend, {True: "all", False: "off"}.get(testing["tta_flips"], testing["tta_flips"]), f"{scores['auc_roc']:.4f}",
                      f"{scores['f1']:.4f}", f"{scores['accuracy']:.4f}", f"{seconds:.2f}"])
         print(json.dumps(rows[-1]), flush=True)
     report(f"Sliding-window settings on {len(samples)} '{args.split}' images of {run.name}",

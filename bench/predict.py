@@ -105,7 +105,7 @@ def main() -> int:
     common.quiet_logs()
 
     import numpy as np
-    from lib.inference import model_predictor, predict_image, tta_flips
+    from lib.inference import model_predictor, predict_image, resolve_tta, tta_flips
     from lib.metrics import binary_scores
     from lib.storage import FILE_NAME, iter_split, open_prepared, split_size
 
@@ -115,7 +115,7 @@ def main() -> int:
               "configuration_sample.txt && python train.py --config configuration_sample.txt", file=sys.stderr)
         return 2
     config, model, info = load_run(run, args.checkpoint, args.config, args.overrides)
-    testing, depth = config["testing settings"], config["model"]["depth"]
+    testing, depth = resolve_tta(config["testing settings"], model), config["model"]["depth"]
     multiple = 2 ** depth
     if args.classic_window % multiple:
         parser.error(f"--classic-window {args.classic_window} is not a multiple of 2^depth = {multiple}")

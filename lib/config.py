@@ -49,7 +49,7 @@ def _bool_or(*words: str) -> Parser:
     return parse
 
 
-_tta_flips = _bool_or("horizontal", "rotations")
+_tta_flips = _bool_or("horizontal", "rotations", "auto")
 _auto_bool = _bool_or("auto")
 
 
@@ -250,7 +250,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "stride": (_positive(int), "step between windows; smaller than window means averaged overlap"),
         "blend": (_choice("constant", "gaussian"), "how overlapping windows are averaged: constant or gaussian (centre-weighted)"),
         "batch_size": (_positive(int), "windows per prediction batch"),
-        "tta_flips": (_tta_flips, "test-time augmentation: average the predictions of the flipped windows; true: all four flips (left-right only for a model trained with flips = horizontal), rotations: the four flips and their 90-degree rotations (eight views, twice the time of four), horizontal: left-right only (half the time of four), false: none"),
+        "tta_flips": (_tta_flips, "test-time augmentation: average the predictions of the flipped windows; true: all four flips (left-right only for a model trained with flips = horizontal), rotations: the four flips and their 90-degree rotations (eight views, twice the time of four), horizontal: left-right only (half the time of four), false: none; auto: all four flips where the model runs fast (a GPU, or bfloat16 on a CPU with AMX), none elsewhere"),
         "tta_scales": (_scale_list, "test-time augmentation over scales: average the probabilities of the image inferred at each of these factors times zoom (e.g. 1.0, 1.3); 1.0 alone: one scale"),
         "threshold": (_threshold, "probability threshold for binary maps: a number, or auto (the best-F1 threshold found on the holdout images)"),
         "checkpoint": (_choice("best", "last"), "which checkpoint of the run predict.py uses"),

@@ -7,6 +7,8 @@ import keras
 import numpy as np
 from skimage.transform import resize
 
+from lib.backend import has_gpu
+from lib.folding import compute_dtype
 from lib.tiling import sliding_window
 
 
@@ -19,11 +21,31 @@ TTA_VIEWS = {"rotations": tuple((axes, t) for t in (False, True) for axes in _FL
              "horizontal": (((), False), ((2,), False))}
 
 
+def runs_fast(model: keras.Model) -> bool:
+    """Whether the model predicts fast here: on a GPU, or in bfloat16 on a CPU with AMX (float16 only runs on a GPU)."""
+    return compute_dtype(model) != "float32" or has_gpu()
+
+
+def resolve_tta(testing: Mapping[str, Any], model: keras.Model) -> dict[str, Any]:
+    """testing with tta_flips = auto replaced by what it means for model on this machine: all four flips where
+    the model runs fast, none elsewhere.
+
+    Four flips add about 0.002 F1 on DRIVE at four times the model's time: on a CPU with AMX the default's
+    20 images then take 14 s, inside the 20-s target, and about 40 s in float32 without AMX (README.md,
+    Performance).
+    """
+    if testing["tta_flips"] != "auto":
+        return dict(testing)
+    return {**testing, "tta_flips": runs_fast(model)}
+
+
 def tta_flips(testing: Mapping[str, Any], trained_flips: str) -> str | None:
     """Which views TTA averages: none when off; left-right mirroring when asked for, or for a model trained
     with [augmentation] flips = horizontal (road scenes have an up); else all four flips, or all eight
     flips and rotations when asked for."""
     setting = testing["tta_flips"]
+    if setting == "auto":
+        raise ValueError("tta_flips = auto must be resolved for the model first (lib.inference.resolve_tta)")
     if not setting:
         return None
     if setting == "horizontal" or trained_flips == "horizontal":

@@ -181,8 +181,8 @@ def test_flips_accepts_its_choices_and_the_true_false_of_earlier_versions(writte
 
 
 @pytest.mark.parametrize("written, meant", [("true", True), ("off", False), ("Horizontal", "horizontal"),
-                                            ("rotations", "rotations")])
-def test_tta_flips_accepts_true_false_horizontal_and_rotations(written: str, meant: bool | str) -> None:
+                                            ("rotations", "rotations"), ("Auto", "auto")])
+def test_tta_flips_accepts_true_false_horizontal_rotations_and_auto(written: str, meant: bool | str) -> None:
     assert load_config(REPO / "configuration.txt", [f"tta_flips={written}"])["testing settings"]["tta_flips"] == meant
 
 

@@ -290,3 +290,24 @@ def test_rotation_tta_averages_the_eight_symmetries_of_the_square() -> None:
     assert not np.allclose(model_predictor(model, "all")(batch), expected, rtol=1e-3)
     assert tta_flips({"tta_flips": "rotations"}, "all") == "rotations"
     assert tta_flips({"tta_flips": "rotations"}, "horizontal") == "horizontal"  # a road model has an up
+
+
+def test_auto_tta_means_four_flips_where_the_model_runs_fast_and_none_elsewhere() -> None:
+    import keras
+
+    from lib.backend import has_gpu
+    from lib.inference import resolve_tta, tta_flips
+
+    def model(dtype: str) -> keras.Model:
+        return keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Conv2D(1, 3, padding="same", dtype=dtype)])
+
+    auto = {"tta_flips": "auto", "window": 16}
+    # A float32 model is fast only on a GPU; a bfloat16 one (an AMX CPU's inference copy) is fast anywhere.
+    assert resolve_tta(auto, model("float32")) == {"tta_flips": has_gpu(), "window": 16}
+    assert resolve_tta(auto, model("mixed_bfloat16"))["tta_flips"] is True
+    assert tta_flips(resolve_tta(auto, model("mixed_bfloat16")), "all") == "all"
+    assert tta_flips(resolve_tta(auto, model("mixed_bfloat16")), "horizontal") == "horizontal"
+    for chosen in (False, True, "horizontal", "rotations"):  # a value given outright is kept
+        assert resolve_tta({"tta_flips": chosen}, model("mixed_bfloat16"))["tta_flips"] == chosen
+    with pytest.raises(ValueError, match="resolve_tta"):  # never read as true by accident
+        tta_flips(auto, "all")
