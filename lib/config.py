@@ -216,6 +216,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "base_filters": (_positive(int), "filters of the first level; doubled at each level down"),
         "batch_norm": (_bool, "batch normalization after each convolution"),
         "dropout": (_fraction, "dropout rate between the two convolutions of each block (0 disables)"),
+        "dropout_block": (_positive(int), "side in pixels of the squares dropout zeroes together (DropBlock); 1: single pixels (ordinary dropout)"),
         "upsampling": (_choice("transpose", "bilinear"), "decoder upsampling: transposed convolution or bilinear resize + 1x1 conv"),
         "n_classes": (_positive(int), "1: binary task with a sigmoid head; more: softmax head over that many classes"),
     },

@@ -1,5 +1,5 @@
 """Helper run by test_backends.py under KERAS_BACKEND=jax|torch (usually without TensorFlow):
-build the U-Net, fit a few steps on a PatchStream over a tiny HDF5 file, predict one full image.
+build the U-Net (with DropBlock), fit a few steps on a PatchStream over a tiny HDF5 file, predict one full image.
 
     python tests/without_tensorflow.py tests/backend_check.py FOLDER [POLICY]
 prints one JSON line with the backend, the losses and the prediction's shape and range. POLICY
@@ -47,7 +47,7 @@ def main() -> None:
         policy = sys.argv[2]
         keras.mixed_precision.set_global_policy(policy)
     with distribution.scope():
-        model = build_unet(channels=1, depth=2, base_filters=4)
+        model = build_unet(channels=1, depth=2, base_filters=4, dropout=0.1, dropout_block=3)  # DropBlock too
         loss, metrics = loss_and_metrics("bce_dice", 1)
         model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=distribution.replica_loss(loss),
                       metrics=metrics, jit_compile=jit_setting("auto"))
