@@ -12,7 +12,7 @@ class DropBlock(layers.Layer):
     Neighbouring pixels of a feature map are strongly correlated, so ordinary dropout of single pixels
     takes little away: the next convolution reads the lost value off its neighbours. A dropped block
     removes a whole stretch of vessel, which the network must infer from the context around it.
-    SA-UNet (Guo et al., 2020) credits it with most of its gain on DRIVE's 20 training images.
+    SA-UNet (Guo et al., 2020) reports much of its gain on DRIVE's 20 training images from it.
     """
 
     def __init__(self, rate: float, block_size: int, seed: int | None = None, **kwargs):
