@@ -58,7 +58,8 @@ def main() -> None:
         probs = np.concatenate([predict_image(model, s["image"], testing, depth)[..., 0][s["fov"]] for s in samples])
         seconds = (time.perf_counter() - start) / len(samples)
         scores = binary_scores(probs, labels)
-        rows.append([window, stride, blend, {True: "all", False: "off"}.get(testing["tta_flips"], testing["tta_flips"]), f"{scores['auc_roc']:.4f}",
+        tta = testing["tta_flips"]  # auto as settled for the model
+        rows.append([window, stride, blend, {True: "all", False: "off"}.get(tta, tta), f"{scores['auc_roc']:.4f}",
                      f"{scores['f1']:.4f}", f"{scores['accuracy']:.4f}", f"{seconds:.2f}"])
         print(json.dumps(rows[-1]), flush=True)
     report(f"Sliding-window settings on {len(samples)} '{args.split}' images of {run.name}",

@@ -9,7 +9,7 @@ import numpy as np
 from keras import layers
 
 from lib.backend import machine_policy
-from lib.dropblock import DropBlock
+import lib.dropblock  # noqa: F401  (registers DropBlock with Keras, so saved models that use it load)
 from lib.losses import CUSTOM_OBJECTS
 
 
@@ -118,8 +118,7 @@ def for_this_machine(model: keras.Model) -> keras.Model:
 
 def load_saved(path: Path) -> keras.Model:
     """A saved model (.keras) as trained, uncompiled, with the project's losses and metrics known."""
-    return keras.models.load_model(path, custom_objects={**CUSTOM_OBJECTS, "DropBlock": DropBlock}, compile=False,
-                                   safe_mode=True)
+    return keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True)
 
 
 def load_for_inference(path: Path) -> keras.Model:

@@ -14,10 +14,10 @@ def _conv_block(x, filters: int, batch_norm: bool, dropout: float, block: int, n
         if batch_norm:
             x = layers.BatchNormalization(name=f"{name}_bn{index}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{index}")(x)
-        if index == 1 and dropout > 0 and block == 1:
-            x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
-        elif index == 1 and dropout > 0:
-            x = DropBlock(dropout, block, name=f"{name}_dropblock")(x)
+        if index == 1 and dropout > 0:
+            drop = (layers.Dropout(dropout, name=f"{name}_dropout") if block == 1 else
+                    DropBlock(dropout, block, name=f"{name}_dropblock"))
+            x = drop(x)
     return x
 
 
