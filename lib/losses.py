@@ -5,6 +5,9 @@ import keras
 from keras import ops
 
 SMOOTH = 1.0
+# Erosions that thin the widest DRIVE vessels (about 10 px) down to their centre line.
+SKELETON_ITERATIONS = 6
+CLDICE_WEIGHT = 0.5
 
 
 def overlap_terms(y_true, y_pred, axis=None):
@@ -37,6 +40,43 @@ def bce_loss(y_true, y_pred):
 def bce_dice_loss(y_true, y_pred):
     """Binary cross-entropy plus soft Dice loss."""
     return bce_loss(y_true, y_pred) + dice_loss(y_true, y_pred)
+
+
+def _soft_erode(x):
+    # Min over a plus-shaped neighbourhood: thin lines shrink from their sides, as in binary erosion.
+    across = ops.max_pool(-x, (3, 1), strides=1, padding="same")
+    along = ops.max_pool(-x, (1, 3), strides=1, padding="same")
+    return -ops.maximum(across, along)
+
+
+def _soft_open(x):
+    return ops.max_pool(_soft_erode(x), (3, 3), strides=1, padding="same")
+
+
+def soft_skeleton(x, iterations: int = SKELETON_ITERATIONS):
+    """Differentiable skeleton of a probability map (Shit et al., clDice, CVPR 2021): what openings remove."""
+    x = ops.convert_to_tensor(x)
+    skeleton = ops.relu(x - _soft_open(x))
+    for _ in range(iterations):
+        x = _soft_erode(x)
+        delta = ops.relu(x - _soft_open(x))
+        skeleton = skeleton + ops.relu(delta - skeleton * delta)
+    return skeleton
+
+
+def cldice_loss(y_true, y_pred):
+    """1 - soft clDice: the harmonic mean of the predicted skeleton inside the label and the label's skeleton inside the prediction."""
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.cast(y_true, y_pred.dtype)
+    skeleton_pred, skeleton_true = soft_skeleton(y_pred), soft_skeleton(y_true)
+    precision = (ops.sum(skeleton_pred * y_true) + SMOOTH) / (ops.sum(skeleton_pred) + SMOOTH)
+    sensitivity = (ops.sum(skeleton_true * y_pred) + SMOOTH) / (ops.sum(skeleton_true) + SMOOTH)
+    return 1.0 - 2.0 * precision * sensitivity / (precision + sensitivity)
+
+
+def bce_cldice_loss(y_true, y_pred):
+    """Binary cross-entropy plus CLDICE_WEIGHT times the soft clDice loss."""
+    return bce_loss(y_true, y_pred) + CLDICE_WEIGHT * cldice_loss(y_true, y_pred)
 
 
 def cce_loss(y_true, y_pred):
@@ -90,7 +130,8 @@ def iou_coefficient(y_true, y_pred):
     return jaccard_from_terms(*overlap_terms(y_true, ops.cast(y_pred > 0.5, y_pred.dtype)), smooth=1e-7)
 
 
-LOSSES = {"bce": bce_loss, "dice": dice_loss, "bce_dice": bce_dice_loss, "cce": cce_loss}
+LOSSES = {"bce": bce_loss, "dice": dice_loss, "bce_dice": bce_dice_loss, "bce_cldice": bce_cldice_loss,
+          "cce": cce_loss}
 CUSTOM_OBJECTS = {f.__name__: f for f in (*LOSSES.values(), dice_coefficient, iou_coefficient)}
 
 

@@ -2,7 +2,8 @@
 build the U-Net (with DropBlock), fit a few steps on a PatchStream over a tiny HDF5 file, predict one full image.
 
     python tests/without_tensorflow.py tests/backend_check.py FOLDER [POLICY]
-prints one JSON line with the backend, the losses and the prediction's shape and range. POLICY
+prints one JSON line with the backend, the losses, the clDice loss of a fixed image and the prediction's
+shape and range. POLICY
 (default float32) may be mixed_float16 or mixed_bfloat16, forced even on a CPU to check the losses under it.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from lib.backend import configure_precision, jit_setting  # noqa: E402
 from lib.distribute import make_distribution  # noqa: E402
 from lib.folding import fold_batch_norm  # noqa: E402
 from lib.inference import predict_image  # noqa: E402
-from lib.losses import loss_and_metrics  # noqa: E402
+from lib.losses import cldice_loss, loss_and_metrics  # noqa: E402
 from lib.pipeline import PatchStream  # noqa: E402
 from lib.storage import write_prepared  # noqa: E402
 from lib.unet import build_unet  # noqa: E402
@@ -34,6 +35,14 @@ def fill(images, labels, positions) -> None:
     images[:] = x.astype(np.float16)
     labels[:] = (x > 0.6).astype(np.uint8)  # learnable from the pixel itself
     positions[:] = 0
+
+
+def cldice_probe() -> float:
+    """The soft clDice loss (pooling-based skeletons) of a wide and a thin bar against a blurred copy."""
+    bars = np.zeros((1, 24, 24, 1), np.float32)
+    bars[0, 4:11, 2:22] = 1
+    bars[0, 15, 2:22] = 1
+    return float(keras.ops.convert_to_numpy(cldice_loss(bars, bars * 0.8 + 0.1)))
 
 
 def main() -> None:
@@ -63,7 +72,7 @@ def main() -> None:
         "output_dtype": str(prob.dtype),
         "tensorflow_loaded": "tensorflow" in sys.modules and sys.modules["tensorflow"] is not None,
         "loss": history.history["loss"], "metrics": sorted(history.history),
-        "shape": list(prob.shape), "min": float(prob.min()), "max": float(prob.max()),
+        "cldice_probe": cldice_probe(), "shape": list(prob.shape), "min": float(prob.min()), "max": float(prob.max()),
     }))
 
 

@@ -52,6 +52,9 @@ def test_unet_losses_and_metrics_train_and_predict_under_mixed_float16(backend, 
     assert {"dice_coefficient", "iou_coefficient", "loss"} <= set(report["metrics"])
     assert report["shape"] == [40, 56, 1] and report["output_dtype"] == "float32"
     assert 0.0 <= report["min"] <= report["max"] <= 1.0
+    # The pooling behind the soft skeletons (3x1, 1x3 and 3x3, same padding) agrees across backends.
+    from backend_check import cldice_probe
+    assert 0.01 < report["cldice_probe"] == pytest.approx(cldice_probe(), abs=1e-5)
 
 
 @pytest.mark.parametrize("backend", ("jax", "torch"))

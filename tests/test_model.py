@@ -5,8 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from lib.losses import (bce_dice_loss, bce_loss, dice_coefficient, dice_loss, iou_coefficient,
-                        loss_and_metrics)
+from lib.losses import (CLDICE_WEIGHT, bce_cldice_loss, bce_dice_loss, bce_loss, cldice_loss, dice_coefficient,
+                        dice_loss, iou_coefficient, loss_and_metrics, soft_skeleton)
 from lib.unet import build_unet
 
 
@@ -60,12 +60,54 @@ def test_thresholded_metrics_agree_with_the_numpy_report_metrics():
     assert float(iou_coefficient(labels.astype("float32"), probs)) == pytest.approx(expected["jaccard"], abs=1e-5)
 
 
-def test_a_few_training_steps_lower_the_loss_on_a_learnable_task():
+def _bars(widths: list[int], size: int = 48) -> np.ndarray:
+    """A batch of one image with horizontal bars of the given widths, 4 px apart, 4 px from the left and right."""
+    image = np.zeros((1, size, size, 1), "float32")
+    top = 4
+    for width in widths:
+        image[0, top:top + width, 4:size - 4] = 1
+        top += width + 4
+    return image
+
+
+@pytest.mark.parametrize("width", [1, 3, 5, 7, 9])
+def test_soft_skeleton_of_a_bar_is_its_centre_line(width):
+    bar = _bars([width])
+    skeleton = np.asarray(soft_skeleton(keras.ops.convert_to_tensor(bar)))[0, ..., 0]
+    assert skeleton.min() >= 0 and skeleton.max() <= 1
+    assert np.all(skeleton[bar[0, ..., 0] == 0] == 0)  # never outside the shape
+    rows = np.nonzero(skeleton.sum(axis=1))[0]
+    assert list(rows) == [4 + width // 2]  # one row, the middle one
+    # The line runs along the bar; erosion shortens it by about the half width at each end.
+    assert (skeleton > 0.5).sum() >= 40 - width - 2
+
+
+def test_cldice_loss_counts_a_missed_thin_vessel_like_a_missed_wide_one():
+    label = _bars([9, 1])
+    assert float(cldice_loss(label, label)) == pytest.approx(0.0, abs=1e-6)
+    missed_thin = _bars([9, 0])
+    thinned_wide = label.copy()
+    thinned_wide[0, 4:7] = 0  # the wide bar's top 3 rows: three times the pixels of the thin bar
+    # Pixel overlap barely notices the missed thin vessel, less than the thinned wide one ...
+    assert float(dice_loss(label, missed_thin)) < float(dice_loss(label, thinned_wide))
+    # ... but its centre line is half of all centre lines, while thinning keeps the wide one's inside the label.
+    assert float(cldice_loss(label, missed_thin)) > 0.25
+    assert float(cldice_loss(label, thinned_wide)) < 0.05
+    broken = label.copy()
+    broken[0, :, 20:26] = 0  # both vessels cut
+    assert 0.05 < float(cldice_loss(label, broken)) < float(cldice_loss(label, missed_thin))
+    probabilities = np.clip(label * 0.9 + 0.05, 0, 1).astype("float32")
+    assert float(bce_cldice_loss(label, probabilities)) == pytest.approx(
+        float(bce_loss(label, probabilities)) + CLDICE_WEIGHT * float(cldice_loss(label, probabilities)), rel=1e-5)
+
+
+@pytest.mark.parametrize("loss_name", ["bce_dice", "bce_cldice"])
+def test_a_few_training_steps_lower_the_loss_on_a_learnable_task(loss_name):
     keras.utils.set_random_seed(0)
     x = np.random.rand(16, 16, 16, 1).astype("float32")
     y = (x > 0.6).astype("float32")  # learnable from the pixel itself
     model = build_unet(depth=2, base_filters=4)
-    loss, metrics = loss_and_metrics("bce_dice", 1)
+    loss, metrics = loss_and_metrics(loss_name, 1)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss, metrics=metrics)
     history = model.fit(x, y, epochs=15, batch_size=8, verbose=0)
     assert history.history["loss"][-1] < 0.7 * history.history["loss"][0]
