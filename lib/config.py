@@ -253,7 +253,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "batch_size": (_positive(int), "windows per prediction batch"),
         "tta_flips": (_tta_flips, "test-time augmentation: average the predictions of the flipped windows; true: all four flips (left-right only for a model trained with flips = horizontal), rotations: the four flips and their 90-degree rotations (eight views, twice the time of four), horizontal: left-right only (half the time of four), false: none; auto: all four flips where the model runs fast (a GPU, or bfloat16 on a CPU with AMX), none elsewhere"),
         "tta_scales": (_scale_list, "test-time augmentation over scales: average the probabilities of the image inferred at each of these factors times zoom (e.g. 1.0, 1.3); 1.0 alone: one scale"),
-        "threshold": (_threshold, "probability threshold for binary maps: a number (0.5 suits bce; bce_cldice draws vessels wider, and 0.7 suits it on DRIVE), or auto (the best-F1 threshold found on the holdout images)"),
+        "threshold": (_threshold, "probability threshold for binary maps: a number, or auto (the best-F1 threshold found on the holdout images)"),
         "checkpoint": (_choice("best", "last"), "which checkpoint of the run predict.py uses"),
         "zoom": (_positive(float), "resize each image by this factor before inference and the probabilities back to its size (another dataset: match vessel widths); 1 = as prepared"),
         "watershed_seed": (_fraction, "ISBI 2012 only: also split each slice into cells by a watershed of the membrane probabilities from seeds where they are below this value, scored as adapted_rand_error_watershed and drawn in NAME_cells.png; 0 disables it"),

@@ -17,7 +17,6 @@ TINY = [
     "N_epochs=3", "steps_per_epoch=40", "training_settings.batch_size=16", "window=64", "stride=48",
     "validate_every=1", "learning_rate=0.003", "max_train_minutes=0", "validation_fraction=0.1",
     "tta_flips=auto",  # as in configuration.txt: train.py (threshold) and predict.py settle it for the model
-    "loss=bce_cldice",  # the DRIVE default loss, through train.py, its checkpoints and resumption
 ]
 
 
