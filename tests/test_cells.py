@@ -80,17 +80,18 @@ def test_predict_on_isbi_writes_cells_and_scores_them(tmp_path: Path) -> None:
     write_tiff_stack(images, root / "train-volume.tif")
     write_tiff_stack(labels, root / "train-labels.tif")
     write_tiff_stack(images[:2], root / "test-volume.tif")
-    args = ["--config", "configuration_sample.txt", *set_args([
-        "dataset=ISBI2012", f"dataset_dir={root}", f"prepared_dir={tmp_path / 'prepared'}",
-        f"runs_dir={tmp_path / 'runs'}", "name=isbi", "holdout_ids=6,7", "clahe=false", "gamma=1.0",
-        "patch_size=32", "N_subimgs=600", "depth=2", "base_filters=8", "N_epochs=2", "steps_per_epoch=20",
-        "training_settings.batch_size=16", "window=64", "stride=64", "max_train_minutes=0",
-        "watershed_seed=0.3"])]
+    # The shipped ISBI profile (flips at three scales, watershed cells), shrunk to a tiny model.
+    args = ["--config", "configuration_isbi.txt", *set_args([
+        f"dataset_dir={root}", f"prepared_dir={tmp_path / 'prepared'}", f"runs_dir={tmp_path / 'runs'}",
+        "holdout_ids=6,7", "patch_size=32", "N_subimgs=600", "depth=2", "base_filters=8", "N_epochs=2",
+        "steps_per_epoch=20", "training_settings.batch_size=16", "window=64", "stride=64",
+        "max_train_minutes=0", "mixed_precision=false", "watershed_seed=0.3"])]
     run_script("prepare_datasets.py", *args)
     run_script("train.py", *args)
     result = run_script("predict.py", *args, "--split", "val")
     out = tmp_path / "runs" / "isbi" / "predictions" / "val"
     assert "adapted_rand_error_watershed" in result.stdout
+    assert "tta_flips all, tta_scales 0.8, 1.0, 1.2" in result.stdout
     import json
     metrics = json.loads((out / "metrics.json").read_text())
     for row in metrics["per_image"]:
