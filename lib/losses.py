@@ -49,17 +49,19 @@ def _soft_erode(x):
     return -ops.maximum(across, along)
 
 
-def _soft_open(x):
-    return ops.max_pool(_soft_erode(x), (3, 3), strides=1, padding="same")
+def _soft_dilate(x):
+    return ops.max_pool(x, (3, 3), strides=1, padding="same")
 
 
 def soft_skeleton(x, iterations: int = SKELETON_ITERATIONS):
     """Differentiable skeleton of a probability map (Shit et al., clDice, CVPR 2021): what openings remove."""
     x = ops.convert_to_tensor(x)
-    skeleton = ops.relu(x - _soft_open(x))
+    # Each erosion serves twice, inside this level's opening and as the next level: computed once.
+    eroded = _soft_erode(x)
+    skeleton = ops.relu(x - _soft_dilate(eroded))
     for _ in range(iterations):
-        x = _soft_erode(x)
-        delta = ops.relu(x - _soft_open(x))
+        x, eroded = eroded, _soft_erode(eroded)
+        delta = ops.relu(x - _soft_dilate(eroded))
         skeleton = skeleton + ops.relu(delta - skeleton * delta)
     return skeleton
 
