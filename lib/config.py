@@ -217,6 +217,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "batch_norm": (_bool, "batch normalization after each convolution"),
         "dropout": (_fraction, "dropout rate between the two convolutions of each block (0 disables)"),
         "dropout_block": (_positive(int), "side in pixels of the squares dropout zeroes together (DropBlock); 1: single pixels (ordinary dropout)"),
+        "residual": (_bool, "add a 1x1-convolution shortcut around the two convolutions of each block (a residual U-Net)"),
         "upsampling": (_choice("transpose", "bilinear"), "decoder upsampling: transposed convolution or bilinear resize + 1x1 conv"),
         "n_classes": (_positive(int), "1: binary task with a sigmoid head; more: softmax head over that many classes"),
     },

@@ -47,6 +47,17 @@ def test_folding_a_softmax_unet_loaded_from_a_keras_file(tmp_path) -> None:
                                atol=2e-5)
 
 
+def test_folding_a_residual_unet_folds_the_shortcut_batch_norms_too() -> None:
+    model = build_unet(channels=1, n_classes=1, depth=2, base_filters=4, batch_norm=True, residual=True)
+    _randomize_batch_norms(model, seed=4)
+    assert len(foldable_pairs(model)) == 15  # two convolutions and a shortcut in each of the five blocks
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(layer, layers.BatchNormalization) for layer in folded.layers)
+    x = _image()
+    np.testing.assert_allclose(folded.predict_on_batch(x), keras.ops.convert_to_numpy(model(x, training=False)),
+                               atol=2e-5)
+
+
 def test_a_model_without_batch_norm_is_returned_as_it_is() -> None:
     model = build_unet(channels=1, n_classes=1, depth=2, base_filters=4, batch_norm=False)
     assert fold_batch_norm(model) is model

@@ -40,6 +40,23 @@ def test_batch_norm_switch_adds_and_removes_normalization_layers():
     assert count(with_bn) == 2 * 5 and count(without) == 0
 
 
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_residual_blocks_add_a_projected_shortcut_and_keep_the_output_shape(batch_norm):
+    plain = build_unet(depth=2, base_filters=4, batch_norm=batch_norm)
+    residual = build_unet(depth=2, base_filters=4, batch_norm=batch_norm, residual=True)
+    adds = [layer for layer in residual.layers if isinstance(layer, keras.layers.Add)]
+    assert len(adds) == 5 and not any(isinstance(layer, keras.layers.Add) for layer in plain.layers)
+    # each block gains one 1x1 convolution from its input to its width (plus a batch norm when enabled)
+    shortcut = residual.get_layer("down1_shortcut")
+    assert shortcut.kernel.shape == (1, 1, 4, 8)
+    assert residual.count_params() - plain.count_params() == sum(
+        layer.count_params() for layer in residual.layers if "shortcut" in layer.name)
+    out = residual.predict(np.random.rand(1, 16, 24, 1).astype("float32"), verbose=0)
+    assert out.shape == (1, 16, 24, 1)
+    # the add feeds the second activation, so a block's output is relu(conv2 + shortcut)
+    assert residual.get_layer("bottom_relu2").input is residual.get_layer("bottom_add").output
+
+
 def test_dice_loss_matches_hand_computation():
     y_true = np.array([[1, 1, 0, 0]], dtype="float32")
     y_pred = np.array([[0.5, 1.0, 0.5, 0.0]], dtype="float32")
