@@ -335,7 +335,7 @@ def main() -> int:
         windows = (f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "
                    f"tta_flips {tta_flips(testing, flips) or False}, "
                    f"tta_scales {', '.join(map(format, testing['tta_scales']))}, "
-                   f"compute dtype {compute_dtype(model)}")
+                   f"mirror_margin {testing['mirror_margin']}, compute dtype {compute_dtype(model)}")
         settings = {**testing, "run": str(run), "split": where}
         if classes is not None:
             lines = [*header, f"classes: {classes.n_classes} ({', '.join(classes.names)}); ignore index "

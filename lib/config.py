@@ -256,6 +256,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "tta_scales": (_scale_list, "test-time augmentation over scales: average the probabilities of the image inferred at each of these factors times zoom (e.g. 1.0, 1.3); 1.0 alone: one scale"),
         "threshold": (_threshold, "probability threshold for binary maps: a number, or auto (the best-F1 threshold found on the holdout images)"),
         "checkpoint": (_choice("best", "last"), "which checkpoint of the run predict.py uses"),
+        "mirror_margin": (_non_negative(int), "pixels of mirrored image added on each side before inference and cropped after, so the model sees context instead of zero padding at the image border (the U-Net paper's overlap-tile; helps where structures reach the border, as in ISBI 2012); 0 disables it"),
         "zoom": (_positive(float), "resize each image by this factor before inference and the probabilities back to its size (another dataset: match vessel widths); 1 = as prepared"),
         "watershed_seed": (_fraction, "ISBI 2012 only: also split each slice into cells by a watershed of the membrane probabilities from seeds where they are below this value, scored as adapted_rand_error_watershed and drawn in NAME_cells.png; 0 disables it"),
     },

@@ -99,8 +99,14 @@ def _predict_at(predictor, image: np.ndarray, testing: Mapping[str, Any], depth:
         size = (max(1, round(height * zoom)), max(1, round(width * zoom)))
         image = resize(image, (*size, image.shape[2]), order=1, anti_aliasing=zoom < 1.0,
                        preserve_range=True).astype(np.float32)
+    # The U-Net paper's overlap-tile strategy: where the image ends, the model sees mirrored tissue
+    # instead of the zeros of its own padding, as it does everywhere inside the image.
+    margin_h, margin_w = (min(testing["mirror_margin"], side - 1) for side in image.shape[:2])
+    if margin_h or margin_w:
+        image = np.pad(image, ((margin_h, margin_h), (margin_w, margin_w), (0, 0)), mode="reflect")
     probs = sliding_window(image, predictor, window=testing["window"], stride=testing["stride"],
                            batch_size=testing["batch_size"], blend=testing["blend"], multiple=2 ** depth)
+    probs = probs[margin_h: probs.shape[0] - margin_h, margin_w: probs.shape[1] - margin_w]
     if zoom != 1.0:
         probs = resize(probs, (height, width, probs.shape[2]), order=1, anti_aliasing=False,
                        preserve_range=True).astype(np.float32)

@@ -64,7 +64,7 @@ def main() -> None:
     history = model.fit(stream, epochs=3, verbose=0)
     image = np.random.default_rng(1).random((40, 56, 1)).astype(np.float32)
     testing = {"tta_flips": True, "window": 32, "stride": 24, "batch_size": 2, "blend": "gaussian", "zoom": 1.0,
-               "tta_scales": [1.0]}
+               "tta_scales": [1.0], "mirror_margin": 0}
     prob = predict_image(fold_batch_norm(model), image, testing, depth=2)
     print(json.dumps({
         "backend": keras.backend.backend(), "policy": policy, "strategy": distribution.name,

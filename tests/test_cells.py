@@ -91,7 +91,7 @@ def test_predict_on_isbi_writes_cells_and_scores_them(tmp_path: Path) -> None:
     result = run_script("predict.py", *args, "--split", "val")
     out = tmp_path / "runs" / "isbi" / "predictions" / "val"
     assert "adapted_rand_error_watershed" in result.stdout
-    assert "tta_flips all, tta_scales 0.8, 1.0, 1.2" in result.stdout
+    assert "tta_flips all, tta_scales 0.8, 1.0, 1.2, mirror_margin 32" in result.stdout
     import json
     metrics = json.loads((out / "metrics.json").read_text())
     for row in metrics["per_image"]:

@@ -206,7 +206,7 @@ def test_zoomed_inference_returns_the_original_size_and_sees_a_smaller_image() -
     yy, xx = np.mgrid[0:60, 0:80]
     image = (0.5 + 0.4 * np.sin(xx / 9.0) * np.cos(yy / 7.0))[..., None].astype(np.float32)  # smooth
     testing = dict(window=64, stride=48, batch_size=4, blend="gaussian", tta_flips=False, zoom=0.5,
-                   tta_scales=[1.0])
+                   tta_scales=[1.0], mirror_margin=0)
     out = predict_image(model, image, testing, depth=2)
     assert out.shape == image.shape
     assert max(max(shape) for shape in seen if None not in shape) <= 40  # the 60x80 image went in at 30x40
@@ -232,7 +232,7 @@ def test_scale_tta_averages_the_maps_inferred_at_each_scale_times_zoom() -> None
     model.run_eagerly = True  # the layer then sees each concrete input shape, not a traced one
     xx = np.mgrid[0:60, 0:80][1]
     image = (0.5 + 0.4 * np.sin(xx / 5.0))[..., None].astype(np.float32)
-    testing = dict(window=96, stride=96, batch_size=1, blend="constant", tta_flips=False, zoom=1.0)
+    testing = dict(window=96, stride=96, batch_size=1, blend="constant", tta_flips=False, zoom=1.0, mirror_margin=0)
     single = {scale: predict_image(model, image, dict(testing, zoom=scale, tta_scales=[1.0]), depth=2)
               for scale in (0.5, 1.5)}
     assert not np.allclose(single[0.5], single[1.5], atol=1e-3)  # the scales give different maps
@@ -311,3 +311,35 @@ def test_auto_tta_means_four_flips_where_the_model_runs_fast_and_none_elsewhere(
         assert resolve_tta({"tta_flips": chosen}, model("mixed_bfloat16"))["tta_flips"] == chosen
     with pytest.raises(ValueError, match="resolve_tta"):  # never read as true by accident
         tta_flips(auto, "all")
+
+
+@pytest.mark.parametrize("window, stride", [(64, 64), (16, 12)])
+def test_mirror_margin_gives_the_border_mirrored_context_instead_of_zero_padding(window, stride) -> None:
+    import keras
+
+    from lib.inference import predict_image
+
+    # A 3x3 box blur with zero padding: without context it darkens the border of a flat image.
+    blur = keras.Sequential([keras.Input((None, None, 1)),
+                             keras.layers.Conv2D(1, 3, padding="same", use_bias=False,
+                                                 kernel_initializer=keras.initializers.Constant(1 / 9))])
+    image = np.full((30, 44, 1), 0.6, np.float32)
+    testing = dict(window=window, stride=stride, batch_size=2, blend="constant", tta_flips=False, zoom=1.0,
+                   tta_scales=[1.0])
+    plain = predict_image(blur, image, dict(testing, mirror_margin=0), depth=2)
+    mirrored = predict_image(blur, image, dict(testing, mirror_margin=4), depth=2)
+    assert plain.shape == mirrored.shape == image.shape
+    assert plain[0, 0, 0] == pytest.approx(0.6 * 4 / 9, abs=1e-5)  # a corner sees 4 of its 9 neighbours
+    if window > image.shape[1] + 8:  # one window: no tile edges inside the image either
+        np.testing.assert_allclose(mirrored, 0.6, atol=1e-5)  # mirrored context: no border at all
+    np.testing.assert_allclose(mirrored[:, 0], mirrored[:, image.shape[1] // 2], atol=1e-5)  # the border is
+    np.testing.assert_allclose(mirrored[0], mirrored[image.shape[0] // 2], atol=1e-5)  # like the middle
+    # An image that is not flat comes back in place: the margin is cropped from where it was added.
+    identity = keras.Sequential([keras.Input((None, None, 1)), keras.layers.Identity()])
+    ramp = np.random.default_rng(0).random((30, 44, 1)).astype(np.float32)
+    np.testing.assert_allclose(predict_image(identity, ramp, dict(testing, mirror_margin=4), depth=2), ramp,
+                               atol=1e-6)
+    # A margin wider than the image is cut to what mirroring can give (one less than the side).
+    tiny = ramp[:3, :5]
+    np.testing.assert_allclose(predict_image(identity, tiny, dict(testing, mirror_margin=32), depth=2), tiny,
+                               atol=1e-6)
