@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from lib.atomic import write_text  # noqa: E402  (lib is importable once ROOT is on the path)
+
 
 # ----------------------------------------------------------------------------- paths and command line
 
@@ -143,7 +145,7 @@ def report(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], no
         payload = {"title": title, "command": command_line(), "machine": machine_line(),
                    "headers": list(headers), "rows": [list(r) for r in rows], "notes": list(notes),
                    **(extra or {})}
-        Path(json_path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        write_text(json_path, json.dumps(payload, indent=2, default=str) + "\n")
         print(f"(saved {json_path})")
 
 

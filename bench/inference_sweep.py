@@ -36,7 +36,7 @@ def main() -> None:
 
     run = ROOT / args.run if not Path(args.run).is_absolute() else Path(args.run)
     config = load_run_config(run / "configuration.txt", load_config(ROOT / "configuration.txt"))
-    depth = config["model"]["depth"]
+    depth, flips = config["model"]["depth"], config["augmentation"]["flips"]  # as predict.py: TTA follows training
     model = load_for_inference(run / "best.keras")
     with open_prepared(ROOT / config["data paths"]["prepared_dir"] / FILE_NAME) as h5:
         samples = list(iter_split(h5, args.split))
@@ -53,9 +53,10 @@ def main() -> None:
         stride = max(int(size * (1 - overlap)), 1)
         testing = resolve_tta(dict(config["testing settings"], window=size, stride=stride, blend=blend,
                                    batch_size=4, tta_flips=tta), model)
-        predict_image(model, samples[0]["image"], testing, depth)  # warm-up (graph tracing)
+        predict_image(model, samples[0]["image"], testing, depth, flips)  # warm-up (graph tracing)
         start = time.perf_counter()
-        probs = np.concatenate([predict_image(model, s["image"], testing, depth)[..., 0][s["fov"]] for s in samples])
+        probs = np.concatenate([predict_image(model, s["image"], testing, depth, flips)[..., 0][s["fov"]]
+                                for s in samples])
         seconds = (time.perf_counter() - start) / len(samples)
         scores = binary_scores(probs, labels)
         tta = testing["tta_flips"]  # auto as settled for the model

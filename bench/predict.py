@@ -116,6 +116,7 @@ def main() -> int:
         return 2
     config, model, info = load_run(run, args.checkpoint, args.config, args.overrides)
     testing, depth = resolve_tta(config["testing settings"], model), config["model"]["depth"]
+    flips = config["augmentation"]["flips"]  # as predict.py: TTA averages only the flips the model was trained with
     multiple = 2 ** depth
     if args.classic_window % multiple:
         parser.error(f"--classic-window {args.classic_window} is not a multiple of 2^depth = {multiple}")
@@ -144,7 +145,7 @@ def main() -> int:
         for sample in chosen:
             settings = settings_for(method, testing, sample["image"].shape, multiple, args)
             for shape in window_batches(sample["image"].shape, settings, multiple)[1]:
-                model_predictor(model, tta_flips(settings, "all"))(np.zeros(shape, np.float32))
+                model_predictor(model, tta_flips(settings, flips))(np.zeros(shape, np.float32))
         per_image, probs, windows = [], [], []
         for sample in chosen:
             settings = settings_for(method, testing, sample["image"].shape, multiple, args)
@@ -152,7 +153,7 @@ def main() -> int:
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                prob = predict_image(model, sample["image"], settings, depth)[..., 0]
+                prob = predict_image(model, sample["image"], settings, depth, flips)[..., 0]
                 prob = np.where(sample["fov"], prob, 0.0)
                 binary_scores(prob, sample["label"], sample["fov"], threshold)
                 times.append(time.perf_counter() - start)

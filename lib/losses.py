@@ -86,6 +86,12 @@ def cce_loss(y_true, y_pred):
     return ops.mean(keras.losses.sparse_categorical_crossentropy(y_true, y_pred))
 
 
+def labelled(labels, n_classes: int, ignore_index: int | None):
+    """Pixels the multi-class loss and metrics count: a class index, not void (ignore_index)."""
+    valid = ops.less(labels, n_classes)
+    return valid if ignore_index is None else ops.logical_and(valid, ops.not_equal(labels, ignore_index))
+
+
 def multiclass_loss(n_classes: int, ignore_index: int | None = None, class_weights=None, dice: bool = False):
     """Sparse categorical cross-entropy (+ mean soft Dice over classes) that skips ignore_index pixels.
 
@@ -95,7 +101,7 @@ def multiclass_loss(n_classes: int, ignore_index: int | None = None, class_weigh
 
     def multiclass_cce(y_true, y_pred):
         labels = ops.cast(y_true[..., 0], "int32")
-        valid = labels < n_classes if ignore_index is None else ops.not_equal(labels, ignore_index)
+        valid = labelled(labels, n_classes, ignore_index)
         safe = ops.where(valid, labels, ops.zeros_like(labels))
         mask = ops.cast(valid, y_pred.dtype)
         ce = keras.losses.sparse_categorical_crossentropy(safe, y_pred)
@@ -109,13 +115,12 @@ def multiclass_loss(n_classes: int, ignore_index: int | None = None, class_weigh
 
     return multiclass_cce
 
+
 def masked_pixel_accuracy(n_classes: int, ignore_index: int | None = None):
     """Training metric: fraction of labelled pixels whose argmax class is right (void pixels left out)."""
     def pixel_accuracy(y_true, y_pred):
         labels = ops.cast(y_true[..., 0], "int32")
-        valid = labels < n_classes
-        if ignore_index is not None:
-            valid = ops.logical_and(valid, ops.not_equal(labels, ignore_index))
+        valid = labelled(labels, n_classes, ignore_index)
         correct = ops.logical_and(valid, ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), labels))
         return ops.sum(ops.cast(correct, "float32")) / ops.maximum(ops.sum(ops.cast(valid, "float32")), 1.0)
 
@@ -123,13 +128,13 @@ def masked_pixel_accuracy(n_classes: int, ignore_index: int | None = None):
 
 
 def dice_coefficient(y_true, y_pred):
-    """Dice of the thresholded (0.5) prediction: the score predict.py reports, per batch."""
-    return dice_from_terms(*overlap_terms(y_true, ops.cast(y_pred > 0.5, y_pred.dtype)), smooth=1e-7)
+    """Training metric: Dice at threshold 0.5 over a batch of patches (predict.py pools whole images instead)."""
+    return dice_from_terms(*overlap_terms(y_true, ops.cast(y_pred >= 0.5, y_pred.dtype)), smooth=1e-7)
 
 
 def iou_coefficient(y_true, y_pred):
-    """Jaccard of the thresholded (0.5) prediction, per batch."""
-    return jaccard_from_terms(*overlap_terms(y_true, ops.cast(y_pred > 0.5, y_pred.dtype)), smooth=1e-7)
+    """Training metric: Jaccard of the prediction at threshold 0.5 over a batch of patches."""
+    return jaccard_from_terms(*overlap_terms(y_true, ops.cast(y_pred >= 0.5, y_pred.dtype)), smooth=1e-7)
 
 
 LOSSES = {"bce": bce_loss, "dice": dice_loss, "bce_dice": bce_dice_loss, "bce_cldice": bce_cldice_loss,

@@ -181,29 +181,9 @@ def _ap_from_curve(c: _Curve) -> float:
     return float(np.dot(c.tps[:-1] - c.tps[1:], precision) / n_pos)
 
 
-def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact ROC curve (fpr, tpr, thresholds) with one point per distinct score, starting at (0, 0, inf)."""
-    c = _curve_counts(*_prepare_curve_inputs(labels, scores))
-    fps, tps = c.fps[::-1], c.tps[::-1]  # from the sentinel (0, 0) up to all pixels
-    # Like sklearn: a missing class gives NaN rates on that axis (auc_roc is NaN then too).
-    fpr = fps / fps[-1] if fps[-1] else np.full_like(fps, np.nan)
-    tpr = tps / tps[-1] if tps[-1] else np.full_like(tps, np.nan)
-    return fpr, tpr, np.concatenate(([np.inf], c.thr[::-1]))
-
-
 def auc_roc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Exact area under the ROC curve (ties count 1/2); NaN when only one class is present."""
     return _auc_from_curve(_curve_counts(*_prepare_curve_inputs(labels, scores)))
-
-
-def pr_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision-recall curve as sklearn's precision_recall_curve (thresholds increasing, ends at P=1, R=0)."""
-    c = _curve_counts(*_prepare_curve_inputs(labels, scores))
-    n_pos = c.tps[0]
-    precision = c.tps[:-1] / c.cnt[:-1]
-    # sklearn's convention when there are no positives: recall 1 everywhere (AP is still reported as NaN).
-    recall = c.tps[:-1] / n_pos if n_pos else np.ones_like(precision)
-    return np.append(precision, 1.0), np.append(recall, 0.0), c.thr
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Mapping
 
 import h5py
@@ -31,6 +32,7 @@ class PatchStream(keras.utils.PyDataset):
         self.shuffle, self.augment, self.seed = shuffle, augment, seed
         self.epoch = 0
         self._h5: h5py.File | None = None
+        self._lock = threading.Lock()  # the worker threads share one handle
 
     def __len__(self) -> int:
         return self.steps
@@ -47,13 +49,23 @@ class PatchStream(keras.utils.PyDataset):
             return slot
         return int(np.random.default_rng((self.seed, cycle)).permutation(self.n_batches)[slot])
 
+    def close(self) -> None:
+        """Close the HDF5 file (reopened on the next read)."""
+        with self._lock:
+            if self._h5 is not None:
+                self._h5.close()
+                self._h5 = None
+
     def __getitem__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._h5 is None:
-            self._h5 = h5py.File(self.path, "r")
         first = self.start + self._order(step) * self.batch_size
         last = min(first + self.batch_size, self.stop)
-        images = self._h5["patches/images"][first:last].astype(np.float32)
-        labels = self._h5["patches/labels"][first:last].astype(np.float32)
+        # h5py reads one at a time anyway; holding the lock also keeps close() from cutting a read short.
+        with self._lock:
+            if self._h5 is None:
+                self._h5 = h5py.File(self.path, "r")
+            images = self._h5["patches/images"][first:last]
+            labels = self._h5["patches/labels"][first:last]
+        images, labels = images.astype(np.float32), labels.astype(np.float32)
         if self.augment:
             rng = np.random.default_rng((self.seed, self.epoch, step, 1))
             images, labels = augment_batch(images, labels, rng, self.augment)

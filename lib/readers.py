@@ -69,6 +69,9 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(source) as img:
             img.load()
             return _to_uint8(img, path)
+    except PermissionError:
+        raise UserError(f"{path} cannot be read: no permission. Fix its permissions (e.g. chmod a+r), "
+                        "then run the same command again.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, zlib.error) as exc:
         raise UserError(f"{path} cannot be read as an image ({exc}). The file is corrupt or not an "
                         "image: copy it again from the original dataset.") from None
@@ -360,11 +363,6 @@ def _drive_entries(root: Path, split: str) -> list[Entry]:
         _pair(images, labels, "manual label", folder / "1st_manual")
     return [_file_entry(n, str(n), images[n], labels[n] if labels is not None else None, masks[n])
             for n in sorted(images)]
-
-
-def read_drive(root: Path, split: str) -> list[Sample]:
-    """Read DRIVE's `training` or `test` folder; files are paired by number, not sort order."""
-    return [entry.load() for entry in _drive_entries(root, split)]
 
 
 # --- ISBI 2012 --------------------------------------------------------------------------------

@@ -18,12 +18,15 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return starts
 
 
-def gaussian_weights(window: int, sigma_scale: float = 0.125) -> np.ndarray:
-    """Centre-weighted window importance (as nnU-Net), strictly positive so every pixel counts."""
-    coords = np.arange(window, dtype=np.float64) - (window - 1) / 2.0
-    g = np.exp(-0.5 * (coords / (sigma_scale * window)) ** 2)
-    weights = np.outer(g, g)
-    weights /= weights.max()
+def gaussian_weights(height: int, width: int | None = None, sigma_scale: float = 0.125) -> np.ndarray:
+    """Centre-weighted height x width (square by default) window importance (as nnU-Net), at least 1e-3 everywhere."""
+    def profile(length: int) -> np.ndarray:
+        coords = np.arange(length, dtype=np.float64) - (length - 1) / 2.0
+        g = np.exp(-0.5 * (coords / (sigma_scale * length)) ** 2)
+        return g / g.max()
+
+    weights = np.outer(profile(height), profile(height if width is None else width))
+    # Strictly positive, so every pixel of the image counts, even one only a window's corner covers.
     return np.maximum(weights, 1e-3).astype(np.float32)
 
 
@@ -41,10 +44,7 @@ def sliding_window(image: np.ndarray, predict: Predictor, window: int, stride: i
     pad_h, pad_w = max(win_h - height, 0), max(win_w - width, 0)
     padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0))) if pad_h or pad_w else image
     full_h, full_w = padded.shape[:2]
-    weights = (gaussian_weights(max(win_h, win_w))[:win_h, :win_w] if blend == "gaussian"
-               else np.ones((win_h, win_w), np.float32))
-    if blend == "gaussian" and win_h != win_w:
-        weights = np.outer(gaussian_weights(win_h)[:, win_h // 2], gaussian_weights(win_w)[win_w // 2])
+    weights = gaussian_weights(win_h, win_w) if blend == "gaussian" else np.ones((win_h, win_w), np.float32)
     corners = [(y, x) for y in window_starts(full_h, win_h, stride)
                for x in window_starts(full_w, win_w, stride)]
     total = None

@@ -130,7 +130,8 @@ def test_auc_by_hand_with_ties():
 
 
 def test_roc_curve_by_hand_with_ties():
-    fpr, tpr, thr = metrics.roc_curve(TIE_Y, TIE_S)
+    curves = metrics.roc_pr_curves(TIE_Y, TIE_S)
+    fpr, tpr, thr = curves["fpr"], curves["tpr"], curves["roc_thresholds"]
     np.testing.assert_allclose(fpr, [0, 0, 1 / 3, 2 / 3, 1])
     np.testing.assert_allclose(tpr, [0, 1 / 3, 2 / 3, 1, 1])
     np.testing.assert_array_equal(thr, [np.inf, 0.8, 0.5, 0.3, 0.2])
@@ -139,7 +140,8 @@ def test_roc_curve_by_hand_with_ties():
 def test_average_precision_and_pr_curve_by_hand():
     # Thresholds 0.8: P 1, R 1/3; 0.5: P 2/3, R 2/3; 0.3: P 3/5, R 1; 0.2: R stays 1.
     assert metrics.average_precision(TIE_Y, TIE_S) == pytest.approx(1 / 3 + 2 / 9 + 1 / 5)
-    precision, recall, thr = metrics.pr_curve(TIE_Y, TIE_S)
+    curves = metrics.roc_pr_curves(TIE_Y, TIE_S)
+    precision, recall, thr = curves["precision"], curves["recall"], curves["pr_thresholds"]
     np.testing.assert_allclose(precision, [1 / 2, 3 / 5, 2 / 3, 1, 1])
     np.testing.assert_allclose(recall, [1, 1, 2 / 3, 1 / 3, 0])
     np.testing.assert_array_equal(thr, [0.2, 0.3, 0.5, 0.8])
@@ -171,15 +173,13 @@ def test_curves_match_brute_force(decimals):
         s = np.round(s, decimals)
     assert metrics.auc_roc(y, s) == pytest.approx(brute_auc(y, s), abs=1e-12)
     assert metrics.average_precision(y, s) == pytest.approx(brute_ap(y, s), abs=1e-12)
-    fpr, tpr, thr = metrics.roc_curve(y, s)
-    bfpr, btpr, bthr = brute_roc(y, s)
-    np.testing.assert_allclose(fpr, bfpr, atol=1e-12)
-    np.testing.assert_allclose(tpr, btpr, atol=1e-12)
-    np.testing.assert_array_equal(thr, bthr)
     both = metrics.roc_pr_curves(y, s)
-    np.testing.assert_array_equal(both["fpr"], fpr)
-    np.testing.assert_array_equal(both["precision"], metrics.pr_curve(y, s)[0])
+    bfpr, btpr, bthr = brute_roc(y, s)
+    np.testing.assert_allclose(both["fpr"], bfpr, atol=1e-12)
+    np.testing.assert_allclose(both["tpr"], btpr, atol=1e-12)
+    np.testing.assert_array_equal(both["roc_thresholds"], bthr)
     assert both["auc_roc"] == metrics.auc_roc(y, s)
+    assert both["auc_pr"] == metrics.average_precision(y, s)
 
 
 def test_curves_accept_negative_scores_like_logits():
@@ -197,7 +197,7 @@ def test_float32_scores_give_exact_thresholds():
     rng = np.random.default_rng(2)
     y = rng.random(500) < 0.4
     s = rng.random(500).astype(np.float32)
-    _, _, thr = metrics.roc_curve(y, s)
+    thr = metrics.roc_pr_curves(y, s)["roc_thresholds"]
     # Every threshold is one of the scores, so thresholding reproduces the curve points exactly.
     assert set(thr[1:].tolist()) == set(s.astype(np.float64).tolist())
     assert metrics.auc_roc(y, s) == pytest.approx(brute_auc(y, s.astype(np.float64)), abs=1e-12)

@@ -150,3 +150,15 @@ def test_horizontal_flips_only_mirror_left_right():
     assert all(m or k for m, k in zip(mirrored, kept))  # never upside down or turned
     assert 15 < sum(mirrored) < 49
     np.testing.assert_array_equal(out_images > 0.5, out_labels > 0.5)
+
+
+def test_patch_stream_close_releases_the_file_and_a_later_read_reopens_it(tmp_path):
+    path = tmp_path / "p.h5"
+    _patch_file(path)
+    stream = PatchStream(path, 0, 90, batch_size=10, shuffle=False)
+    first = stream[0][0]
+    handle = stream._h5
+    stream.close()
+    assert not handle.id.valid  # closed, so the file can be replaced (e.g. prepare_datasets.py --overwrite)
+    stream.close()  # twice is harmless
+    np.testing.assert_array_equal(stream[0][0], first)

@@ -189,6 +189,16 @@ def test_gaussian_weights_are_positive_symmetric_and_peak_in_the_centre() -> Non
         assert weights[centre, centre] == weights.max()
 
 
+def test_rectangular_gaussian_weights_are_the_square_profiles_crossed() -> None:
+    weights = gaussian_weights(8, 32)
+    assert weights.shape == (8, 32)
+    # Each side keeps its own profile: the row through the centre is the 32 px square's centre row.
+    np.testing.assert_allclose(weights[3], gaussian_weights(32)[15], rtol=1e-6)
+    np.testing.assert_allclose(weights[:, 15], gaussian_weights(8)[:, 3], rtol=1e-6)
+    np.testing.assert_allclose(weights, weights[::-1, ::-1])
+    assert weights.min() >= 1e-3 and weights.max() == pytest.approx(1.0, abs=1e-3)
+
+
 def test_zoomed_inference_returns_the_original_size_and_sees_a_smaller_image() -> None:
     import keras
 
