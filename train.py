@@ -14,7 +14,7 @@ import numpy as np
 
 from lib.atomic import write_json
 from lib.backend import configure_precision, jit_setting
-from lib.averaging import AveragedWeights, AveragingAdam
+from lib.averaging import AveragedWeights
 from lib.callbacks import (Checkpoints, CosineSchedule, CtrlC, EpochSetter, HoldoutScore, NaNGuard,
                            SafeBackupAndRestore, TimeLimit)
 from lib.config import add_config_arguments, load_config, write_config
@@ -24,6 +24,7 @@ from lib.folding import load_for_inference
 from lib.inference import predict_image, resolve_tta
 from lib.losses import loss_and_metrics
 from lib.metrics import best_f1_threshold
+from lib.optimizer import build_optimizer
 from lib.pipeline import PatchStream
 from lib.plots import save_learning_curves
 from lib.runs import CONFIG_NAME, FINISHED, prepare_run_folder
@@ -108,8 +109,7 @@ def main() -> int:
     ema = training["ema_momentum"]
     with distribution.scope():
         model = unet_from_config(config)
-        optimizer = (AveragingAdam(training["learning_rate"], ema) if ema
-                     else keras.optimizers.Adam(training["learning_rate"]))
+        optimizer = build_optimizer(training["learning_rate"], ema, training["weight_decay"])
         model.compile(optimizer=optimizer, loss=distribution.replica_loss(loss),
                       metrics=metrics,
                       jit_compile=jit_setting(training["jit_compile"], distribution.strategy is not None))

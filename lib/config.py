@@ -228,6 +228,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "steps_per_epoch": (_non_negative(int), "batches per epoch; 0 means one full pass over the training patches"),
         "batch_size": (_positive(int), "patches per batch: the global batch, split evenly between the devices of the strategy"),
         "learning_rate": (_positive(float), "peak Adam learning rate for the global batch_size (never rescaled with the number of devices)"),
+        "weight_decay": (_non_negative(float), "decoupled weight decay of the convolution kernels (as AdamW): each step shrinks them by weight_decay x the current learning rate; 0 disables it"),
         "lr_schedule": (_choice("cosine", "constant"), "cosine: linear warm-up for one epoch, then cosine decay to zero by the last epoch or the time budget, whichever comes first; constant: fixed rate"),
         "ema_momentum": (_fraction, "moving average of the weights kept during training, used for validation, holdout scoring and the saved checkpoints: its momentum per step (e.g. 0.999: about the last tenth of the steps, at most about 1,000); 0 disables it"),
         "loss": (_choice("bce", "dice", "bce_dice", "bce_cldice", "cce", "cce_dice"), "training loss: bce, dice, bce_dice (sum of both), bce_cldice (bce + half the soft clDice loss, which scores centre lines, so thin vessels count as much as wide ones) for one class; cce (categorical cross-entropy) or cce_dice (cce + mean soft Dice) for several"),
