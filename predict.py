@@ -9,6 +9,7 @@ import json
 import re
 import zipfile
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -28,6 +29,11 @@ from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, re
 
 PER_IMAGE_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "jaccard", "auc_roc", "auc_pr")
 MULTICLASS_IMAGE_KEYS = ("pixel_accuracy", "mean_iou", "mean_accuracy")
+# Everything predict.py writes into its output folder: per image <stem><suffix>, and once per run.
+OUTPUT_SUFFIXES = ("_probability.png", "_binary.png", "_compare.png", "_overlay.png", "_cells.png",
+                   "_classes.png", "_color.png")
+OUTPUT_FILES = ("summary.txt", "metrics.json", "per_image.csv", "roc.png", "pr.png", "legend.png",
+                "confusion_matrix.png")
 
 
 def load_run(run: Path, current: dict):
@@ -50,10 +56,35 @@ def load_run(run: Path, current: dict):
                         "--set testing_settings.checkpoint=last (or best).") from None
     # Folded outside the try: a folding error is a bug to see, not a corrupt file to report.
     model = for_this_machine(model)
-    preprocessing = json.loads((run / "preprocessing.json").read_text())
+    preprocessing = read_run_json(run / "preprocessing.json")
     info_path = run / "model_info.json"
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info = read_run_json(info_path) if info_path.exists() else {}
     return config, model, preprocessing, info
+
+
+def read_run_json(path: Path) -> dict:
+    """One of the JSON files train.py writes into a run folder, with a UserError when it is missing or damaged."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: {path.parent} is not a complete run folder. Rerun train.py with "
+                        "the same configuration, or copy the whole run folder.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is damaged ({exc}). Copy the run folder again, or rerun train.py "
+                        "with --overwrite.") from None
+
+
+def check_same_preparation(h5, path: Path, run: Path, preprocessing: dict) -> None:
+    """Refuse the run's own prepared dataset when it was prepared again, differently, after training."""
+    theirs = {"settings": read_attr_json(h5, "preprocessing"), "statistics": read_attr_json(h5, "statistics")}
+    ours = {key: preprocessing[key] for key in theirs}
+    if theirs != ours:
+        differ = [f"{key} {theirs['settings'].get(key)} (model: {value})"
+                  for key, value in ours["settings"].items() if theirs["settings"].get(key) != value]
+        raise UserError(f"{path} was prepared again since {run} was trained, with "
+                        f"{'other preprocessing: ' + ', '.join(differ) if differ else 'other images'}. "
+                        f"Retrain on it, or prepare the run's data again; to score it all the same, pass "
+                        f"--data {path}.")
 
 
 def mask_files(files: list[Path], mask: Path | None) -> list[Path | None]:
@@ -146,6 +177,41 @@ def membrane_positive(config) -> bool:
     return config["data attributes"]["positive_class"] == "membrane"
 
 
+def clear_outputs(out: Path) -> int:
+    """Delete the files an earlier predict.py wrote into out (summary first), so none outlives the new run; keep
+    anything else. Returns how many were deleted."""
+    summary = out / "summary.txt"
+    earlier = [summary] if summary.exists() else []
+    earlier += [path for path in sorted(out.iterdir()) if path.is_file() and path != summary and
+                (path.name in OUTPUT_FILES or path.name.endswith(OUTPUT_SUFFIXES))]
+    for path in earlier:
+        path.unlink()
+    return len(earlier)
+
+
+def unscored(unlabelled: int, total: int) -> str:
+    """The summary line when metrics are left out because some or all images have no label."""
+    if unlabelled == total:
+        return "no labels: metrics not computed"
+    return (f"{unlabelled} of {total} images have no label: metrics not computed, since scores over only the "
+            "labelled ones would not describe the split (give every image a label, or score a split that has them)")
+
+
+def score(value: float | None) -> str:
+    """A score for the summary lines: four decimals, or n/a where it is undefined (e.g. AUC without vessels)."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def per_image_csv(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
+    """CSV text of per-image scores: the name, then each key to six decimals, empty where undefined."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["name", *keys])
+    for row in rows:
+        writer.writerow([row["name"], *("" if row[k] is None else f"{row[k]:.6f}" for k in keys)])
+    return buffer.getvalue()
+
+
 def display_image(image: np.ndarray) -> np.ndarray:
     """A preprocessed H x W x C float image stretched to uint8 RGB for the comparison panels."""
     x = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, axis=-1)
@@ -189,7 +255,10 @@ def predict_multiclass(model, samples, count: int, classes: ClassSpec, testing, 
             row.update({key: scores[key] for key in MULTICLASS_IMAGE_KEYS})
         per_image.append(row)
     if not per_image or unlabelled:
-        return ["no labels: metrics not computed"]
+        return [unscored(unlabelled, len(per_image) + unlabelled)]
+    if not sum(len(t) for t in pooled_true):
+        return [f"every labelled pixel inside the FOV is void (ignore_index = {classes.ignore_index}): "
+                "metrics not computed"]
 
     pooled = multiclass_scores(np.concatenate(pooled_pred), np.concatenate(pooled_true), classes.n_classes,
                                None, classes.names)
@@ -200,14 +269,9 @@ def predict_multiclass(model, samples, count: int, classes: ClassSpec, testing, 
         means[key] = float(np.mean(values)) if values else None
     write_json(out / "metrics.json", {"pooled": pooled, "per_image": per_image, "per_image_mean": means,
                                       "settings": settings})
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["name", *MULTICLASS_IMAGE_KEYS])
-    for row in per_image:
-        writer.writerow([row["name"], *("" if row[k] is None else f"{row[k]:.6f}" for k in MULTICLASS_IMAGE_KEYS)])
-    write_text(out / "per_image.csv", buffer.getvalue())
+    write_text(out / "per_image.csv", per_image_csv(per_image, MULTICLASS_IMAGE_KEYS))
     save_confusion_matrix(np.array(pooled["confusion_matrix"]), list(classes.names), out / "confusion_matrix.png")
-    iou = ", ".join(f"{name} {'n/a' if v['iou'] is None else format(v['iou'], '.4f')}"
+    iou = ", ".join(f"{name} {score(v['iou'])}"
                     for name, v in pooled["per_class"].items())
     return [f"pooled ({pooled['n_pixels']} pixels{', void left out' if void else ''}):  mean IoU "
             f"{pooled['mean_iou']:.4f}  pixel accuracy {pooled['pixel_accuracy']:.4f}  mean class accuracy "
@@ -225,7 +289,7 @@ def predict_binary(model, samples, count: int, threshold: float, testing, depth:
         prob = np.where(s["fov"], prob, 0.0)
         stem = output_stem(s["name"])
         binary = prob >= threshold
-        shown = s["image"] if s["image"].shape[-1] in (1, 3) else s["image"][..., :1]
+        shown = display_image(s["image"])  # stretched: a preprocessed image need not lie in [0, 1]
         save_png(prob, out / f"{stem}_probability.png")
         save_png(binary, out / f"{stem}_binary.png")
         save_png(side_by_side(shown, s["label"], binary), out / f"{stem}_compare.png")
@@ -242,7 +306,7 @@ def predict_binary(model, samples, count: int, threshold: float, testing, depth:
         fov_labels.append(s["label"][s["fov"]])
         extra.append(extra_scores(prob, s["label"], s["fov"], threshold, dataset, config, cells))
     if not names or unlabelled:
-        return ["no labels: metrics not computed"]
+        return [unscored(unlabelled, len(names) + unlabelled)]
 
     results = evaluate_images(fov_probs, fov_labels, None, threshold=threshold, names=names)
     for row, values in zip(results["per_image"], extra):
@@ -253,20 +317,17 @@ def predict_binary(model, samples, count: int, threshold: float, testing, depth:
         results["per_image_sd"][key] = float(np.std(column, ddof=1)) if len(column) > 1 else 0.0
     results["settings"] = settings
     write_json(out / "metrics.json", results)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    keys = [*PER_IMAGE_KEYS, *extra[0]]
-    writer.writerow(["name", *keys])
-    for row in results["per_image"]:
-        writer.writerow([row["name"], *(f"{row[k]:.6f}" for k in keys)])
-    write_text(out / "per_image.csv", buffer.getvalue())
-    save_roc_pr({settings["split"]: (np.concatenate(fov_labels), np.concatenate(fov_probs))},
-                out / "roc.png", out / "pr.png")
-    pooled = results["pooled"]
-    return ["pooled inside the FOV:  " + "  ".join(f"{k} {pooled[k]:.4f}" for k in PER_IMAGE_KEYS),
-            "per image (mean ± sd):  " + "  ".join(
-                f"{k} {results['per_image_mean'][k]:.4f}±{results['per_image_sd'][k]:.4f}"
-                for k in ("f1", "auc_roc", *extra[0]))]
+    write_text(out / "per_image.csv", per_image_csv(results["per_image"], [*PER_IMAGE_KEYS, *extra[0]]))
+    pooled_labels = np.concatenate(fov_labels)
+    curves = pooled_labels.any() and not pooled_labels.all()  # both classes, else the curves are undefined
+    if curves:
+        save_roc_pr({settings["split"]: (pooled_labels, np.concatenate(fov_probs))}, out / "roc.png",
+                    out / "pr.png", threshold)
+    pooled, mean, sd = results["pooled"], results["per_image_mean"], results["per_image_sd"]
+    return ["pooled inside the FOV:  " + "  ".join(f"{k} {score(pooled[k])}" for k in PER_IMAGE_KEYS),
+            "per image (mean ± sd):  " + "  ".join(f"{k} {score(mean[k])}±{score(sd[k])}"
+                                                   for k in ("f1", "auc_roc", *extra[0])),
+            *([] if curves else ["no ROC / PR curves: the labels inside the FOV are all of one class"])]
 
 
 def main() -> int:
@@ -290,6 +351,9 @@ def main() -> int:
     current = load_config(args.config, args.overrides)
     run = find_run_folder(current, args.run)
     config, model, preprocessing, info = load_run(run, current)
+    if current["data paths"]["prepared_dir"] != config["data paths"]["prepared_dir"] and not (args.input or args.data):
+        print(f"note: predict.py scores the data the run was trained with, {config['data paths']['prepared_dir']}, "
+              f"not {current['data paths']['prepared_dir']}; use --data to score another prepared dataset.")
     testing, depth = resolve_tta(config["testing settings"], model), config["model"]["depth"]
     flips = config["augmentation"]["flips"]  # TTA averages only the flips the model was trained with
     threshold = testing["threshold"]
@@ -316,6 +380,8 @@ def main() -> int:
             h5 = stack.enter_context(open_prepared(data_path))
             if args.data:
                 check_other_dataset(h5, data_path, run, preprocessing, classes)
+            else:
+                check_same_preparation(h5, data_path, run, preprocessing)
             source_scale = float(read_attr_json(h5, "fingerprint")["data paths"].get("resize", 1.0))
             dataset = str(h5.attrs["dataset"])
             split = args.split or ("test" if split_size(h5, "test") else "val")
@@ -330,6 +396,10 @@ def main() -> int:
         if (out / "summary.txt").exists() and not args.overwrite:
             raise UserError(f"{out} already holds predictions. Use --overwrite to replace them, "
                             "or --output NEW_FOLDER.")
+        if args.overwrite and out.is_dir():
+            removed = clear_outputs(out)
+            if removed:
+                print(f"Removed the {removed} files of the earlier predictions in {out} (--overwrite).")
         out.mkdir(parents=True, exist_ok=True)
         header = [f"run: {run}", f"images: {count} ({where})"]
         windows = (f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "

@@ -18,6 +18,7 @@ from PIL import Image
 from lib.atomic import atomic_path
 from lib.config import add_config_arguments, load_config
 from lib.errors import UserError, run_cli
+from lib.fingerprint import changed_files, describe_differences, fingerprint, setting_differences, source_files
 from lib.patches import extract_patches, iter_chunks, sample_centres
 from lib.preprocessing import fit_statistics, preprocess, preprocessing_settings, select_channels
 from lib.progress import progress
@@ -29,40 +30,41 @@ from lib.storage import FILE_NAME, class_statistics, open_prepared, write_prepar
 SAMPLE_TRAIN, SAMPLE_TEST = 10, 4  # images in the generated demo dataset (DRIVE size)
 EXTRACT_BLOCK = 4096  # patches cut and written at a time: bounds memory whatever N_subimgs is
 FOV_FOLDER = "fov"    # derived FOV masks are also saved here, in prepared_dir, as <image>_fov.png
-MULTICLASS_KEYS = ("class_names", "ignore_index", "palette")  # [data attributes] keys of multi-class tasks
 
 
-def fingerprint(config) -> dict:
-    """The settings dataset.h5 depends on; a file made with other values must be redone."""
-    paths = config["data paths"]
-    data_paths = {k: paths[k] for k in ("dataset", "dataset_dir", "holdout_ids")}
-    # Keys added later count only where they change the result, so files prepared before stay valid.
-    if paths["dataset"] in CONFIGURED_SPLIT:
-        data_paths.update(test_ids=paths["test_ids"], test_fraction=paths["test_fraction"])
-    if paths["resize"] != 1.0:
-        data_paths["resize"] = paths["resize"]
-    attributes = {k: v for k, v in config["data attributes"].items() if k not in MULTICLASS_KEYS}
-    result = {
-        "data paths": data_paths,
-        "data attributes": attributes,
-        "preprocessing": config["preprocessing"],
-        "patches": {k: config["training settings"][k] for k in ("N_subimgs", "inside_FOV")},
-        "seed": config["experiment"]["seed"],
-    }
-    if config["model"]["n_classes"] > 1:
-        result["classes"] = {"n_classes": config["model"]["n_classes"],
-                             **{k: config["data attributes"][k] for k in MULTICLASS_KEYS}}
-    return result
+def stale_reason(path: Path, wanted: Mapping[str, Any], root: Path) -> str | None:
+    """Why an existing dataset.h5 does not match the settings and source files now; None when it does."""
+    try:
+        with open_prepared(path) as h5:
+            saved = json.loads(h5.attrs["fingerprint"])
+            saved_files = json.loads(h5.attrs["source_files"]) if "source_files" in h5.attrs else None
+    except (UserError, KeyError):
+        return "is unfinished or from another version"
+    differences = setting_differences(saved, wanted)
+    if differences:
+        return f"was prepared with other settings: {describe_differences(differences)}"
+    # Files prepared by earlier versions have no list; a removed dataset folder is no reason to redo the file.
+    if saved_files is not None and root.is_dir():
+        changes = changed_files(saved_files, source_files(root, exclude=path.parent))
+        if changes:
+            shown = ", ".join(changes[:10]) + (f" and {len(changes) - 10} more" if len(changes) > 10 else "")
+            return f"was prepared before these files in {root} changed: {shown}"
+    return None
 
 
 def load_checked(entry: Entry, scale: float, bad_labels: list[LabelError]) -> Sample | None:
     """Load an entry; a label with unknown values or colours is recorded in bad_labels (None returned),
-    so that one message can list every such file."""
+    so that one message can list every such file. An empty field of view stops with a UserError."""
     try:
-        return load_sample(entry, scale)
+        sample = load_sample(entry, scale)
     except LabelError as error:
         bad_labels.append(error)
         return None
+    if not sample.fov.any():
+        # Nothing of the image would be trained on or scored: an all-black or wrongly exported mask.
+        raise UserError(f"the field-of-view mask of image {sample.name} is empty (all zero). Check its mask "
+                        "file: inside the field of view must be white (255 or 1).")
+    return sample
 
 
 def raise_bad_labels(bad_labels: Sequence[LabelError], split: str) -> None:
@@ -143,30 +145,25 @@ def main() -> int:
     out_path = Path(paths["prepared_dir"]) / FILE_NAME
     wanted = fingerprint(config)
 
-    if out_path.exists():
-        try:
-            with open_prepared(out_path) as h5:
-                same = json.loads(h5.attrs["fingerprint"]) == json.loads(json.dumps(wanted))
-        except UserError:
-            same = False
-        if same and not args.overwrite:
-            print(f"{out_path} is already prepared with these settings; nothing to do.")
+    root = Path(paths["dataset_dir"])
+    if out_path.exists() and not args.overwrite:
+        reason = stale_reason(out_path, wanted, root)
+        if reason is None:
+            print(f"{out_path} is already prepared with these settings and files; nothing to do.")
             return 0
-        if not args.overwrite:
-            raise UserError(f"{out_path} exists and was prepared with other settings (or is unfinished). "
-                            "Rerun with --overwrite to replace it, or set [data paths] prepared_dir "
-                            "to another folder to keep both.")
+        raise UserError(f"{out_path} exists and {reason}. Rerun with --overwrite to replace it, or set "
+                        "[data paths] prepared_dir to another folder to keep both.")
 
     for stale in out_path.parent.glob(f".{out_path.stem}.*.tmp{out_path.suffix}"):
         print(f"Removing {stale}, left by an interrupted prepare_datasets.py run.")
         stale.unlink()
-    root = Path(paths["dataset_dir"])
     seed = config["experiment"]["seed"]
     if paths["dataset"] == "sample" and not root.exists():
         print(f"Generating the sample dataset (DRIVE layout, {SAMPLE_TRAIN} training and {SAMPLE_TEST} "
               f"test images) in {root} ...")
         write_drive_sample(root, n_train=SAMPLE_TRAIN, n_test=SAMPLE_TEST, seed=seed)
 
+    files = source_files(root, exclude=out_path.parent)  # before reading: a later edit makes the file stale
     classes = ClassSpec.from_config(config)
     train, test = read_dataset(paths["dataset"], root, config["data attributes"]["positive_class"],
                                paths["test_ids"], paths["test_fraction"], seed, classes)
@@ -179,7 +176,7 @@ def main() -> int:
     if not train:
         raise UserError("[data paths] holdout_ids holds out every training image; leave some for training.")
     if paths["dataset"] in CONFIGURED_SPLIT and test:
-        print(f"Test split ({len(test)} images): ids {describe_ids(test, limit=40)}")
+        print(f"Test split ({len(test)} image{'s' * (len(test) != 1)}): ids {describe_ids(test, limit=40)}")
 
     settings = preprocessing_settings(config)
     scale = paths["resize"]
@@ -201,7 +198,7 @@ def main() -> int:
     n = config["training settings"]["N_subimgs"]
     rng = np.random.default_rng(seed)
     positions = sample_centres([r["fov"] for r in train_rows], n, size,
-                               config["training settings"]["inside_FOV"], rng)
+                               config["training settings"]["inside_FOV"], rng, [r["name"] for r in train_rows])
     train_images = [r["image"] for r in train_rows]
     train_labels = [r["label"] for r in train_rows]
 
@@ -213,7 +210,7 @@ def main() -> int:
             positions_out[start: start + len(rows)] = rows
 
     attrs = {"dataset": paths["dataset"], "preprocessing": settings, "statistics": stats,
-             "fingerprint": wanted, "source": str(root)}
+             "fingerprint": wanted, "source": str(root), "source_files": files}
     if classes is not None:
         # Frequencies and median-frequency weights from the training labels (void left out).
         attrs["classes"] = {"n_classes": classes.n_classes, "class_names": list(classes.names),

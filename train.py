@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from lib.atomic import write_json
+from lib.atomic import write_json, write_text
 from lib.backend import configure_precision, jit_setting
 from lib.averaging import AveragedWeights
 from lib.callbacks import (Checkpoints, CosineSchedule, CtrlC, EpochSetter, HoldoutScore, NaNGuard,
@@ -20,6 +20,7 @@ from lib.callbacks import (Checkpoints, CosineSchedule, CtrlC, EpochSetter, Hold
 from lib.config import add_config_arguments, load_config, write_config
 from lib.distribute import AgreeToStop, SyncFromChief, check_global_batch, make_distribution
 from lib.errors import UserError, run_cli
+from lib.fingerprint import describe_differences, fingerprint, matters_for_training, setting_differences
 from lib.folding import load_for_inference
 from lib.inference import predict_image, resolve_tta
 from lib.losses import loss_and_metrics
@@ -46,10 +47,42 @@ def read_log(path: Path) -> dict[str, list[float]]:
     return history
 
 
+def check_prepared_settings(differences: dict, data_path: Path) -> None:
+    """Refuse a dataset.h5 prepared with settings that change what the model sees; note the others."""
+    wrong = {key: values for key, values in differences.items() if matters_for_training(key)}
+    if wrong:
+        raise UserError(f"{data_path} was prepared with other settings: {describe_differences(wrong)}. "
+                        "Give prepare_datasets.py and train.py the same configuration and --set options, or "
+                        "rerun prepare_datasets.py with these (with --overwrite, or another prepared_dir).")
+    if differences:
+        print(f"note: {data_path} was prepared with {describe_differences(differences)}; training uses its "
+              "patches and images as they are.")
+
+
+def check_holdout(holdout: list[dict], multiclass: bool, ignore_index: int | None, data_path: Path) -> None:
+    """Refuse holdout images that cannot be scored: no label, or nothing to score inside the FOV."""
+    names = ", ".join(s["name"] for s in holdout)
+    if any(s["label"] is None for s in holdout):
+        raise UserError(f"some holdout images in {data_path} ({names}) have no label; hold out labelled "
+                        "training images ([data paths] holdout_ids) and rerun prepare_datasets.py.")
+    if multiclass:
+        scorable = any((s["fov"] if ignore_index is None else s["fov"] & (s["label"] != ignore_index)).any()
+                       for s in holdout)
+        what = "labelled (non-void) pixels"
+    else:
+        scorable = any(s["label"][s["fov"]].any() for s in holdout)
+        what = "foreground pixels, so AUC and F1 are undefined"
+    if not scorable:
+        raise UserError(f"the holdout images in {data_path} ({names}) have no {what} inside their field of "
+                        "view; hold out other images ([data paths] holdout_ids, or leave it empty) and "
+                        "rerun prepare_datasets.py.")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     add_config_arguments(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished run of the same name")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete a run of the same name (checkpoints, logs and its predictions/) and start over")
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
     training, testing = config["training settings"], config["testing settings"]
@@ -69,9 +102,25 @@ def main() -> int:
                          "dataset": h5.attrs["dataset"], "source": h5.attrs["source"]}
         holdout = list(iter_split(h5, "val"))
         classes = read_classes(h5)  # None for a binary task
-    if preprocessing["settings"]["channels"] != config["data attributes"]["channels"] or \
-            preprocessing["settings"]["gray_mode"] != config["preprocessing"]["gray_mode"]:
-        raise UserError(f"{data_path} was prepared with other preprocessing settings; rerun prepare_datasets.py.")
+        differences = setting_differences(read_attr_json(h5, "fingerprint"), fingerprint(config))
+    check_prepared_settings(differences, data_path)
+
+    n_classes, ignore_index = config["model"]["n_classes"], config["data attributes"]["ignore_index"]
+    ignore_index = None if ignore_index < 0 else ignore_index
+    if n_classes > 1 and (classes is None or classes["n_classes"] != n_classes
+                          or classes["ignore_index"] != ignore_index):
+        raise UserError(f"{data_path} was prepared for another label set than n_classes = {n_classes}, "
+                        f"ignore_index = {ignore_index}; rerun prepare_datasets.py with this configuration.")
+    if holdout:
+        check_holdout(holdout, n_classes > 1, ignore_index, data_path)
+    # Every check that can refuse the run comes before the run folder is touched (--overwrite empties it).
+    n_val = int(round(n_patches * training["validation_fraction"]))
+    n_train = n_patches - n_val
+    batch = training["batch_size"]
+    check_global_batch(batch, distribution)
+    if n_train < batch:
+        raise UserError(f"only {n_train} training patches for a batch size of {batch}; raise "
+                        "[training settings] N_subimgs (and rerun prepare_datasets.py) or lower batch_size.")
 
     command = " ".join([sys.executable.split("/")[-1], *sys.argv])
     if distribution.is_chief:
@@ -86,24 +135,11 @@ def main() -> int:
     print(f"Devices: {distribution.describe()}; dtype policy {policy}; backend {keras.backend.backend()}")
 
     keras.utils.set_random_seed(config["experiment"]["seed"])
-    n_val = int(round(n_patches * training["validation_fraction"]))
-    n_train = n_patches - n_val
-    batch = training["batch_size"]
-    check_global_batch(batch, distribution)
-    if n_train < batch:
-        raise UserError(f"only {n_train} training patches for a batch size of {batch}; raise "
-                        "[training settings] N_subimgs (and rerun prepare_datasets.py) or lower batch_size.")
     train_data = PatchStream(data_path, 0, n_train, batch, steps=training["steps_per_epoch"], shuffle=True,
                              augment=config["augmentation"], seed=config["experiment"]["seed"], workers=2)
     val_data = PatchStream(data_path, n_train, n_patches, batch, shuffle=False) if n_val >= batch else None
 
     steps = len(train_data)
-    n_classes, ignore_index = config["model"]["n_classes"], config["data attributes"]["ignore_index"]
-    ignore_index = None if ignore_index < 0 else ignore_index
-    if n_classes > 1 and (classes is None or classes["n_classes"] != n_classes
-                          or classes["ignore_index"] != ignore_index):
-        raise UserError(f"{data_path} was prepared for another label set than n_classes = {n_classes}, "
-                        f"ignore_index = {ignore_index}; rerun prepare_datasets.py with this configuration.")
     weights = classes["median_frequency_weights"] if n_classes > 1 and training["class_weighting"] != "none" else None
     loss, metrics = loss_and_metrics(training["loss"], n_classes, ignore_index, weights)
     ema = training["ema_momentum"]
@@ -115,8 +151,9 @@ def main() -> int:
                       jit_compile=jit_setting(training["jit_compile"], distribution.strategy is not None))
     distribution.prepare_model(model)
     if distribution.is_chief:
-        with open(run / "model_summary.txt", "w") as handle:
-            model.summary(print_fn=lambda line, **_: handle.write(line + "\n"))
+        lines: list[str] = []
+        model.summary(print_fn=lambda line, **_: lines.append(line + "\n"))
+        write_text(run / "model_summary.txt", "".join(lines))
 
     use_holdout = bool(holdout) and training["validate_every"] > 0
     holdout_score = "holdout_auc_roc" if n_classes == 1 else "holdout_mean_iou"
@@ -159,8 +196,9 @@ def main() -> int:
             model.fit(train_data, validation_data=val_data, epochs=training["N_epochs"], callbacks=callbacks,
                       verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:
-        print(f"\nInterrupted. Checkpoints are kept in {run}; run the same command to resume:\n  {command}",
-              file=sys.stderr)
+        kept = (f"Checkpoints are kept in {run}" if (run / "last.keras").exists() else
+                "No epoch had finished, so there is no checkpoint yet")
+        print(f"\nInterrupted. {kept}; run the same command to resume:\n  {command}", file=sys.stderr)
         if distribution.strategy is not None:
             distribution.abort(130)
         return 130
@@ -175,6 +213,10 @@ def main() -> int:
         print(f"\nTraining failed on {distribution.task}. Checkpoints are kept in {run}; stop every worker, "
               f"then run the same command(s) again to resume:\n  {command}", file=sys.stderr)
         distribution.abort(2 if isinstance(exc, UserError) else 1)
+    finally:
+        for stream in (train_data, val_data):
+            if stream is not None:
+                stream.close()
     minutes = (time.monotonic() - started) / 60
     if not distribution.is_chief:
         print(f"\n{distribution.task} finished its part in {minutes:.1f} min; the chief writes the results.")
@@ -188,11 +230,12 @@ def main() -> int:
                         "[training settings] learning_rate (e.g. by 10x) and start over with --overwrite.")
 
     history = read_log(run / "log.csv")
-    save_learning_curves(history, run / "learning_curves.png")
     state = json.loads((run / "checkpoint_state.json").read_text())
+    save_learning_curves(history, run / "learning_curves.png",
+                         None if state["best_epoch"] is None else (monitor, state["best_epoch"]))
     info = {"monitor": monitor, "best": state["best"], "best_epoch": state["best_epoch"],
             "epochs_run": len(history.get("epoch", [])), "minutes_this_session": round(minutes, 2),
-            "threshold": 0.5, "threshold_source": "default"}
+            "threshold": 0.5, "threshold_source": "default" if holdout else "default: no holdout images"}
     if holdout and n_classes == 1:  # the binary threshold; several classes take the argmax
         best = load_for_inference(run / "best.keras")
         chosen_with = resolve_tta(testing, best)  # the probabilities predict.py will threshold
@@ -204,7 +247,9 @@ def main() -> int:
                     holdout_best_f1=float(f1))
     write_json(run / "model_info.json", info)
     write_json(run / FINISHED, {**info, "command": command})
-    print(f"\nFinished in {minutes:.1f} min. Best {monitor} = {state['best']:.4f} at epoch {state['best_epoch']}."
+    outcome = (f"no epoch was scored on {monitor}, so best.keras is the last epoch" if state["best"] is None else
+               f"best {monitor} = {state['best']:.4f} at epoch {state['best_epoch']}")
+    print(f"\nFinished in {minutes:.1f} min; {outcome}."
           f"\nRun folder: {run} (best.keras, last.keras, log.csv, learning_curves.png)")
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -35,7 +36,8 @@ class EpochSetter(keras.callbacks.Callback):
 
 
 class HoldoutScore(keras.callbacks.Callback):
-    """Every k epochs, score full holdout images as predict.py would (without flip TTA); add holdout_* to the logs.
+    """Every k epochs and after the last, score full holdout images as predict.py would (without flip TTA); add
+    holdout_* to the logs.
 
     Binary: holdout_auc_roc, _f1, _accuracy. Several classes (n_classes > 1): holdout_mean_iou,
     _pixel_accuracy, _mean_accuracy of the argmax class maps, ignore_index pixels left out.
@@ -51,7 +53,8 @@ class HoldoutScore(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if logs is None:
             return
-        if (epoch + 1) % self.every or not _finite_loss(logs):
+        last = epoch + 1 == self.params.get("epochs")  # always scored, so a run's end has a score
+        if ((epoch + 1) % self.every and not last) or not _finite_loss(logs):
             # Always present (NaN when not scored): the CSV log fixes its columns at the first epoch.
             # An epoch whose loss went NaN has NaN weights: nothing to score.
             logs.update({f"holdout_{key}": float("nan") for key in self.keys})
@@ -71,12 +74,14 @@ class HoldoutScore(keras.callbacks.Callback):
         labels = np.concatenate([s["label"][s["fov"]] for s in self.samples])
         scores = binary_scores(probs, labels)
         for key in ("auc_roc", "f1", "accuracy"):
-            logs[f"holdout_{key}"] = float(scores[key])
-        print(f" - holdout AUC {scores['auc_roc']:.4f}, F1 {scores['f1']:.4f}, accuracy {scores['accuracy']:.4f}")
+            logs[f"holdout_{key}"] = float("nan") if scores[key] is None else float(scores[key])  # None: undefined
+        print(" - holdout AUC {holdout_auc_roc:.4f}, F1 {holdout_f1:.4f}, accuracy {holdout_accuracy:.4f}"
+              .format(**logs))
 
 
 class Checkpoints(keras.callbacks.Callback):
-    """Save last.keras each epoch and best.keras on improvement (atomically); stop on a plateau.
+    """Save last.keras each epoch and best.keras on improvement (atomically; until an epoch is scored, the last
+    one); stop on a plateau.
 
     The best value survives restarts (kept in a JSON state file), so after a resume the best
     checkpoint is still the best over the whole run. Epochs with a non-finite loss save nothing.
@@ -102,6 +107,11 @@ class Checkpoints(keras.callbacks.Callback):
         self._save(self.folder / "last.keras")
         value = logs.get(self.monitor)
         if value is None or not math.isfinite(float(value)):
+            if self.state["best"] is None:
+                # Until an epoch is scored best.keras follows the last one: a run stopped early still has it.
+                with atomic_path(self.folder / "best.keras") as tmp:
+                    shutil.copyfile(self.folder / "last.keras", tmp)
+                write_json(self.state_path, self.state)
             return
         if self._better(float(value)):
             self._save(self.folder / "best.keras")
@@ -173,7 +183,8 @@ class TimeLimit(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         now = time.monotonic()
         if self.minutes and now - self.start + (now - self.epoch_start) > 60 * self.minutes:
-            print(f"\nTime budget of {self.minutes:g} minutes: stopping after epoch {epoch + 1}, as another "
+            unit = "minute" if self.minutes == 1 else "minutes"
+            print(f"\nTime budget of {self.minutes:g} {unit}: stopping after epoch {epoch + 1}, as another "
                   "epoch would not finish within it.")
             self.model.stop_training = True
 

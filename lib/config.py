@@ -7,7 +7,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import AbstractSet, Any, Callable, Sequence
 
 from lib.atomic import write_text
 from lib.errors import UserError
@@ -67,6 +67,17 @@ def _id_list(text: str) -> list[int | str]:
         else:
             raise ValueError(f"'{part}' is neither a number nor an image name with a number (01L, 05_dr, case03)")
     return ids
+
+
+def _run_name(text: str) -> str:
+    name = text.strip()
+    # The run folder is runs_dir/name, and --overwrite deletes it: the name must not reach outside runs_dir.
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise ValueError("give a plain folder name such as drive_holdout (not empty, no / or \\, not . or ..)")
+    return name
+
+
+_run_name.__name__ = "a run name"
 
 
 def _choice(*options: str) -> Parser:
@@ -191,7 +202,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "resize": (_positive(float), "resize factor applied when reading (e.g. 0.5 for HRF): images by area averaging, labels and masks by nearest neighbour"),
     },
     "experiment": {
-        "name": (str, "run name: the run folder is <runs_dir>/<name>"),
+        "name": (_run_name, "run name: the run folder is <runs_dir>/<name>"),
         "runs_dir": (str, "folder holding all run folders"),
         "seed": (int, "random seed for patch sampling, weight initialization and augmentation"),
     },
@@ -319,6 +330,10 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), fallback
     if not path.is_file():
         raise UserError(f"configuration file {path} not found. Pass --config FILE, or copy "
                         "configuration.txt from the repository.")
+    if not os.access(path, os.R_OK):
+        # configparser skips a file it cannot open, which would surface as a missing key.
+        raise UserError(f"configuration file {path} cannot be read: no permission. Fix its permissions "
+                        "(e.g. chmod a+r), then run the same command again.")
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
     parser.optionxform = str  # keys are case-sensitive (N_subimgs)
     try:
@@ -345,12 +360,14 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), fallback
                 raise UserError(f"{path}: unknown key '{key}' in [{section}]. Valid keys: "
                                 f"{', '.join(SCHEMA[section])}.{_suggest(key, list(SCHEMA[section]))}")
             raw.setdefault(section, {})[key] = value
+    overridden = set()
     for override in overrides:
         section, key, value = parse_override(override)
         raw.setdefault(section, {})[key] = value
+        overridden.add((section, key))
     if obsolete:
         print(f"note: {path} has settings this version no longer uses ({', '.join(obsolete)}); ignored.")
-    return _typed(raw, str(path), fallback, from_current)
+    return _typed(raw, str(path), fallback, from_current, overridden)
 
 
 def load_run_config(path: str | os.PathLike, current: Config, from_current: Sequence[str] = ()) -> Config:
@@ -359,7 +376,7 @@ def load_run_config(path: str | os.PathLike, current: Config, from_current: Sequ
 
 
 def _typed(raw: dict[str, dict[str, str]], source: str, fallback: Config | None = None,
-           from_current: Sequence[str] = ()) -> Config:
+           from_current: Sequence[str] = (), overridden: AbstractSet[tuple[str, str]] = frozenset()) -> Config:
     config: Config = {}
     filled = []
     for section, keys in SCHEMA.items():
@@ -379,7 +396,8 @@ def _typed(raw: dict[str, dict[str, str]], source: str, fallback: Config | None 
             try:
                 value = parse(text)
             except ValueError as exc:
-                raise UserError(f"{source}: [{section}] {key} = '{text}' is not valid: expected "
+                origin = f"--set {section.replace(' ', '_')}.{key}" if (section, key) in overridden else source
+                raise UserError(f"{origin}: [{section}] {key} = '{text}' is not valid: expected "
                                 f"{parse.__name__} ({exc}). This key is the {comment}.") from None
             config[section][key] = value
     if filled:
@@ -408,6 +426,10 @@ def check_consistency(config: Config, source: str) -> None:
         raise UserError(f"{source}: [testing settings] stride = {config['testing settings']['stride']} is larger "
                         f"than window = {config['testing settings']['window']}, which would leave gaps. "
                         "Use a stride no larger than the window.")
+    if config["augmentation"]["intensity"] and not config["preprocessing"]["rescale"]:
+        # The jitter's gamma needs [0, 1] images: it would clip every negative standardized value to 0.
+        raise UserError(f"{source}: [augmentation] intensity = {config['augmentation']['intensity']} needs "
+                        "[preprocessing] rescale = true (images in [0, 1]); set rescale = true or intensity = 0.")
     n_classes = config["model"]["n_classes"]
     loss = config["training settings"]["loss"]
     if n_classes > 1 and loss not in ("cce", "cce_dice"):

@@ -30,10 +30,25 @@ def run_cli(main: Callable[[], int | None]) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(EXIT_USER_ERROR)
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            print(f"\nerror: no permission to write {exc.filename or 'the output'}. Choose a folder "
-                  "you can write to, or fix its permissions, then run the same command again.",
-                  file=sys.stderr)
+        if exc.errno == errno.EROFS:
+            print(f"\nerror: {exc.filename or 'the output'} is on a read-only file system. Choose a folder "
+                  "you can write to, then run the same command again.", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            # The same error number serves reads and writes: say which paths to check, not which way.
+            print(f"\nerror: no permission to read or write {exc.filename or 'a file'}. Fix its permissions "
+                  "(or those of its folder), or choose a folder you can write to, then run the same command "
+                  "again.", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+            print(f"\nerror: {exc.filename} is in the way: a file stands where a folder is needed (or the "
+                  "other way round). Check the folder settings ([data paths] prepared_dir, [experiment] "
+                  "runs_dir, --output), then run the same command again.", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         raise
+    except KeyboardInterrupt:
+        # train.py handles Ctrl-C itself (checkpoints, resume command); elsewhere every write is atomic.
+        print("\nInterrupted. Files are written under temporary names and renamed when complete, so nothing "
+              "half-written was kept; run the same command again to redo the work.", file=sys.stderr)
+        sys.exit(130)
     sys.exit(code or 0)

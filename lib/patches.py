@@ -10,11 +10,11 @@ from lib.errors import UserError
 
 
 def sample_centres(fovs: Sequence[np.ndarray], n: int, size: int, inside_fov: bool,
-                   rng: np.random.Generator) -> np.ndarray:
+                   rng: np.random.Generator, names: Sequence[str] | None = None) -> np.ndarray:
     """Draw n patch positions as rows (image index, top, left), in random order.
 
     Images get equal shares (as in the classic method). Every patch lies fully inside its image;
-    with inside_fov its centre pixel also lies inside the FOV mask.
+    with inside_fov its centre pixel also lies inside the FOV mask. names (one per image) go into errors.
     """
     shares = np.full(len(fovs), n // len(fovs))
     shares[: n % len(fovs)] += 1
@@ -22,8 +22,9 @@ def sample_centres(fovs: Sequence[np.ndarray], n: int, size: int, inside_fov: bo
     half = size // 2
     for index, (fov, count) in enumerate(zip(fovs, shares)):
         height, width = fov.shape
+        image = f"training image {names[index]}" if names is not None else f"image {index}"
         if height < size or width < size:
-            raise UserError(f"image {index} is {width}x{height} pixels, smaller than the "
+            raise UserError(f"{image} is {width}x{height} pixels, smaller than the "
                             f"{size}x{size} patch. Lower [data attributes] patch_size.")
         valid = np.zeros_like(fov, dtype=bool)
         valid[half: height - size + half + 1, half: width - size + half + 1] = True
@@ -31,7 +32,7 @@ def sample_centres(fovs: Sequence[np.ndarray], n: int, size: int, inside_fov: bo
             valid &= fov
         candidates = np.flatnonzero(valid)
         if len(candidates) == 0:
-            raise UserError(f"image {index} has no FOV pixel at least {half} pixels from its border; "
+            raise UserError(f"{image} has no FOV pixel at least {half} pixels from its border; "
                             "set inside_FOV = false or lower patch_size.")
         picks = candidates[rng.integers(0, len(candidates), size=count)]
         ys, xs = np.divmod(picks, width)

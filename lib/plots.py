@@ -145,13 +145,19 @@ def _palette_u8(palette: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- figures
 
-def save_learning_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike) -> None:
-    """Plot a Keras-style history (losses in one panel, other metrics x / val_x in another) to `path`."""
+def save_learning_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike,
+                         best: tuple[str, int] | None = None) -> None:
+    """Plot a Keras-style history (losses in one panel, other metrics x / val_x in another) to `path`.
+
+    history["epoch"] counts from 0 as Keras logs it; the plot counts from 1, as train.py reports epochs.
+    best = (monitored key, epoch counted from 1) marks the epoch best.keras holds in every panel; without
+    it the lowest val_loss is marked.
+    """
     columns = {k: _to_float_series(v) for k, v in history.items() if k != "epoch"}
     if not columns:
         raise ValueError("history has no metric columns to plot")
     n = max(len(v) for v in columns.values())
-    epochs = _to_float_series(history["epoch"]) if "epoch" in history else np.arange(n, dtype=float)
+    epochs = (_to_float_series(history["epoch"]) if "epoch" in history else np.arange(n, dtype=float)) + 1
     # Learning rate (from ReduceLROnPlateau / schedules) spans decades: give it its own log-scaled panel.
     lr_keys = [k for k in columns if k in ("lr", "learning_rate")]
     loss_keys = [k for k in columns if k.endswith("loss") and k not in lr_keys]
@@ -175,15 +181,18 @@ def save_learning_curves(history: Mapping[str, Sequence[float]], path: str | os.
                 if key is None:
                     continue
                 y = columns[key]
-                x = epochs[: len(y)] if len(epochs) >= len(y) else np.arange(len(y), dtype=float)
+                x = epochs[: len(y)] if len(epochs) >= len(y) else np.arange(1, len(y) + 1, dtype=float)
                 # Markers keep one- or two-epoch runs visible, where a line alone would be invisible.
                 ax.plot(x, y, style, color=colour, label=label, marker="o" if len(y) <= 30 else None,
                         markersize=3)
-            if val_key is not None and title == "loss" and np.isfinite(columns[val_key]).any():
-                best = int(np.nanargmin(columns[val_key]))
-                if best < len(epochs):
-                    ax.axvline(epochs[best], color=colour, alpha=0.4, linewidth=1, linestyle=":",
-                               label=f"best {val_key} (epoch {epochs[best]:g})")
+            if best is None and val_key is not None and title == "loss" and np.isfinite(columns[val_key]).any():
+                lowest = int(np.nanargmin(columns[val_key]))
+                if lowest < len(epochs):
+                    ax.axvline(epochs[lowest], color=colour, alpha=0.4, linewidth=1, linestyle=":",
+                               label=f"best {val_key} (epoch {epochs[lowest]:g})")
+        if best is not None:
+            ax.axvline(best[1], color="black", alpha=0.5, linewidth=1, linestyle=":",
+                       label=f"best.keras: best {best[0]} (epoch {best[1]})")
         if title == "learning rate":
             ax.set_yscale("log")
         elif title == "loss":
@@ -201,8 +210,9 @@ def save_learning_curves(history: Mapping[str, Sequence[float]], path: str | os.
 
 
 def save_roc_pr(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], roc_path: str | os.PathLike,
-                pr_path: str | os.PathLike) -> None:
-    """ROC and precision-recall plots of name -> (labels, scores) pooled inside the FOV, AUC/AP in the legend."""
+                pr_path: str | os.PathLike, threshold: float = 0.5) -> None:
+    """ROC and precision-recall plots of name -> (labels, scores) pooled inside the FOV, AUC/AP in the legend,
+    a dot at `threshold`."""
     if not curves:
         raise ValueError("no curves to plot")
     roc_fig = Figure(figsize=(5.5, 5.0))
@@ -221,8 +231,8 @@ def save_roc_pr(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], roc_path: s
         roc_ax.plot(*_subsample_curve(fpr, tpr), color=colour, label=f"{name} (AUC = {auc:.4f})")
         pr_ax.plot(*_subsample_curve(recall, precision), color=colour, drawstyle="steps-post",
                    label=f"{name} (AP = {ap:.4f})")
-        # Mark the operating point of the default 0.5 threshold, the one the reported scores use.
-        counts = metrics.confusion_counts(y, s >= 0.5)
+        # Mark the operating point of the threshold the reported scores use.
+        counts = metrics.confusion_counts(y, s >= threshold)
         rates = metrics.scores_from_counts(counts)
         roc_ax.plot(1.0 - rates["specificity"], rates["sensitivity"], "o", color=colour, markersize=5)
         if counts["tp"] + counts["fp"]:
@@ -231,10 +241,10 @@ def save_roc_pr(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], roc_path: s
             prevalence = float(np.count_nonzero(y)) / max(y.size, 1)
             pr_ax.axhline(prevalence, linestyle=":", color="gray", linewidth=1,
                           label=f"chance (prevalence {prevalence:.3f})")
-    for ax, title, xlabel, ylabel in ((roc_ax, "ROC (dot: threshold 0.5)", "false positive rate (1 - specificity)",
-                                       "true positive rate (sensitivity)"),
-                                      (pr_ax, "Precision-recall (dot: threshold 0.5)", "recall (sensitivity)",
-                                       "precision")):
+    for ax, title, xlabel, ylabel in ((roc_ax, f"ROC (dot: threshold {threshold:.2f})",
+                                       "false positive rate (1 - specificity)", "true positive rate (sensitivity)"),
+                                      (pr_ax, f"Precision-recall (dot: threshold {threshold:.2f})",
+                                       "recall (sensitivity)", "precision")):
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
         ax.set_aspect("equal")

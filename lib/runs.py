@@ -16,6 +16,12 @@ def prepare_run_folder(config: Config, overwrite: bool) -> tuple[Path, bool]:
     folder = Path(config["experiment"]["runs_dir"]) / config["experiment"]["name"]
     saved = folder / CONFIG_NAME
     if folder.exists() and overwrite:
+        if not folder.is_dir() or (any(folder.iterdir()) and not saved.exists()):
+            raise UserError(f"{folder} exists but is not a run folder (no {CONFIG_NAME} in it), so --overwrite "
+                            "will not delete it. Choose another name with --set experiment.name=NEW_NAME, or "
+                            "move it away.")
+        contents = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+        print(f"Deleting the earlier run {folder} (--overwrite): {', '.join(contents) or 'empty'}")
         shutil.rmtree(folder)
     if (folder / FINISHED).exists():
         raise UserError(f"{folder} already holds a finished run. Use --overwrite to replace it, or "

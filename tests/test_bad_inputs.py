@@ -60,6 +60,12 @@ def case_zero_byte_file(tmp, drive, trained):
     return "prepare_datasets.py", tiny_settings(tmp, root), "25_training_mask.gif is an empty"
 
 
+def case_empty_fov_mask(tmp, drive, trained):
+    root = copy_drive(drive, tmp)
+    gray_gif(root / "test" / "mask" / "01_test_mask.gif", np.zeros((120, 128)))
+    return "prepare_datasets.py", tiny_settings(tmp, root), "mask of image 01_test.tif is empty"
+
+
 def case_size_mismatch(tmp, drive, trained):
     root = copy_drive(drive, tmp)
     gray_gif(root / "training" / "1st_manual" / "26_manual1.gif", np.zeros((100, 100)))
@@ -76,7 +82,8 @@ def case_label_with_unexpected_values(tmp, drive, trained):
 
 
 def case_image_smaller_than_patch(tmp, drive, trained):
-    return "prepare_datasets.py", tiny_settings(tmp, drive, extra=["patch_size=192", "window=192"]), "smaller than the"
+    expected = "training image 21_training.tif is 128x120 pixels, smaller than the"
+    return "prepare_datasets.py", tiny_settings(tmp, drive, extra=["patch_size=192", "window=192"]), expected
 
 
 def case_unknown_section(tmp, drive, trained):
@@ -114,6 +121,23 @@ def case_hdf5_for_another_patch_size(tmp, drive, trained):
     return "train.py", tiny_settings(tmp, drive, extra=["patch_size=64"]), "patches are 32x32"
 
 
+def case_holdout_without_vessels(tmp, drive, trained):
+    root = copy_drive(drive, tmp)
+    for n in (27, 28):  # the holdout images of tiny_settings
+        gray_gif(root / "training" / "1st_manual" / f"{n}_manual1.gif", np.zeros((120, 128)))
+    run_script("prepare_datasets.py", *tiny_settings(tmp, root))
+    return "train.py", tiny_settings(tmp, root), "have no foreground pixels"
+
+
+def case_train_with_other_preprocessing(tmp, drive, trained):
+    shutil.copytree(trained[0] / "prepared", tmp / "prepared")
+    return "train.py", tiny_settings(tmp, drive, extra=["clahe=false"]), "preprocessing.clahe = true (now false)"
+
+
+def case_run_name_outside_runs_dir(tmp, drive, trained):
+    return "train.py", tiny_settings(tmp, drive, extra=["name=../elsewhere"]), "name = '../elsewhere' is not valid"
+
+
 def _copy_run(tmp, trained) -> Path:
     shutil.copytree(trained[0] / "prepared", tmp / "prepared")
     shutil.copytree(trained[0] / "runs", tmp / "runs")
@@ -128,6 +152,13 @@ def case_missing_model_file(tmp, drive, trained):
 def case_corrupt_model_file(tmp, drive, trained):
     (_copy_run(tmp, trained) / "best.keras").write_bytes(os.urandom(3000))
     return "predict.py", tiny_settings(tmp, drive), "best.keras is not a Keras model archive"
+
+
+def case_predict_on_data_prepared_again_differently(tmp, drive, trained):
+    saved = _copy_run(tmp, trained) / "configuration.txt"
+    saved.write_text(saved.read_text().replace(str(trained[0] / "prepared"), str(tmp / "prepared")))
+    run_script("prepare_datasets.py", *tiny_settings(tmp, drive, extra=["gamma=2"]), "--overwrite")
+    return "predict.py", tiny_settings(tmp, drive), "prepared again since"
 
 
 def case_input_with_wrong_channels(tmp, drive, trained):
@@ -203,7 +234,7 @@ def test_output_folder_without_write_permission(tmp_path, trained):
         target = locked / "out"
     result = run_script("predict.py", *args, "--output", str(target), check=False)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "no permission to write" in result.stderr and "Traceback" not in result.stderr
+    assert "no permission to read or write" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_sigkill_during_prepare_leaves_no_file_train_would_accept(tmp_path, small_drive):
@@ -224,6 +255,22 @@ def test_sigkill_during_prepare_leaves_no_file_train_would_accept(tmp_path, smal
     again = run_script("prepare_datasets.py", *tiny_settings(tmp_path, small_drive))
     assert "interrupted" in again.stdout
     assert [p.name for p in (tmp_path / "prepared").iterdir()] == ["dataset.h5"]
+
+
+def test_ctrl_c_during_prepare_says_so_and_leaves_no_file(tmp_path, small_drive):
+    args = tiny_settings(tmp_path, small_drive, extra=["N_subimgs=400000"])
+    child = subprocess.Popen([sys.executable, str(REPO / "prepare_datasets.py"), *args], cwd=REPO,
+                             env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((tmp_path / "prepared").glob(".dataset.*")):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert child.poll() is None, "prepare finished before it could be interrupted"
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130 and "Traceback" not in stderr
+    assert "Interrupted" in stderr and "nothing half-written was kept" in stderr
+    assert not list((tmp_path / "prepared").glob("*dataset*"))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
-"""Training callbacks on their own: the Ctrl-C handler, the learning-rate schedule, the time budget."""
+"""Training callbacks on their own: the Ctrl-C handler, the learning-rate schedule, the time budget, holdout
+scoring and checkpoints."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import time
 
+import keras
 import numpy as np
 import pytest
 
-from lib.callbacks import CosineSchedule, CtrlC, TimeLimit
+from lib.callbacks import Checkpoints, CosineSchedule, CtrlC, HoldoutScore, TimeLimit
 
 
 def test_ctrl_c_is_deferred_to_the_next_batch_end_and_a_second_one_stops_at_once():
@@ -89,3 +93,44 @@ def test_time_limit_stops_when_another_epoch_would_not_fit(monkeypatch):
         assert limit.model.stop_training == (epoch == 1)
     assert limit.fraction_used() == pytest.approx(500 / 600)
     assert TimeLimit(minutes=0).fraction_used() == 0.0
+
+
+def _fit(callbacks, epochs: int) -> list[dict]:
+    """Fit a one-weight model for `epochs` short epochs; return each epoch's logs as the callbacks left them."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 1))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs))
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    x = np.random.default_rng(0).random((8, 4, 4, 1)).astype("float32")
+    logs = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, log: logs.append(dict(log)))
+    model.fit(x, (x > 0.5).astype("float32"), batch_size=4, epochs=epochs, verbose=0,
+              callbacks=[*callbacks, record])
+    return logs
+
+
+def _holdout() -> list[dict]:
+    image = np.random.default_rng(1).random((8, 8, 1)).astype("float32")
+    return [{"image": image, "label": image[..., 0] > 0.5, "fov": np.ones((8, 8), bool)}]
+
+
+def test_holdout_scoring_every_k_epochs_also_scores_the_last_one():
+    def predict(model, image):
+        return keras.ops.convert_to_numpy(model(image[None]))[0]
+
+    logs = _fit([HoldoutScore(_holdout(), predict, every=2)], epochs=3)
+    scored = [math.isfinite(log["holdout_auc_roc"]) for log in logs]
+    assert scored == [False, True, True]
+
+
+def test_a_run_with_no_scored_epoch_still_gets_best_keras_and_a_state_file(tmp_path):
+    # A run stopped before its first scored epoch: the monitored score is NaN throughout.
+    nan_score = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, log: log.update(score=float("nan")))
+    _fit([nan_score, Checkpoints(tmp_path, "score", "max")], epochs=2)
+    assert (tmp_path / "best.keras").is_file() and (tmp_path / "last.keras").is_file()
+    assert (tmp_path / "best.keras").read_bytes() == (tmp_path / "last.keras").read_bytes()
+    assert json.loads((tmp_path / "checkpoint_state.json").read_text())["best"] is None
+    # The first scored epoch then takes over best.keras as usual.
+    score = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, log: log.update(score=0.7))
+    _fit([score, Checkpoints(tmp_path, "score", "max")], epochs=1)
+    assert json.loads((tmp_path / "checkpoint_state.json").read_text())["best"] == 0.7

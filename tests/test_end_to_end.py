@@ -46,6 +46,27 @@ def test_prepare_writes_complete_hdf5_and_summary(trained):
     assert "foreground fraction" in prepare.stdout
 
 
+def test_prepare_reruns_only_when_asked_and_names_what_changed(tmp_path, small_drive):
+    drive = tmp_path / "DRIVE"
+    shutil.copytree(small_drive, drive)
+    args = tiny_settings(tmp_path, drive, extra=["N_subimgs=200"])
+    run_script("prepare_datasets.py", *args)
+    assert "nothing to do" in run_script("prepare_datasets.py", *args).stdout
+    other = run_script("prepare_datasets.py", *args, "--set", "seed=7", "--set", "clahe_clip=0.02", check=False)
+    assert other.returncode == 2
+    assert "preprocessing.clahe_clip = 0.01 (now 0.02), seed = 42 (now 7)" in other.stderr
+    # An edited label makes the file stale too, and the message names the file.
+    label = drive / "training" / "1st_manual" / "22_manual1.gif"
+    with Image.open(label) as image:
+        edited = np.array(image)
+    edited[:4] = 255 - edited[:4]
+    Image.fromarray(edited).save(label)
+    changed = run_script("prepare_datasets.py", *args, check=False)
+    assert changed.returncode == 2 and "training/1st_manual/22_manual1.gif (changed)" in changed.stderr
+    run_script("prepare_datasets.py", *args, "--overwrite")
+    assert "nothing to do" in run_script("prepare_datasets.py", *args).stdout
+
+
 def test_training_writes_every_promised_file(trained):
     tmp, _, _, train = trained
     run = tmp / "runs" / "tiny"

@@ -38,7 +38,9 @@ def test_save_learning_curves(tmp_path):
     plots.save_learning_curves(history, tmp_path / "curves.png")
     width, height = _assert_png(tmp_path / "curves.png")
     assert width > height  # panels side by side
-    _assert_only(tmp_path, {"curves.png"})
+    plots.save_learning_curves(history, tmp_path / "marked.png", best=("val_dice_coef", 4))
+    _assert_png(tmp_path / "marked.png")
+    _assert_only(tmp_path, {"curves.png", "marked.png"})
 
 
 def test_save_learning_curves_from_csv_strings_and_single_epoch(tmp_path):

@@ -1,0 +1,99 @@
+"""What a prepared dataset.h5 depends on: the settings and the source files, and how they differ from now."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from lib.readers import CONFIGURED_SPLIT
+
+MULTICLASS_KEYS = ("class_names", "ignore_index", "palette")  # [data attributes] keys of multi-class tasks
+# Settings that do not change what a model trained on the file sees or is scored on: train.py notes them.
+TRAINING_NEUTRAL = ("seed", "data paths.dataset_dir", "data paths.test_ids", "data paths.test_fraction")
+TRAINING_NEUTRAL_SECTIONS = ("patches",)
+
+
+def fingerprint(config: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The settings dataset.h5 depends on; a file made with other values must be redone."""
+    paths = config["data paths"]
+    data_paths = {k: paths[k] for k in ("dataset", "dataset_dir", "holdout_ids")}
+    # Keys added later count only where they change the result, so files prepared before stay valid.
+    if paths["dataset"] in CONFIGURED_SPLIT:
+        data_paths.update(test_ids=paths["test_ids"], test_fraction=paths["test_fraction"])
+    if paths["resize"] != 1.0:
+        data_paths["resize"] = paths["resize"]
+    attributes = {k: v for k, v in config["data attributes"].items() if k not in MULTICLASS_KEYS}
+    result = {
+        "data paths": data_paths,
+        "data attributes": attributes,
+        "preprocessing": dict(config["preprocessing"]),
+        "patches": {k: config["training settings"][k] for k in ("N_subimgs", "inside_FOV")},
+        "seed": config["experiment"]["seed"],
+    }
+    if config["model"]["n_classes"] > 1:
+        result["classes"] = {"n_classes": config["model"]["n_classes"],
+                             **{k: config["data attributes"][k] for k in MULTICLASS_KEYS}}
+    # As stored in the file (JSON), so that a saved fingerprint compares equal to a fresh one.
+    return json.loads(json.dumps(result))
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def setting_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Setting (section.key) -> (value in the file, value now), for every setting that differs."""
+    old, new = _flatten(saved), _flatten(wanted)
+    return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)}
+
+
+def matters_for_training(setting: str) -> bool:
+    """Whether a differing setting changes what a model trained on the file sees or is scored on."""
+    return setting not in TRAINING_NEUTRAL and setting.split(".")[0] not in TRAINING_NEUTRAL_SECTIONS
+
+
+def describe_differences(differences: Mapping[str, tuple[Any, Any]]) -> str:
+    """'seed = 42 (now 7), preprocessing.clahe = true (now false)' for a message."""
+    def shown(value: Any) -> str:
+        return "(none)" if value is None else json.dumps(value) if not isinstance(value, str) else value
+
+    return ", ".join(f"{key} = {shown(old)} (now {shown(new)})" for key, (old, new) in differences.items())
+
+
+def source_files(root: Path, exclude: Path | None = None) -> dict[str, list[int]]:
+    """Relative path -> [size, modification time in ns] of every visible file under root (except under exclude)."""
+    root = Path(root)
+    skip = Path(exclude).resolve() if exclude is not None else None
+    files: dict[str, list[int]] = {}
+    for folder, subfolders, names in os.walk(root):
+        if skip is not None and Path(folder).resolve() == skip:
+            subfolders[:] = []
+            continue
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for name in sorted(names):
+            if not name.startswith("."):
+                path = Path(folder) / name
+                status = path.stat()
+                files[path.relative_to(root).as_posix()] = [status.st_size, status.st_mtime_ns]
+    return files
+
+
+def changed_files(saved: Mapping[str, list[int]], current: Mapping[str, list[int]]) -> list[str]:
+    """'path (added|removed|changed)' for each source file that differs from when the file was prepared."""
+    changes = []
+    for path in sorted(set(saved) | set(current)):
+        if path not in current:
+            changes.append(f"{path} (removed)")
+        elif path not in saved:
+            changes.append(f"{path} (added)")
+        elif list(saved[path]) != list(current[path]):
+            changes.append(f"{path} (changed)")
+    return changes
