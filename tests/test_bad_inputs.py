@@ -237,17 +237,23 @@ def test_output_folder_without_write_permission(tmp_path, trained):
     assert "no permission to read or write" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_sigkill_during_prepare_leaves_no_file_train_would_accept(tmp_path, small_drive):
-    args = tiny_settings(tmp_path, small_drive, extra=["N_subimgs=400000"])
+def prepare_while_writing(tmp_path, drive) -> tuple[subprocess.Popen, list[str]]:
+    """Start a long prepare_datasets.py and return once it is writing its HDF5 file, with its arguments."""
+    args = tiny_settings(tmp_path, drive, extra=["N_subimgs=400000"])
     child = subprocess.Popen([sys.executable, str(REPO / "prepare_datasets.py"), *args], cwd=REPO,
-                             env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list((tmp_path / "prepared").glob(".dataset.*")):
         time.sleep(0.05)
     time.sleep(0.5)
-    assert child.poll() is None, "prepare finished before it could be killed"
+    assert child.poll() is None, "prepare finished before it could be stopped"
+    return child, args
+
+
+def test_sigkill_during_prepare_leaves_no_file_train_would_accept(tmp_path, small_drive):
+    child, args = prepare_while_writing(tmp_path, small_drive)
     child.send_signal(signal.SIGKILL)
-    child.wait()
+    child.communicate()
     assert not (tmp_path / "prepared" / "dataset.h5").exists()
     result = run_script("train.py", *args, check=False)
     assert result.returncode == 2 and "not found" in result.stderr
@@ -258,14 +264,7 @@ def test_sigkill_during_prepare_leaves_no_file_train_would_accept(tmp_path, smal
 
 
 def test_ctrl_c_during_prepare_says_so_and_leaves_no_file(tmp_path, small_drive):
-    args = tiny_settings(tmp_path, small_drive, extra=["N_subimgs=400000"])
-    child = subprocess.Popen([sys.executable, str(REPO / "prepare_datasets.py"), *args], cwd=REPO,
-                             env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list((tmp_path / "prepared").glob(".dataset.*")):
-        time.sleep(0.05)
-    time.sleep(0.5)
-    assert child.poll() is None, "prepare finished before it could be interrupted"
+    child, _ = prepare_while_writing(tmp_path, small_drive)
     child.send_signal(signal.SIGINT)
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 130 and "Traceback" not in stderr
