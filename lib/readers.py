@@ -379,6 +379,9 @@ def read_isbi(root: Path, split: str, positive_class: str) -> list[Sample]:
         labels: list[np.ndarray] | None = None
         label_stack = root / "train-labels.tif"
         if split == "train":
+            if not label_stack.is_file():
+                raise UserError(f"{label_stack} not found: the training slices of {stack} need their labels "
+                                "beside them (train-labels.tif from the ISBI 2012 release).")
             labels = read_stack(label_stack)
             if len(labels) != len(images):
                 raise UserError(f"{stack} has {len(images)} slices but {label_stack} has {len(labels)}. "
@@ -489,7 +492,7 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
     """Map file stem -> image file in folder; other files and two files with one stem are errors."""
     if not folder.is_dir():
         raise UserError(f"folder {folder} not found. Check [data paths] dataset_dir and the layout "
-                        "described in README.md (Your data).")
+                        "described in README.md (sections Your data and Multi-class (CamVid)).")
     found: dict[str, Path] = {}
     unexpected, duplicates = [], []
     for path in sorted(folder.iterdir()):

@@ -300,7 +300,7 @@ def test_isbi_stacks_with_different_slice_counts_are_a_user_error(isbi_arrays, i
 
 def test_isbi_missing_label_stack_is_a_user_error(isbi_stack_root: Path) -> None:
     (isbi_stack_root / "train-labels.tif").unlink()
-    with pytest.raises(UserError, match="train-labels.tif"):
+    with pytest.raises(UserError, match="train-labels.tif not found: the training slices"):
         read_split("ISBI2012", isbi_stack_root, "train")
 
 
