@@ -41,8 +41,8 @@ def run_cli(main: Callable[[], int | None]) -> None:
                   "again.", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         if exc.errno in (errno.EEXIST, errno.ENOTDIR):
-            print(f"\nerror: {exc.filename} is in the way: a file stands where a folder is needed (or the "
-                  "other way round). Check the folder settings ([data paths] prepared_dir, [experiment] "
+            print(f"\nerror: {exc.filename or 'a path'} is in the way: a file stands where a folder is needed (or "
+                  "the other way round). Check the folder settings ([data paths] prepared_dir, [experiment] "
                   "runs_dir, --output), then run the same command again.", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         raise
