@@ -240,8 +240,10 @@ def test_output_folder_without_write_permission(tmp_path, trained):
 def prepare_while_writing(tmp_path, drive) -> tuple[subprocess.Popen, list[str]]:
     """Start a long prepare_datasets.py and return once it is writing its HDF5 file, with its arguments."""
     args = tiny_settings(tmp_path, drive, extra=["N_subimgs=400000"])
+    # A shell starts background jobs with SIGINT ignored; the child must get Ctrl-C as a terminal would.
     child = subprocess.Popen([sys.executable, str(REPO / "prepare_datasets.py"), *args], cwd=REPO,
-                             env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list((tmp_path / "prepared").glob(".dataset.*")):
         time.sleep(0.05)
