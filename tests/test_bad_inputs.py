@@ -205,6 +205,14 @@ def test_bad_input_gives_a_clear_error_and_no_partial_output(name, tmp_path, sma
     assert not [p for p in created if p.suffix in (".h5", ".keras", ".png", ".json", ".csv")], created
 
 
+def test_overwrite_with_a_refused_configuration_keeps_the_finished_run(tmp_path, small_drive, trained):
+    run = _copy_run(tmp_path, trained)
+    args = tiny_settings(tmp_path, small_drive, extra=["training_settings.batch_size=100000"])
+    result = run_script("train.py", *args, "--overwrite", check=False)
+    assert result.returncode == 2 and "batch size of 100000" in result.stderr
+    assert (run / "best.keras").is_file() and (run / "training_summary.json").is_file()
+
+
 def _limited_file_size():
     # Writes past 2 MiB fail as on a full disk (EFBIG instead of a signal).
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -241,6 +241,21 @@ def test_later_override_wins_and_overrides_are_type_checked() -> None:
     assert config["training settings"]["N_epochs"] == 5
     with pytest.raises(UserError, match="N_epochs = 'x'"):
         load_config(REPO / "configuration.txt", ["N_epochs=x"])
+    # A bad value from --set is blamed on --set, one from the file on the file.
+    with pytest.raises(UserError, match=r"^--set training_settings\.N_epochs: "):
+        load_config(REPO / "configuration.txt", ["N_epochs=1.5"])
+
+
+def test_intensity_jitter_needs_rescaled_images() -> None:
+    with pytest.raises(UserError, match="intensity = 0.1 needs \\[preprocessing\\] rescale = true"):
+        load_config(REPO / "configuration.txt", ["intensity=0.1", "rescale=false", "clahe=false"])
+    assert load_config(REPO / "configuration.txt", ["intensity=0.1"])["augmentation"]["intensity"] == 0.1
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../elsewhere", "a/b", "a\\b"])
+def test_run_names_cannot_reach_outside_runs_dir(name: str) -> None:
+    with pytest.raises(UserError, match="not valid: expected a run name"):
+        load_config(REPO / "configuration.txt", [f"name={name}"])
 
 
 @pytest.mark.parametrize("override, expected", [
