@@ -74,13 +74,17 @@ def read_run_json(path: Path) -> dict:
                         "with --overwrite.") from None
 
 
+def preprocessing_differences(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> list[str]:
+    """'key their value (model: our value)' for each preprocessing setting of a dataset that differs from the run's."""
+    return [f"{key} {theirs.get(key)} (model: {value})" for key, value in ours.items() if theirs.get(key) != value]
+
+
 def check_same_preparation(h5, path: Path, run: Path, preprocessing: dict) -> None:
     """Refuse the run's own prepared dataset when it was prepared again, differently, after training."""
     theirs = {"settings": read_attr_json(h5, "preprocessing"), "statistics": read_attr_json(h5, "statistics")}
     ours = {key: preprocessing[key] for key in theirs}
     if theirs != ours:
-        differ = [f"{key} {theirs['settings'].get(key)} (model: {value})"
-                  for key, value in ours["settings"].items() if theirs["settings"].get(key) != value]
+        differ = preprocessing_differences(theirs["settings"], ours["settings"])
         raise UserError(f"{path} was prepared again since {run} was trained, with "
                         f"{'other preprocessing: ' + ', '.join(differ) if differ else 'other images'}. "
                         f"Retrain on it, or prepare the run's data again; to score it all the same, pass "
@@ -157,7 +161,7 @@ def check_other_dataset(h5, path: Path, run: Path, preprocessing: dict, classes:
     if stored is not None and stored["n_classes"] != classes.n_classes:
         raise UserError(f"{path} has {stored['n_classes']} classes, but the model of {run} predicts "
                         f"{classes.n_classes}: it cannot be scored on it.")
-    differ = [f"{key} {theirs.get(key)} (model: {value})" for key, value in ours.items() if theirs.get(key) != value]
+    differ = preprocessing_differences(theirs, ours)
     if differ:
         print(f"note: {path} was prepared with other preprocessing than the model's training data: "
               f"{', '.join(differ)}. Each dataset is normalized with its own training-split statistics.")
