@@ -198,7 +198,9 @@ def main() -> int:
     n = config["training settings"]["N_subimgs"]
     rng = np.random.default_rng(seed)
     positions = sample_centres([r["fov"] for r in train_rows], n, size,
-                               config["training settings"]["inside_FOV"], rng, [r["name"] for r in train_rows])
+                               config["training settings"]["inside_FOV"], rng, [r["name"] for r in train_rows],
+                               [r["label"] for r in train_rows], config["training settings"]["foreground_fraction"],
+                               (1,) if classes is None else range(classes.n_classes))
     train_images = [r["image"] for r in train_rows]
     train_labels = [r["label"] for r in train_rows]
 
@@ -225,8 +227,11 @@ def main() -> int:
             h, w, c = rows[0]["image"].shape
             print(f"  {split:5s}: {len(rows):3d} images, {w}x{h}x{c}"
                   f"{'' if rows[0]['label'] is not None else ' (no labels)'}")
+    focus = config["training settings"]["foreground_fraction"]
     print(f"  patches: {n} of {size}x{size}x{settings['channels']} (float16), centres "
-          f"{'inside the FOV' if config['training settings']['inside_FOV'] else 'anywhere'}")
+          f"{'inside the FOV' if config['training settings']['inside_FOV'] else 'anywhere'}"
+          + (f", {focus:.0%} of them on {'foreground' if classes is None else 'a class drawn per patch'}"
+             if focus else ""))
     if classes is None:
         foreground = np.mean([r["label"][r["fov"]].mean() for r in train_rows])
         print(f"  foreground fraction inside the FOV (train): {foreground:.3f}")

@@ -235,6 +235,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
     "training settings": {
         "N_subimgs": (_positive(int), "number of random training patches written by prepare_datasets.py"),
         "inside_FOV": (_bool, "draw patch centres only inside the field of view"),
+        "foreground_fraction": (_fraction, "fraction of the training patches centred on a labelled pixel (binary: foreground; several classes: of a class drawn uniformly among those in the image, so rare classes are seen), as nnU-Net oversamples foreground; the rest are drawn as before; 0 disables it"),
         "N_epochs": (_positive(int), "number of training epochs"),
         "steps_per_epoch": (_non_negative(int), "batches per epoch; 0 means one full pass over the training patches"),
         "batch_size": (_positive(int), "patches per batch: the global batch, split evenly between the devices of the strategy"),

@@ -31,6 +31,8 @@ def fingerprint(config: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "patches": {k: config["training settings"][k] for k in ("N_subimgs", "inside_FOV")},
         "seed": config["experiment"]["seed"],
     }
+    if config["training settings"]["foreground_fraction"]:
+        result["patches"]["foreground_fraction"] = config["training settings"]["foreground_fraction"]
     if config["model"]["n_classes"] > 1:
         result["classes"] = {"n_classes": config["model"]["n_classes"],
                              **{k: config["data attributes"][k] for k in MULTICLASS_KEYS}}

@@ -1,4 +1,4 @@
-"""Random training patches: centre sampling (anywhere or inside the FOV) and vectorized extraction."""
+"""Random training patches: centre sampling (anywhere, inside the FOV, or on labelled classes) and vectorized extraction."""
 from __future__ import annotations
 
 from typing import Iterator, Sequence
@@ -10,11 +10,16 @@ from lib.errors import UserError
 
 
 def sample_centres(fovs: Sequence[np.ndarray], n: int, size: int, inside_fov: bool,
-                   rng: np.random.Generator, names: Sequence[str] | None = None) -> np.ndarray:
+                   rng: np.random.Generator, names: Sequence[str] | None = None,
+                   labels: Sequence[np.ndarray] | None = None, foreground_fraction: float = 0.0,
+                   classes: Sequence[int] = (1,)) -> np.ndarray:
     """Draw n patch positions as rows (image index, top, left), in random order.
 
     Images get equal shares (as in the classic method). Every patch lies fully inside its image;
-    with inside_fov its centre pixel also lies inside the FOV mask. names (one per image) go into errors.
+    with inside_fov its centre pixel also lies inside the FOV mask. A foreground_fraction of each
+    image's share is centred on a labelled pixel: of a class drawn uniformly among those of classes
+    present there, so rare classes are seen as often as common ones (nnU-Net's oversampling). An
+    image without such pixels gets only uniform centres. names (one per image) go into errors.
     """
     shares = np.full(len(fovs), n // len(fovs))
     shares[: n % len(fovs)] += 1
@@ -34,11 +39,30 @@ def sample_centres(fovs: Sequence[np.ndarray], n: int, size: int, inside_fov: bo
         if len(candidates) == 0:
             raise UserError(f"{image} has no FOV pixel at least {half} pixels from its border; "
                             "set inside_FOV = false or lower patch_size.")
-        picks = candidates[rng.integers(0, len(candidates), size=count)]
+        focused = int(round(count * foreground_fraction)) if labels is not None else 0
+        picks = candidates[rng.integers(0, len(candidates), size=count - focused)]
+        if focused:
+            picks = np.concatenate([picks, _class_centres(labels[index], valid, classes, focused, rng)])
         ys, xs = np.divmod(picks, width)
         rows.append(np.stack([np.full(count, index), ys - half, xs - half], axis=1))
     positions = np.concatenate(rows)
     return positions[rng.permutation(len(positions))]
+
+
+def _class_centres(label: np.ndarray, valid: np.ndarray, classes: Sequence[int], count: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """count flat positions on valid pixels of a class drawn uniformly among the present classes."""
+    label = np.asarray(label).reshape(valid.shape)
+    present = [pixels for pixels in (np.flatnonzero(valid & (label == c)) for c in classes) if len(pixels)]
+    if not present:  # nothing to focus on in this image: uniform centres instead
+        candidates = np.flatnonzero(valid)
+        return candidates[rng.integers(0, len(candidates), size=count)]
+    chosen = rng.integers(0, len(present), size=count)
+    picks = np.empty(count, dtype=np.int64)
+    for which, pixels in enumerate(present):
+        here = np.flatnonzero(chosen == which)
+        picks[here] = pixels[rng.integers(0, len(pixels), size=len(here))]
+    return picks
 
 
 def extract_patches(images: Sequence[np.ndarray], positions: np.ndarray, size: int) -> np.ndarray:

@@ -67,6 +67,24 @@ def test_prepare_reruns_only_when_asked_and_names_what_changed(tmp_path, small_d
     assert "nothing to do" in run_script("prepare_datasets.py", *args).stdout
 
 
+def test_foreground_fraction_puts_more_vessel_pixels_into_the_patches(tmp_path, small_drive):
+    args = tiny_settings(tmp_path, small_drive, extra=["N_subimgs=600"])
+    run_script("prepare_datasets.py", *args)
+    path = tmp_path / "prepared" / "dataset.h5"
+    with h5py.File(path, "r") as h5:
+        plain = h5["patches/labels"][()].mean()
+    focused_args = [*args, "--set", "foreground_fraction=0.5"]
+    stale = run_script("prepare_datasets.py", *focused_args, check=False)
+    assert stale.returncode == 2 and "patches.foreground_fraction = (none) (now 0.5)" in stale.stderr
+    result = run_script("prepare_datasets.py", *focused_args, "--overwrite")
+    assert "50% of them on foreground" in result.stdout
+    with h5py.File(path, "r") as h5:
+        labels = h5["patches/labels"][()]
+    half = labels.shape[1] // 2
+    assert labels[:, half, half].mean() >= 0.5
+    assert labels.mean() > plain + 0.02, (plain, labels.mean())
+
+
 def test_training_writes_every_promised_file(trained):
     tmp, _, _, train = trained
     run = tmp / "runs" / "tiny"

@@ -218,6 +218,22 @@ def test_prepare_writes_uint8_class_labels_the_val_split_and_class_weights(tmp_p
     np.testing.assert_allclose(np.array(classes["median_frequency_weights"])[present], np.median(freq) / freq)
 
 
+def test_foreground_fraction_centres_rare_classes_as_often_as_common_ones(tmp_path: Path) -> None:
+    root = write_camvid(tmp_path / "CamVid", n_train=4, n_val=1)
+
+    def centre_classes(extra: list[str]) -> np.ndarray:
+        run_script("prepare_datasets.py", *tiny(tmp_path, root, extra), "--overwrite")
+        with h5py.File(tmp_path / "prepared" / "dataset.h5", "r") as h5:
+            half = h5["patches/labels"].shape[1] // 2
+            return h5["patches/labels"][:, half, half, 0]
+
+    plain = centre_classes([])
+    focused = centre_classes(["foreground_fraction=0.9"])
+    objects = [2, 5, 8, 9]  # Pole, Tree, Car, Pedestrian: small boxes in every scene
+    assert np.isin(focused, objects).mean() > 2 * np.isin(plain, objects).mean() + 0.05
+    assert np.mean(focused == 3) < np.mean(plain == 3)  # the road, the largest class, loses its lead
+
+
 # --- training pieces -------------------------------------------------------------------------
 
 def test_pixel_accuracy_metric_and_cce_dice_loss_leave_void_out() -> None:

@@ -101,6 +101,65 @@ def test_fov_without_room_for_a_patch_centre_is_a_user_error() -> None:
         sample_centres([fov], 5, 8, True, np.random.default_rng(0))
 
 
+def _centre_values(maps: list[np.ndarray], positions: np.ndarray, size: int) -> np.ndarray:
+    half = size // 2
+    return np.array([maps[i][t + half, l + half] for i, t, l in positions])
+
+
+def test_foreground_fraction_centres_that_share_on_foreground_inside_the_fov() -> None:
+    rng = np.random.default_rng(7)
+    fovs = _partial_fovs()
+    labels = [rng.random(f.shape) < 0.1 for f in fovs]
+    size = 8
+    plain = sample_centres(fovs, 3000, size, True, np.random.default_rng(8), labels=labels)
+    focused = sample_centres(fovs, 3000, size, True, np.random.default_rng(8), labels=labels,
+                             foreground_fraction=0.5)
+    assert focused.shape == (3000, 3)
+    np.testing.assert_array_equal(np.bincount(focused[:, 0]), np.bincount(plain[:, 0]))
+    assert _centre_values(fovs, focused, size).all()  # still inside the FOV and the image
+    on_plain = _centre_values(labels, plain, size).mean()
+    on_focused = _centre_values(labels, focused, size).mean()
+    # Half the centres are on foreground, the other half hit it as often as uniform ones do.
+    assert on_plain < 0.2
+    assert abs(on_focused - (0.5 + 0.5 * on_plain)) < 0.05, (on_plain, on_focused)
+
+
+def test_zero_foreground_fraction_draws_exactly_the_plain_positions() -> None:
+    fovs = _partial_fovs()
+    labels = [np.ones(f.shape, bool) for f in fovs]
+    plain = sample_centres(fovs, 500, 8, True, np.random.default_rng(9))
+    again = sample_centres(fovs, 500, 8, True, np.random.default_rng(9), labels=labels, foreground_fraction=0.0)
+    np.testing.assert_array_equal(plain, again)
+
+
+def test_rare_classes_get_as_many_centres_as_common_ones() -> None:
+    label = np.zeros((60, 60), np.uint8)
+    label[:, 30:] = 1                       # half the image
+    label[40:43, 10:13] = 2                 # nine pixels
+    label[5, 5] = 255                       # void: never a target
+    fovs = [np.ones(label.shape, bool)]
+    positions = sample_centres(fovs, 3000, 8, True, np.random.default_rng(10), labels=[label],
+                               foreground_fraction=0.9, classes=range(3))
+    values = _centre_values([label], positions, 8)
+    shares = np.bincount(values[values < 3], minlength=3) / len(values)
+    # 0.9 split evenly over three classes, plus the uniform tenth in proportion to the areas.
+    assert abs(shares[2] - 0.3) < 0.04, shares
+    assert abs(shares[1] - (0.3 + 0.1 * 0.5)) < 0.04, shares
+    assert (values == 255).sum() <= 5
+
+
+def test_an_image_without_foreground_gets_uniform_centres() -> None:
+    fovs = [np.ones((30, 30), bool), np.ones((30, 30), bool)]
+    labels = [np.zeros((30, 30), bool), np.zeros((30, 30), bool)]
+    labels[1][20:25, 20:25] = True
+    positions = sample_centres(fovs, 400, 8, True, np.random.default_rng(11), labels=labels,
+                               foreground_fraction=0.75)
+    assert np.bincount(positions[:, 0]).tolist() == [200, 200]
+    first = positions[positions[:, 0] == 0]
+    assert len({(t, l) for _, t, l in first}) > 100  # spread out, not stuck on one pixel
+    assert _centre_values(labels, positions[positions[:, 0] == 1], 8).mean() >= 0.75
+
+
 @pytest.mark.parametrize("channels", [None, 1, 3])
 def test_extraction_equals_direct_slicing(channels: int | None) -> None:
     rng = np.random.default_rng(5)
