@@ -21,7 +21,6 @@ images.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,15 +33,11 @@ METHODS = ("default", "stride5", "stride48", "whole")
 
 
 def load_run(run: Path, checkpoint: str | None, config_path: str, overrides: list[str]):
-    """The run's configuration with the current [testing settings] (as predict.py takes them), and its model."""
-    from lib.config import load_config, load_run_config
-    from lib.folding import load_for_inference
-    current = load_config(common.repo_path(config_path), overrides)
-    config = load_run_config(run / "configuration.txt", current, from_current=("testing settings",))
-    name = checkpoint or config["testing settings"]["checkpoint"]
-    model = load_for_inference(run / f"{name}.keras")
-    info_path = run / "model_info.json"
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    """The run's configuration with the current [testing settings], its model and model_info, as predict.py loads them."""
+    import predict
+    from lib.config import load_config
+    chosen = [f"testing_settings.checkpoint={checkpoint}"] if checkpoint else []
+    config, model, _, info = predict.load_run(run, load_config(common.repo_path(config_path), overrides + chosen))
     return config, model, info
 
 
@@ -62,13 +57,10 @@ def settings_for(method: str, testing: dict, image_shape: tuple, multiple: int, 
 
 def window_batches(image_shape: tuple, settings: dict, multiple: int) -> tuple[int, list[tuple]]:
     """(number of windows, distinct batch shapes) that sliding_window will feed the model."""
-    from lib.tiling import window_starts
+    from lib.tiling import window_grid
     height, width, channels = image_shape
-    win_h = min(settings["window"], -(-height // multiple) * multiple)
-    win_w = min(settings["window"], -(-width // multiple) * multiple)
-    full_h, full_w = max(height, win_h), max(width, win_w)
-    count = len(window_starts(full_h, win_h, settings["stride"])) * len(window_starts(full_w, win_w, settings["stride"]))
-    batch = settings["batch_size"]
+    win_h, win_w, corners = window_grid(height, width, settings["window"], settings["stride"], multiple)
+    count, batch = len(corners), settings["batch_size"]
     sizes = {min(batch, count)} | ({count % batch} if count % batch else set())
     return count, [(size, win_h, win_w, channels) for size in sorted(sizes)]
 

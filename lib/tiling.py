@@ -30,6 +30,20 @@ def gaussian_weights(height: int, width: int | None = None, sigma_scale: float =
     return np.maximum(weights, 1e-3).astype(np.float32)
 
 
+def window_grid(height: int, width: int, window: int, stride: int,
+                multiple: int = 1) -> tuple[int, int, list[tuple[int, int]]]:
+    """(window height, window width, top-left corners) that sliding_window uses on a height x width image.
+
+    The window shrinks to the image, rounded up to `multiple` (less wasted compute); a smaller image is
+    zero-padded to it.
+    """
+    win_h = min(window, -(-height // multiple) * multiple)
+    win_w = min(window, -(-width // multiple) * multiple)
+    corners = [(y, x) for y in window_starts(max(height, win_h), win_h, stride)
+               for x in window_starts(max(width, win_w), win_w, stride)]
+    return win_h, win_w, corners
+
+
 def sliding_window(image: np.ndarray, predict: Predictor, window: int, stride: int,
                    batch_size: int = 8, blend: str = "constant", multiple: int = 1) -> np.ndarray:
     """Predict an H x W x C image window by window and blend overlaps into an H x W x K map.
@@ -38,15 +52,11 @@ def sliding_window(image: np.ndarray, predict: Predictor, window: int, stride: i
     the window are zero-padded; `multiple` rounds the window up so a U-Net can take it.
     """
     height, width = image.shape[:2]
-    # Shrink the window to the (rounded-up) image when the image is smaller: less wasted compute.
-    win_h = min(window, -(-height // multiple) * multiple)
-    win_w = min(window, -(-width // multiple) * multiple)
+    win_h, win_w, corners = window_grid(height, width, window, stride, multiple)
     pad_h, pad_w = max(win_h - height, 0), max(win_w - width, 0)
     padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0))) if pad_h or pad_w else image
     full_h, full_w = padded.shape[:2]
     weights = gaussian_weights(win_h, win_w) if blend == "gaussian" else np.ones((win_h, win_w), np.float32)
-    corners = [(y, x) for y in window_starts(full_h, win_h, stride)
-               for x in window_starts(full_w, win_w, stride)]
     total = None
     norm = np.zeros((full_h, full_w, 1), np.float32)
     for start in range(0, len(corners), batch_size):
