@@ -15,8 +15,8 @@ import numpy as np
 from lib.atomic import write_json, write_text
 from lib.backend import configure_precision, jit_setting
 from lib.averaging import AveragedWeights
-from lib.callbacks import (Checkpoints, CosineSchedule, CtrlC, EpochSetter, HoldoutScore, NaNGuard,
-                           SafeBackupAndRestore, TimeLimit)
+from lib.callbacks import (Checkpoints, CosineSchedule, CtrlC, EpochSetter, HoldoutScore, LogProgress,
+                           NaNGuard, SafeBackupAndRestore, TimeLimit)
 from lib.config import add_config_arguments, load_config, write_config
 from lib.distribute import AgreeToStop, SyncFromChief, check_global_batch, make_distribution
 from lib.errors import UserError, run_cli
@@ -183,6 +183,8 @@ def main() -> int:
         callbacks.append(SafeBackupAndRestore(str(run / "backup"), double_checkpoint=True))
         if keras.backend.backend() == "tensorflow":
             callbacks.append(keras.callbacks.TensorBoard(str(run / "tensorboard"), profile_batch=0))
+    if distribution.is_chief and not sys.stdout.isatty():
+        callbacks.append(LogProgress())  # Keras prints one line per epoch here (verbose=2)
     # With several workers: start from the chief's (restored) state; stop together.
     # CtrlC last: an interrupted epoch's checkpoints are written before it raises.
     ctrl_c = CtrlC()

@@ -6,6 +6,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -159,6 +160,34 @@ class NaNGuard(keras.callbacks.Callback):
         if logs and not math.isfinite(float(logs.get("loss", 0.0))):
             self.where = (self.epoch + 1, batch + 1)
             self.model.stop_training = True
+
+
+class LogProgress(keras.callbacks.Callback):
+    """Within each epoch, a line with the step, the running loss and the time left, every interval seconds.
+
+    For a log file or a pipe, where Keras prints one line per epoch (verbose=2) and an epoch can take minutes.
+    """
+
+    def __init__(self, interval: float = 30.0, stream: Any = None) -> None:
+        super().__init__()
+        self.interval, self.stream = interval, stream
+        self.epoch, self.epoch_start, self.last = 0, 0.0, 0.0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch, self.epoch_start = epoch, time.monotonic()
+        self.last = self.epoch_start
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        now = time.monotonic()
+        steps = self.params.get("steps")
+        if now - self.last < self.interval or not steps or batch + 1 >= steps:
+            return
+        self.last = now
+        elapsed = now - self.epoch_start
+        left = elapsed / (batch + 1) * (steps - batch - 1)
+        loss = f", loss {float(logs['loss']):.4f}" if logs and "loss" in logs else ""
+        print(f"  epoch {self.epoch + 1}/{self.params.get('epochs')}: step {batch + 1}/{steps}{loss}, "
+              f"{elapsed:.0f} s, about {left:.0f} s left", file=self.stream or sys.stdout, flush=True)
 
 
 class TimeLimit(keras.callbacks.Callback):

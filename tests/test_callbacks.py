@@ -2,6 +2,7 @@
 scoring and checkpoints."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -12,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from lib.callbacks import Checkpoints, CosineSchedule, CtrlC, HoldoutScore, TimeLimit
+from lib.callbacks import Checkpoints, CosineSchedule, CtrlC, HoldoutScore, LogProgress, TimeLimit
 
 
 def test_ctrl_c_is_deferred_to_the_next_batch_end_and_a_second_one_stops_at_once():
@@ -107,6 +108,28 @@ def _fit(callbacks, epochs: int) -> list[dict]:
     model.fit(x, (x > 0.5).astype("float32"), batch_size=4, epochs=epochs, verbose=0,
               callbacks=[*callbacks, record])
     return logs
+
+
+def test_log_progress_prints_steps_within_an_epoch_at_its_interval(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    stream = io.StringIO()
+    progress = LogProgress(interval=30, stream=stream)
+    progress.set_params({"epochs": 16, "steps": 500})
+    progress.on_epoch_begin(2)
+    for batch in range(500):
+        clock[0] += 0.25  # 125 s per epoch: lines after 30, 60, 90 and 120 s, none at the epoch's end
+        progress.on_train_batch_end(batch, {"loss": 0.5 - batch / 1000})
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 4, lines
+    assert lines[0] == "  epoch 3/16: step 120/500, loss 0.3810, 30 s, about 95 s left"
+    assert lines[-1].startswith("  epoch 3/16: step 480/500")
+
+
+def test_log_progress_prints_during_a_real_fit():
+    stream = io.StringIO()
+    _fit([LogProgress(interval=0, stream=stream)], epochs=1)  # two steps: a line after the first
+    assert stream.getvalue().startswith("  epoch 1/1: step 1/2, loss ")
 
 
 def _holdout() -> list[dict]:
