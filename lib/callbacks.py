@@ -187,7 +187,7 @@ class LogProgress(keras.callbacks.Callback):
         left = elapsed / (batch + 1) * (steps - batch - 1)
         loss = f", loss {float(logs['loss']):.4f}" if logs and "loss" in logs else ""
         print(f"  epoch {self.epoch + 1}/{self.params.get('epochs')}: step {batch + 1}/{steps}{loss}, "
-              f"{elapsed:.0f} s, about {left:.0f} s left", file=self.stream or sys.stdout, flush=True)
+              f"{elapsed:.0f} s, about {left:.0f} s left in the epoch", file=self.stream or sys.stdout, flush=True)
 
 
 class TimeLimit(keras.callbacks.Callback):

@@ -17,9 +17,9 @@ def sample_centres(fovs: Sequence[np.ndarray], n: int, size: int, inside_fov: bo
 
     Images get equal shares (as in the classic method). Every patch lies fully inside its image;
     with inside_fov its centre pixel also lies inside the FOV mask. A foreground_fraction of each
-    image's share is centred on a labelled pixel: of a class drawn uniformly among those of classes
-    present there, so rare classes are seen as often as common ones (nnU-Net's oversampling). An
-    image without such pixels gets only uniform centres. names (one per image) go into errors.
+    image's share is centred on a pixel of one of `classes` (label values), the class drawn uniformly
+    among those present in the image, so rare classes are seen as often as common ones (nnU-Net's
+    oversampling); an image with none of them gets uniform centres. names (one per image) go into errors.
     """
     shares = np.full(len(fovs), n // len(fovs))
     shares[: n % len(fovs)] += 1

@@ -122,7 +122,7 @@ def test_log_progress_prints_steps_within_an_epoch_at_its_interval(monkeypatch):
         progress.on_train_batch_end(batch, {"loss": 0.5 - batch / 1000})
     lines = stream.getvalue().splitlines()
     assert len(lines) == 4, lines
-    assert lines[0] == "  epoch 3/16: step 120/500, loss 0.3810, 30 s, about 95 s left"
+    assert lines[0] == "  epoch 3/16: step 120/500, loss 0.3810, 30 s, about 95 s left in the epoch"
     assert lines[-1].startswith("  epoch 3/16: step 480/500")
 
 
