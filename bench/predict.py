@@ -175,7 +175,7 @@ def main() -> int:
                      int(np.mean(r["windows"])), f"{n} x {r['repeats']}", mean, mean * args.target_images,
                      None if slow is None else slow / mean, r["auc_pooled"], r["auc_common"]])
         del r["probs"]
-    notes = [f"run {run} ({config['testing settings']['checkpoint'] if not args.checkpoint else args.checkpoint}"
+    notes = [f"run {run} ({config['testing settings']['checkpoint']}"
              f" checkpoint, depth {depth}), {split} split of {data_path}: {len(samples)} labelled image(s) of "
              + ", ".join(f"{w}x{h}x{c}" for h, w, c in shapes),
              "s/image = prediction + FOV masking + binary_scores, mean over images of the median over repeats",
