@@ -42,20 +42,22 @@ def sample_centres(fovs: Sequence[np.ndarray], n: int, size: int, inside_fov: bo
         focused = int(round(count * foreground_fraction)) if labels is not None else 0
         picks = candidates[rng.integers(0, len(candidates), size=count - focused)]
         if focused:
-            picks = np.concatenate([picks, _class_centres(labels[index], valid, classes, focused, rng)])
+            picks = np.concatenate([picks, _class_centres(labels[index], valid, candidates, classes, focused, rng)])
         ys, xs = np.divmod(picks, width)
         rows.append(np.stack([np.full(count, index), ys - half, xs - half], axis=1))
     positions = np.concatenate(rows)
     return positions[rng.permutation(len(positions))]
 
 
-def _class_centres(label: np.ndarray, valid: np.ndarray, classes: Sequence[int], count: int,
-                   rng: np.random.Generator) -> np.ndarray:
-    """count flat positions on valid pixels of a class drawn uniformly among the present classes."""
+def _class_centres(label: np.ndarray, valid: np.ndarray, candidates: np.ndarray, classes: Sequence[int],
+                   count: int, rng: np.random.Generator) -> np.ndarray:
+    """count flat positions on valid pixels of a class drawn uniformly among the present classes.
+
+    candidates: the flat indices of valid, the uniform fallback when no class is present.
+    """
     label = np.asarray(label).reshape(valid.shape)
     present = [pixels for pixels in (np.flatnonzero(valid & (label == c)) for c in classes) if len(pixels)]
     if not present:  # nothing to focus on in this image: uniform centres instead
-        candidates = np.flatnonzero(valid)
         return candidates[rng.integers(0, len(candidates), size=count)]
     chosen = rng.integers(0, len(present), size=count)
     picks = np.empty(count, dtype=np.int64)
