@@ -49,6 +49,7 @@ class HoldoutScore(keras.callbacks.Callback):
         super().__init__()
         self.samples, self.predict, self.every = samples, predict, every
         self.n_classes, self.ignore_index = n_classes, ignore_index
+        self.inference: keras.Model | None = None  # the folded copy, reused so its predict function is too
         self.keys = ("auc_roc", "f1", "accuracy") if n_classes == 1 else ("mean_iou", "pixel_accuracy", "mean_accuracy")
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
@@ -60,7 +61,7 @@ class HoldoutScore(keras.callbacks.Callback):
             # An epoch whose loss went NaN has NaN weights: nothing to score.
             logs.update({f"holdout_{key}": float("nan") for key in self.keys})
             return
-        model = fold_batch_norm(self.model)  # once per scoring: the weights change every epoch
+        model = self.inference = fold_batch_norm(self.model, self.inference)  # the weights change every epoch
         if self.n_classes > 1:
             predicted = np.concatenate([np.argmax(self.predict(model, s["image"]), axis=-1)[s["fov"]]
                                         for s in self.samples])

@@ -33,8 +33,9 @@ def foldable_pairs(model: keras.Model) -> dict[str, str]:
     return pairs
 
 
-def fold_batch_norm(model: keras.Model) -> keras.Model:
-    """An inference copy of model with each foldable batch norm merged into the convolution before it.
+def fold_batch_norm(model: keras.Model, into: keras.Model | None = None) -> keras.Model:
+    """An inference copy of model with each foldable batch norm merged into the convolution before it; with
+    into (an earlier fold of this model), that copy with its weights brought up to date.
 
     The scale and shift of each batch norm move into that convolution's kernel and bias, and the batch
     norm leaves the graph; the model itself is returned when none can be folded. At inference a batch
@@ -45,21 +46,9 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     if not pairs:
         return model
     norm_of = {conv: norm for norm, conv in pairs.items()}
-
-    def clone(layer):
-        config = layer.get_config()
-        if layer.name in norm_of:
-            config["use_bias"] = True
-        return layer.__class__.from_config(config)
-
-    def call(layer, *args, **kwargs):
-        # A folded batch norm drops out of the graph: its input goes straight on.
-        return args[0] if layer.name in pairs else layer(*args, **kwargs)
-
-    # A fresh, uncompiled graph over the same layers: cloning a compiled model would also compile the
-    # copy, which needs the training loss (and fails for ours, which is not registered with Keras).
-    graph = keras.Model(model.inputs, model.outputs, name=model.name)
-    folded = keras.models.clone_model(graph, clone_function=clone, call_function=call)
+    # Refolding into the same copy keeps its compiled predict function: a new copy each epoch retraces
+    # it, which takes seconds and makes TensorFlow warn about excessive retracing.
+    folded = into if into is not None else _folded_graph(model, pairs)
     for layer in folded.layers:
         if not layer.weights:
             continue
@@ -76,6 +65,26 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
         scale = gamma / np.sqrt(keras.ops.convert_to_numpy(bn.moving_variance).astype(np.float64) + bn.epsilon)
         layer.set_weights([(kernel * scale).astype(np.float32), ((bias - mean) * scale + beta).astype(np.float32)])
     return folded
+
+
+def _folded_graph(model: keras.Model, pairs: dict[str, str]) -> keras.Model:
+    """A copy of model's graph without the batch norms of pairs, their convolutions given a bias (weights unset)."""
+    biased = set(pairs.values())
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name in biased:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    def call(layer, *args, **kwargs):
+        # A folded batch norm drops out of the graph: its input goes straight on.
+        return args[0] if layer.name in pairs else layer(*args, **kwargs)
+
+    # A fresh, uncompiled graph over the same layers: cloning a compiled model would also compile the
+    # copy, which needs the training loss (and fails for ours, which is not registered with Keras).
+    graph = keras.Model(model.inputs, model.outputs, name=model.name)
+    return keras.models.clone_model(graph, clone_function=clone, call_function=call)
 
 
 def _mixed_layers(model: keras.Model) -> set[str]:

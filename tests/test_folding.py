@@ -37,6 +37,24 @@ def test_folded_unet_has_no_batch_norm_and_predicts_the_same() -> None:
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x, training=False)), expected)
 
 
+def test_refolding_into_the_same_copy_follows_new_weights_and_keeps_its_predict_function() -> None:
+    # The holdout callback refolds every epoch: a new copy would trace a new predict function each time.
+    model = build_unet(channels=1, n_classes=1, depth=2, base_filters=8, batch_norm=True)
+    _randomize_batch_norms(model, seed=0)
+    folded = fold_batch_norm(model)
+    x = _image()
+    folded.predict_on_batch(x)
+    function = folded.predict_function
+    _randomize_batch_norms(model, seed=1)
+    first_conv = next(layer for layer in model.layers if isinstance(layer, layers.Conv2D))
+    first_conv.kernel.assign(keras.ops.convert_to_numpy(first_conv.kernel) * -1.5)
+    again = fold_batch_norm(model, into=folded)
+    assert again is folded
+    np.testing.assert_allclose(again.predict_on_batch(x), keras.ops.convert_to_numpy(model(x, training=False)),
+                               atol=2e-5)
+    assert again.predict_function is function
+
+
 def test_folding_a_softmax_unet_loaded_from_a_keras_file(tmp_path) -> None:
     model = build_unet(channels=3, n_classes=4, depth=2, base_filters=4, batch_norm=True, upsampling="bilinear")
     _randomize_batch_norms(model, seed=3)
