@@ -9,7 +9,7 @@ import json
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -17,8 +17,6 @@ from lib.atomic import write_json, write_text
 from lib.config import add_config_arguments, load_config, load_run_config
 from lib.cells import cell_colours, watershed_cells
 from lib.errors import UserError, run_cli
-from lib.folding import compute_dtype, for_this_machine, load_saved
-from lib.inference import predict_image, resolve_tta, tta_flips
 from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
 from lib.preprocessing import preprocess
@@ -38,6 +36,8 @@ OUTPUT_FILES = ("summary.txt", "metrics.json", "per_image.csv", "roc.png", "pr.p
 
 def load_run(run: Path, current: dict):
     """Load a run's saved configuration (with the current [testing settings]), model and preprocessing."""
+    from lib.folding import for_this_machine, load_saved  # Keras: imported only once a run is found (see main)
+
     config = load_run_config(run / CONFIG_NAME, current, from_current=("testing settings",))
     testing = config["testing settings"]
     name = testing["checkpoint"]
@@ -229,16 +229,16 @@ def colour_panels(panels: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([part for panel in panels for part in (gap, panel)][1:], axis=1)
 
 
-def predict_multiclass(model, samples, count: int, classes: ClassSpec, testing, depth: int, flips: str,
+def predict_multiclass(infer: Callable[[np.ndarray], np.ndarray], samples, count: int, classes: ClassSpec,
                        out: Path, settings: dict) -> list[str]:
-    """Class maps, colourized maps, comparisons, legend; with labels metrics.json, per_image.csv and the
+    """Class maps (infer: preprocessed image -> class probabilities), colourized maps, comparisons, legend; with labels metrics.json, per_image.csv and the
     confusion matrix (void pixels and pixels outside the FOV left out). Returns the summary lines."""
     palette = classes.display_palette()
     void = classes.ignore_index is not None
     save_legend([*classes.names, *(["void"] if void else [])], palette[: classes.n_classes + void], out / "legend.png")
     per_image, pooled_true, pooled_pred, unlabelled = [], [], [], 0
     for s in progress(samples, count, "predict"):
-        predicted = np.argmax(predict_image(model, s["image"], testing, depth, flips), axis=-1).astype(np.uint8)
+        predicted = np.argmax(infer(s["image"]), axis=-1).astype(np.uint8)
         stem = output_stem(s["name"])
         coloured = colorize(predicted, palette)
         save_png(predicted, out / f"{stem}_classes.png")   # class indices, like the annotations
@@ -283,13 +283,13 @@ def predict_multiclass(model, samples, count: int, classes: ClassSpec, testing, 
             f"per-class IoU: {iou}"]
 
 
-def predict_binary(model, samples, count: int, threshold: float, testing, depth: int, flips: str,
+def predict_binary(infer: Callable[[np.ndarray], np.ndarray], samples, count: int, threshold: float,
                    out: Path, settings: dict, dataset: str, config) -> list[str]:
-    """Probability, binary, comparison and overlay PNGs; with labels metrics.json, per_image.csv and
+    """Probability (infer: preprocessed image -> H x W x 1 probabilities), binary, comparison and overlay PNGs; with labels metrics.json, per_image.csv and
     ROC / PR curves (pixels inside the FOV). Keeps only FOV pixels between images. Returns summary lines."""
     names, fov_probs, fov_labels, extra, unlabelled = [], [], [], [], 0
     for s in progress(samples, count, "predict"):
-        prob = predict_image(model, s["image"], testing, depth, flips)[..., 0]
+        prob = infer(s["image"])[..., 0]
         prob = np.where(s["fov"], prob, 0.0)
         stem = output_stem(s["name"])
         binary = prob >= threshold
@@ -299,8 +299,8 @@ def predict_binary(model, samples, count: int, threshold: float, testing, depth:
         save_png(side_by_side(shown, s["label"], binary), out / f"{stem}_compare.png")
         save_png(overlay(shown, binary, s["label"]), out / f"{stem}_overlay.png")
         cells = None
-        if dataset == "ISBI2012" and testing["watershed_seed"] > 0:
-            cells = watershed_cells(prob if membrane_positive(config) else 1.0 - prob, testing["watershed_seed"])
+        if dataset == "ISBI2012" and settings["watershed_seed"] > 0:
+            cells = watershed_cells(prob if membrane_positive(config) else 1.0 - prob, settings["watershed_seed"])
             save_png(cell_colours(cells), out / f"{stem}_cells.png")
         if s["label"] is None:
             unlabelled += 1
@@ -354,6 +354,11 @@ def main() -> int:
     # Model, preprocessing and data paths come from the run; inference choices from the current config.
     current = load_config(args.config, args.overrides)
     run = find_run_folder(current, args.run)
+    # Imported only now because TensorFlow takes seconds to start: --help and errors in the configuration or
+    # run name answer at once.
+    from lib.folding import compute_dtype
+    from lib.inference import predict_image, resolve_tta, tta_flips
+
     config, model, preprocessing, info = load_run(run, current)
     if current["data paths"]["prepared_dir"] != config["data paths"]["prepared_dir"] and not (args.input or args.data):
         print(f"note: predict.py scores the data the run was trained with, {config['data paths']['prepared_dir']}, "
@@ -411,14 +416,18 @@ def main() -> int:
                    f"tta_scales {', '.join(map(format, testing['tta_scales']))}, "
                    f"mirror_margin {testing['mirror_margin']}, compute dtype {compute_dtype(model)}")
         settings = {**testing, "run": str(run), "split": where}
+
+        def infer(image: np.ndarray) -> np.ndarray:
+            return predict_image(model, image, testing, depth, flips)
+
         if classes is not None:
             lines = [*header, f"classes: {classes.n_classes} ({', '.join(classes.names)}); ignore index "
                      f"{classes.ignore_index}", windows]
-            lines += predict_multiclass(model, samples, count, classes, testing, depth, flips, out, settings)
+            lines += predict_multiclass(infer, samples, count, classes, out, settings)
         else:
             lines = [*header, f"threshold: {threshold:.3f}", windows]
-            lines += predict_binary(model, samples, count, threshold, testing, depth, flips, out,
-                                    {"threshold": threshold, **settings}, dataset, config)
+            lines += predict_binary(infer, samples, count, threshold, out, {"threshold": threshold, **settings},
+                                    dataset, config)
     summary = "\n".join(lines) + f"\noutputs: {out}\n"
     write_text(out / "summary.txt", summary)
     print("\n" + summary)

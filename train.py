@@ -9,28 +9,16 @@ import time
 import traceback
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from lib.atomic import write_json, write_text
-from lib.backend import configure_precision, jit_setting
-from lib.averaging import AveragedWeights
-from lib.callbacks import (Checkpoints, CosineSchedule, CtrlC, EpochSetter, HoldoutScore, LogProgress,
-                           NaNGuard, SafeBackupAndRestore, TimeLimit)
-from lib.config import add_config_arguments, load_config, write_config
-from lib.distribute import AgreeToStop, SyncFromChief, check_global_batch, make_distribution
+from lib.config import Config, add_config_arguments, load_config, write_config
 from lib.errors import UserError, run_cli
 from lib.fingerprint import describe_differences, fingerprint, matters_for_training, setting_differences
-from lib.folding import load_for_inference
-from lib.inference import predict_image, resolve_tta
-from lib.losses import loss_and_metrics
 from lib.metrics import best_f1_threshold
-from lib.optimizer import build_optimizer
-from lib.pipeline import PatchStream
 from lib.plots import save_learning_curves
 from lib.runs import CONFIG_NAME, FINISHED, prepare_run_folder
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes
-from lib.unet import unet_from_config
 
 
 def read_log(path: Path) -> dict[str, list[float]]:
@@ -84,7 +72,26 @@ def main() -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="delete a run of the same name (checkpoints, logs and its predictions/) and start over")
     args = parser.parse_args()
-    config = load_config(args.config, args.overrides)
+    return train(load_config(args.config, args.overrides), args.overwrite)
+
+
+def train(config: Config, overwrite: bool) -> int:
+    """Train the run config describes (resuming it, or starting over with overwrite); return the exit status."""
+    # Imported only now because TensorFlow takes seconds to start: --help and configuration errors answer at once.
+    import keras
+
+    from lib.averaging import AveragedWeights
+    from lib.backend import configure_precision, jit_setting
+    from lib.callbacks import (Checkpoints, CosineSchedule, CtrlC, EpochSetter, HoldoutScore, LogProgress,
+                               NaNGuard, SafeBackupAndRestore, TimeLimit)
+    from lib.distribute import AgreeToStop, SyncFromChief, check_global_batch, make_distribution
+    from lib.folding import load_for_inference
+    from lib.inference import predict_image, resolve_tta
+    from lib.losses import loss_and_metrics
+    from lib.optimizer import build_optimizer
+    from lib.pipeline import PatchStream
+    from lib.unet import unet_from_config
+
     training, testing = config["training settings"], config["testing settings"]
     flips = config["augmentation"]["flips"]
     time_limit = TimeLimit(training["max_train_minutes"])  # the budget covers loading and building too
@@ -124,7 +131,7 @@ def main() -> int:
 
     command = " ".join([sys.executable.split("/")[-1], *sys.argv])
     if distribution.is_chief:
-        run, resuming = prepare_run_folder(config, args.overwrite)
+        run, resuming = prepare_run_folder(config, overwrite)
         print(f"{'Resuming' if resuming else 'Starting'} run {run}")
         write_config(config, run / CONFIG_NAME)
         write_json(run / "preprocessing.json", preprocessing)
