@@ -8,6 +8,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -72,12 +73,50 @@ def main() -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="delete a run of the same name (checkpoints, logs and its predictions/) and start over")
     args = parser.parse_args()
-    return train(load_config(args.config, args.overrides), args.overwrite)
+    config = load_config(args.config, args.overrides)
+    return train(config, read_prepared(config), args.overwrite)
 
 
-def train(config: Config, overwrite: bool) -> int:
-    """Train the run config describes (resuming it, or starting over with overwrite); return the exit status."""
-    # Imported only now because TensorFlow takes seconds to start: --help and configuration errors answer at once.
+class Prepared(NamedTuple):
+    """What training reads of dataset.h5 besides the patches, which it streams."""
+    path: Path
+    n_patches: int
+    preprocessing: dict
+    holdout: list[dict]
+    classes: dict | None  # None for a binary task
+    ignore_index: int | None
+
+
+def read_prepared(config: Config) -> Prepared:
+    """Read and check dataset.h5 for this configuration: refuse data prepared for another one."""
+    data_path = Path(config["data paths"]["prepared_dir"]) / FILE_NAME
+    with open_prepared(data_path, config["data attributes"]["patch_size"],
+                       config["data attributes"]["channels"]) as h5:
+        n_patches = h5["patches/images"].shape[0]
+        preprocessing = {"settings": read_attr_json(h5, "preprocessing"),
+                         "statistics": read_attr_json(h5, "statistics"),
+                         "dataset": h5.attrs["dataset"], "source": h5.attrs["source"]}
+        holdout = list(iter_split(h5, "val"))
+        classes = read_classes(h5)
+        differences = setting_differences(read_attr_json(h5, "fingerprint"), fingerprint(config))
+    check_prepared_settings(differences, data_path)
+
+    n_classes, ignore_index = config["model"]["n_classes"], config["data attributes"]["ignore_index"]
+    ignore_index = None if ignore_index < 0 else ignore_index
+    if n_classes > 1 and (classes is None or classes["n_classes"] != n_classes
+                          or classes["ignore_index"] != ignore_index):
+        raise UserError(f"{data_path} was prepared for another label set than n_classes = {n_classes}, "
+                        f"ignore_index = {ignore_index}; rerun prepare_datasets.py with this configuration.")
+    if holdout:
+        check_holdout(holdout, n_classes > 1, ignore_index, data_path)
+    return Prepared(data_path, n_patches, preprocessing, holdout, classes, ignore_index)
+
+
+def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
+    """Train the run config describes on the prepared data (resuming it, or starting over with overwrite); return
+    the exit status."""
+    # Imported only now because TensorFlow takes seconds to start: --help and errors in the configuration or
+    # the prepared data answer at once.
     import keras
 
     from lib.averaging import AveragedWeights
@@ -94,32 +133,13 @@ def train(config: Config, overwrite: bool) -> int:
 
     training, testing = config["training settings"], config["testing settings"]
     flips = config["augmentation"]["flips"]
-    time_limit = TimeLimit(training["max_train_minutes"])  # the budget covers loading and building too
+    time_limit = TimeLimit(training["max_train_minutes"])  # the budget covers building the model too
     # First of all: MultiWorkerMirroredStrategy must exist before TensorFlow starts its runtime.
     distribution = make_distribution(training["strategy"])
     policy = configure_precision(training["mixed_precision"])
     depth = config["model"]["depth"]
-    data_path = Path(config["data paths"]["prepared_dir"]) / FILE_NAME
-
-    with open_prepared(data_path, config["data attributes"]["patch_size"],
-                       config["data attributes"]["channels"]) as h5:
-        n_patches = h5["patches/images"].shape[0]
-        preprocessing = {"settings": read_attr_json(h5, "preprocessing"),
-                         "statistics": read_attr_json(h5, "statistics"),
-                         "dataset": h5.attrs["dataset"], "source": h5.attrs["source"]}
-        holdout = list(iter_split(h5, "val"))
-        classes = read_classes(h5)  # None for a binary task
-        differences = setting_differences(read_attr_json(h5, "fingerprint"), fingerprint(config))
-    check_prepared_settings(differences, data_path)
-
-    n_classes, ignore_index = config["model"]["n_classes"], config["data attributes"]["ignore_index"]
-    ignore_index = None if ignore_index < 0 else ignore_index
-    if n_classes > 1 and (classes is None or classes["n_classes"] != n_classes
-                          or classes["ignore_index"] != ignore_index):
-        raise UserError(f"{data_path} was prepared for another label set than n_classes = {n_classes}, "
-                        f"ignore_index = {ignore_index}; rerun prepare_datasets.py with this configuration.")
-    if holdout:
-        check_holdout(holdout, n_classes > 1, ignore_index, data_path)
+    data_path, n_patches, preprocessing, holdout, classes, ignore_index = prepared
+    n_classes = config["model"]["n_classes"]
     # Every check that can refuse the run comes before the run folder is touched (--overwrite empties it).
     n_val = int(round(n_patches * training["validation_fraction"]))
     n_train = n_patches - n_val

@@ -1,4 +1,5 @@
-"""The scripts answer --help and configuration errors before they start TensorFlow, which takes seconds."""
+"""The scripts answer --help and errors in the configuration, run name or prepared data before they start
+TensorFlow, which takes seconds."""
 from __future__ import annotations
 
 import subprocess
@@ -37,3 +38,9 @@ def test_predict_reports_a_missing_run_before_tensorflow_starts(tmp_path):
     result = _run_without_tensorflow("predict.py", "--set", f"runs_dir={tmp_path}", "--set", "name=nothing_here")
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"{tmp_path / 'nothing_here'} is not a run folder" in result.stderr
+
+
+def test_train_reports_missing_prepared_data_before_tensorflow_starts(tmp_path):
+    result = _run_without_tensorflow("train.py", "--set", f"prepared_dir={tmp_path}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{tmp_path / 'dataset.h5'} not found" in result.stderr and "prepare_datasets.py" in result.stderr
