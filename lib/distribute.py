@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import keras
 
+from lib.backend import has_gpu
 from lib.errors import UserError
 
 STRATEGIES = ("auto", "single", "mirrored", "multi_worker")
@@ -42,6 +43,7 @@ class Distribution:
     workers: int = 1               # processes taking part
     task: str = "chief"            # e.g. "worker 1", for messages
     devices: list[str] = field(default_factory=list)
+    gpu: bool = False              # single: whether the device is a GPU
 
     def scope(self):
         """Context manager to build and compile the model in (a no-op for a single device)."""
@@ -49,7 +51,8 @@ class Distribution:
 
     def describe(self) -> str:
         if self.name == "single":
-            return "single device"
+            # Said plainly: a GPU that CUDA cannot reach would otherwise leave a run on the CPU, hours slower.
+            return "one GPU" if self.gpu else "the CPU (no GPU is visible; see README.md, GPU)"
         where = f" on {', '.join(self.devices)}" if self.devices else ""
         text = f"{self.name} strategy, {self.replicas} replica(s){where}"
         if self.workers > 1:
@@ -233,7 +236,7 @@ def make_distribution(name: str) -> Distribution:
     backend = keras.backend.backend()
     if backend != "tensorflow":
         if name in ("auto", "single"):
-            return Distribution("single")
+            return Distribution("single", gpu=has_gpu())
         raise UserError(f"[training settings] strategy = {name} needs the TensorFlow backend (tf.distribute), "
                         f"but KERAS_BACKEND is {backend}. Use strategy = single or auto with {backend}, "
                         "or run with KERAS_BACKEND=tensorflow.")
@@ -249,7 +252,7 @@ def make_distribution(name: str) -> Distribution:
 
     gpus = tf.config.list_physical_devices("GPU")
     if name == "single" or (name == "auto" and len(gpus) <= 1):
-        return Distribution("single")
+        return Distribution("single", gpu=bool(gpus))
     if gpus:
         devices = [d.name for d in tf.config.list_logical_devices("GPU")]
     else:

@@ -43,6 +43,16 @@ def test_single_and_auto_need_no_cluster_and_unknown_names_fail():
         make_distribution("horovod")
 
 
+def test_a_single_device_says_whether_it_is_a_gpu_or_the_cpu():
+    import tensorflow as tf
+
+    single = make_distribution("single")
+    assert single.gpu == bool(tf.config.list_physical_devices("GPU"))
+    assert Distribution("single", gpu=True).describe() == "one GPU"
+    # A GPU that CUDA cannot reach must not go unnoticed: the CPU is named, with where to look.
+    assert Distribution("single").describe() == "the CPU (no GPU is visible; see README.md, GPU)"
+
+
 @pytest.mark.parametrize("value,message", [
     ("", "needs the TF_CONFIG"),
     ("{not json", "not valid"),
