@@ -231,8 +231,9 @@ def colour_panels(panels: list[np.ndarray]) -> np.ndarray:
 
 def predict_multiclass(infer: Callable[[np.ndarray], np.ndarray], samples, count: int, classes: ClassSpec,
                        out: Path, settings: dict) -> list[str]:
-    """Class maps (infer: preprocessed image -> class probabilities), colourized maps, comparisons, legend; with labels metrics.json, per_image.csv and the
-    confusion matrix (void pixels and pixels outside the FOV left out). Returns the summary lines."""
+    """Class maps, colourized maps, comparisons, legend; with labels metrics.json, per_image.csv and the
+    confusion matrix (void pixels and pixels outside the FOV left out). infer maps a preprocessed image to
+    class probabilities. Returns the summary lines."""
     palette = classes.display_palette()
     void = classes.ignore_index is not None
     save_legend([*classes.names, *(["void"] if void else [])], palette[: classes.n_classes + void], out / "legend.png")
@@ -285,8 +286,9 @@ def predict_multiclass(infer: Callable[[np.ndarray], np.ndarray], samples, count
 
 def predict_binary(infer: Callable[[np.ndarray], np.ndarray], samples, count: int, threshold: float,
                    out: Path, settings: dict, dataset: str, config) -> list[str]:
-    """Probability (infer: preprocessed image -> H x W x 1 probabilities), binary, comparison and overlay PNGs; with labels metrics.json, per_image.csv and
-    ROC / PR curves (pixels inside the FOV). Keeps only FOV pixels between images. Returns summary lines."""
+    """Probability, binary, comparison and overlay PNGs; with labels metrics.json, per_image.csv and
+    ROC / PR curves (pixels inside the FOV). infer maps a preprocessed image to H x W x 1 probabilities.
+    Keeps only FOV pixels between images. Returns summary lines."""
     names, fov_probs, fov_labels, extra, unlabelled = [], [], [], [], 0
     for s in progress(samples, count, "predict"):
         prob = infer(s["image"])[..., 0]
