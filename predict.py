@@ -21,7 +21,7 @@ from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
 from lib.preprocessing import preprocess
 from lib.progress import progress
-from lib.readers import ClassSpec, as_rgb, input_image_files, read_image, to_binary
+from lib.readers import ClassSpec, as_rgb, input_image_files, read_image, read_label, to_binary
 from lib.runs import CONFIG_NAME, find_run_folder
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, split_size
 
@@ -119,10 +119,11 @@ def samples_from_input(files: list[Path], masks: list[Path | None], channels: in
         if mask_file is None:
             fov = np.ones(image.shape[:2], bool)
         else:
-            fov = to_binary(read_image(mask_file), mask_file, "mask")
-            if fov.shape != image.shape[:2]:
+            raw = read_label(mask_file)
+            if raw.shape[:2] != image.shape[:2]:  # first: a resized mask also has odd values
                 raise UserError(f"size mismatch: {file} is {image.shape[1]}x{image.shape[0]} but its mask "
-                                f"{mask_file} is {fov.shape[1]}x{fov.shape[0]}.")
+                                f"{mask_file} is {raw.shape[1]}x{raw.shape[0]}.")
+            fov = to_binary(raw, mask_file, "mask")
         yield {"name": file.name, "raw": image, "label": None, "fov": fov}
 
 

@@ -53,8 +53,8 @@ def stale_reason(path: Path, wanted: Mapping[str, Any], root: Path) -> str | Non
 
 
 def load_checked(entry: Entry, scale: float, bad_labels: list[LabelError]) -> Sample | None:
-    """Load an entry; a label with unknown values or colours is recorded in bad_labels (None returned),
-    so that one message can list every such file. An empty field of view stops with a UserError."""
+    """Load an entry; a label or mask with values or colours it cannot use is recorded in bad_labels (None
+    returned), so that one message can list every such file. An empty field of view stops with a UserError."""
     try:
         sample = load_sample(entry, scale)
     except LabelError as error:
@@ -68,11 +68,11 @@ def load_checked(entry: Entry, scale: float, bad_labels: list[LabelError]) -> Sa
 
 
 def raise_bad_labels(bad_labels: Sequence[LabelError], split: str) -> None:
-    """One UserError naming every label file of a split with values or colours outside the classes."""
+    """One UserError naming every label or mask file of a split with values or colours it cannot use."""
     if bad_labels:
         shown = "\n  ".join(f"{e.path}: {e.problem}" for e in bad_labels[:20])
         more = f"\n  ... and {len(bad_labels) - 20} more" if len(bad_labels) > 20 else ""
-        raise UserError(f"{len(bad_labels)} {split} label file(s) do not fit the configured classes:\n  "
+        raise UserError(f"{len(bad_labels)} {split} label or mask file(s) cannot be used:\n  "
                         f"{shown}{more}\n{bad_labels[0].fix}")
 
 
@@ -107,6 +107,21 @@ def read_training(entries: Sequence[Entry], scale: float, folder: Path,
                      "label": spill(sample.label, folder), "fov": spill(sample.fov, folder)})
     raise_bad_labels(bad_labels, "training")
     return rows
+
+
+def check_foreground(rows: Sequence[Mapping[str, Any]], root: Path) -> None:
+    """Refuse binary training labels with no foreground, or only foreground, inside the field of view."""
+    inside = sum(int(r["fov"].sum()) for r in rows)
+    foreground = sum(int(r["label"][r["fov"]].sum()) for r in rows)
+    names = ", ".join(r["name"] for r in rows[:3]) + (", ..." if len(rows) > 3 else "")
+    if foreground == 0:
+        raise UserError(f"no training label in {root} marks any foreground inside the field of view (images "
+                        f"{names}): there is nothing to learn. Foreground must be 255 (or 1) on 0; check that "
+                        "the labels are the right files and not inverted or blank.")
+    if foreground == inside:
+        raise UserError(f"every pixel inside the field of view is foreground in every training label in {root} "
+                        f"(images {names}): there is nothing to learn. Foreground must be 255 (or 1) on a "
+                        "background of 0; check that the labels are not inverted or blank white.")
 
 
 def preprocess_training(rows: list[dict[str, Any]], settings: Mapping[str, Any], stats: Mapping[str, Any],
@@ -187,6 +202,8 @@ def main() -> int:
         print(f"{paths['dataset']} has no FOV masks: deriving them from the red channel; saved in {fov_folder}")
         fov_folder.mkdir(exist_ok=True)
     train_rows = read_training(train, scale, scratch, fov_folder)
+    if classes is None:
+        check_foreground(train_rows, root)
     stats = fit_statistics((select_channels(r["raw"], settings["channels"], settings["gray_mode"])
                             for r in train_rows), [r["fov"] for r in train_rows])
     preprocess_training(train_rows, settings, stats, scratch)
@@ -224,8 +241,10 @@ def main() -> int:
     print(f"\nWrote {out_path} ({out_path.stat().st_size / 2**20:.1f} MiB)")
     for split, rows in splits.items():
         if rows:
-            h, w, c = rows[0]["image"].shape
-            print(f"  {split:5s}: {len(rows):3d} images, {w}x{h}x{c}"
+            shapes = sorted({r["image"].shape for r in rows}, key=lambda shape: shape[0] * shape[1])
+            (h0, w0, c), (h1, w1, _) = shapes[0], shapes[-1]
+            sizes = f"{w0}x{h0}x{c}" if len(shapes) == 1 else f"{len(shapes)} sizes from {w0}x{h0}x{c} to {w1}x{h1}x{c}"
+            print(f"  {split:5s}: {len(rows):3d} images, {sizes}"
                   f"{'' if rows[0]['label'] is not None else ' (no labels)'}")
     focus = config["training settings"]["foreground_fraction"]
     print(f"  patches: {n} of {size}x{size}x{settings['channels']} (float16), centres "

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from lib.errors import UserError
 from lib.fov import derive_fov
@@ -58,6 +58,23 @@ class Entry:
 
 def read_image(path: Path) -> np.ndarray:
     """Read an image file (or a gzipped one, like STARE's .ppm.gz) into uint8 H x W (x 3)."""
+    return _read(path, _to_uint8)
+
+
+def read_label(path: Path, classes: ClassSpec | None = None) -> np.ndarray:
+    """Read a label or FOV mask file (classes: None for binary maps) into its uint8 values, H x W (x 3).
+
+    Painting tools store a binary mask in the alpha channel (opaque strokes on a transparent background),
+    so a binary map with transparent pixels is its alpha channel. A palette (P-mode) file holds its
+    values as palette indices, as VOC-style annotation tools write them: those are read, except a gray
+    palette of a binary map (its gray levels are the values) and colour labels of several classes
+    ([data attributes] palette set: the colours are mapped).
+    """
+    return _read(path, functools.partial(_label_values, classes=classes))
+
+
+def _read(path: Path, convert: Callable[[Image.Image, Path], np.ndarray]) -> np.ndarray:
+    """Open an image file (gzipped or not) turned as its EXIF orientation says, and convert it to an array."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found.")
@@ -68,7 +85,9 @@ def read_image(path: Path) -> np.ndarray:
         source = io.BytesIO(gzip.decompress(path.read_bytes())) if path.suffix.lower() == ".gz" else path
         with Image.open(source) as img:
             img.load()
-            return _to_uint8(img, path)
+            # Phone and camera JPEGs are often stored sideways with an orientation tag that viewers
+            # apply: labels are drawn on the turned image.
+            return convert(ImageOps.exif_transpose(img), path)
     except PermissionError:
         raise UserError(f"{path} cannot be read: no permission. Fix its permissions (e.g. chmod a+r), "
                         "then run the same command again.") from None
@@ -77,18 +96,41 @@ def read_image(path: Path) -> np.ndarray:
                         "image: copy it again from the original dataset.") from None
 
 
+def _label_values(img: Image.Image, path: Path, classes: ClassSpec | None) -> np.ndarray:
+    if classes is None and "A" in img.getbands():
+        alpha = np.asarray(img.getchannel("A"))
+        if alpha.min() < 255:
+            return alpha.copy()
+    if img.mode in ("P", "PA"):
+        if (classes is None and not _gray_palette(img)) or (classes is not None and not classes.palette):
+            return np.asarray(img.getchannel("P") if img.mode == "PA" else img).copy()
+    return _to_uint8(img, path)
+
+
 def _to_uint8(img: Image.Image, path: Path) -> np.ndarray:
     if img.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "1"):
-        img = img.convert("RGB" if img.mode in ("RGBA", "CMYK", "YCbCr", "PA") else "L")
+        # A palette image is gray only when its palette is: colour GIFs and 8-bit PNGs stay colour.
+        colour = img.mode in ("RGBA", "CMYK", "YCbCr", "PA") or (img.mode == "P" and not _gray_palette(img))
+        img = img.convert("RGB" if colour else "L")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(img)
         if array.max() > 255:
-            raise UserError(f"{path} holds 16-bit values up to {array.max()}; convert it to 8-bit first.")
+            raise UserError(f"{path} holds 16-bit values up to {array.max()}; convert the images to 8-bit "
+                            "first, scaled the same way for all of them (e.g. divided by 256, or by 16 for "
+                            "12-bit data).")
         return array.astype(np.uint8)
     if img.mode not in ("L", "RGB"):
         raise UserError(f"{path} has image mode {img.mode}, which is not supported; save it as 8-bit "
                         "gray or RGB.")
     return np.asarray(img, dtype=np.uint8).copy()
+
+
+def _gray_palette(img: Image.Image) -> bool:
+    """Whether every palette colour the image uses is a gray (GIF palettes often list unused colours too)."""
+    palette = np.asarray(img.getpalette() or [0, 0, 0], dtype=np.uint8).reshape(-1, 3)
+    indices = np.asarray(img.getchannel("P") if img.mode == "PA" else img)
+    used = palette[np.unique(indices)[np.unique(indices) < len(palette)]]
+    return bool((used == used[:, :1]).all())
 
 
 def read_stack(path: Path) -> list[np.ndarray]:
@@ -112,20 +154,23 @@ def as_rgb(array: np.ndarray) -> np.ndarray:
 
 
 def to_binary(array: np.ndarray, path: Path | str, what: str = "label") -> np.ndarray:
-    """Turn a 0/255 or 0/1 single-channel map into bool; any other value is a UserError."""
+    """Turn a 0/255 or 0/1 single-channel map into bool; any other value is a LabelError."""
+    rule = f"A binary {what} must be gray with only the values 0/255 or only 0/1"
     if array.ndim == 3:
         if not (array == array[..., :1]).all():
-            raise UserError(f"{path}: the {what} is a colour image; a binary {what} must be gray "
-                            "with values 0/255 or 0/1.")
+            raise LabelError(path, f"the {what} is a colour image", f"{rule}.")
         array = array[..., 0]
     values = np.unique(array)
     if set(values.tolist()) <= {0, 255}:
         return array == 255
     if set(values.tolist()) <= {0, 1}:
         return array == 1
-    shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
-    raise UserError(f"{path}: the {what} has values {shown}; a binary {what} must hold only 0/255 "
-                    "or only 0/1. Re-export it as a two-level image.")
+    near = values.size >= 6 and np.mean((array <= 16) | (array >= 239)) > 0.9  # many levels, mostly extremes
+    fix = (f"{rule}: JPEG compression blurs edges into other values, so save {what}s as PNG, GIF or TIFF."
+           if Path(str(path)).suffix.lower() in (".jpg", ".jpeg") else
+           f"{rule}: {'its values cluster near 0 and 255, as resampling or anti-aliasing leaves them; ' if near else ''}"
+           "re-export it as a two-level image.")
+    raise LabelError(path, f"the {what} has values {_shown(values.tolist(), 10)}", fix)
 
 
 # --- multi-class labels ------------------------------------------------------------------------
@@ -300,7 +345,23 @@ def _list_by_id(folder: Path, pattern: str, example: str | None = None,
 
 
 _BY_NUMBER = "with the same number: add the missing files or remove the extra ones."
-_BY_STEM = "Files are paired by name without the extension (a.png with a.tif): every image needs exactly one {what}."
+_BY_STEM = ("Files are paired by name without the extension (a.png with a.tif), or with one suffix common to "
+            "all of them (a_mask.png): every image needs exactly one {what}.")
+
+
+def _by_image_stem(images: dict[str, Path], others: dict[str, Path]) -> dict[str, Path]:
+    """others keyed by their image's name when each is named as its image plus one suffix common to all
+    (case01_mask.png for case01.jpg), as many datasets name their masks; otherwise others as they are."""
+    if set(others) == set(images) or len(others) != len(images):
+        return others
+    suffixes, keyed = set(), {}
+    for stem, path in others.items():
+        image = max((name for name in images if stem.startswith(name) and stem != name), key=len, default=None)
+        if image is None:
+            return others
+        suffixes.add(stem[len(image):])
+        keyed[image] = path
+    return keyed if len(suffixes) == 1 and set(keyed) == set(images) else others
 
 
 def _pair(images: dict, others: dict, what: str, folder: Path, rule: str = "") -> None:
@@ -322,17 +383,18 @@ def _load_files(number: int, key: str, image_path: Path, label_path: Path | None
     """Read one image with its label and FOV mask (or a derived or whole-image FOV)."""
     image = as_rgb(read_image(image_path))
     if mask_path is not None:
-        fov = to_binary(read_image(mask_path), mask_path, "mask")
-        _check_same_size(image, fov, image_path, mask_path)
+        raw = read_label(mask_path)
+        _check_same_size(image, raw, image_path, mask_path)  # first: a resized mask also has odd values
+        fov = to_binary(raw, mask_path, "mask")
     elif derive:
         fov = derive_fov(image)
     else:
         fov = np.ones(image.shape[:2], dtype=bool)
     label = None
     if label_path is not None:
-        raw = read_image(label_path)
+        raw = read_label(label_path, classes)
+        _check_same_size(image, raw, image_path, label_path)
         label = to_binary(raw, label_path) if classes is None else to_classes(raw, label_path, classes)
-        _check_same_size(image, label, image_path, label_path)
     return Sample(image_path.name, number, image, label, fov, key)
 
 
@@ -398,7 +460,7 @@ def read_isbi(root: Path, split: str, positive_class: str) -> list[Sample]:
         if (root / split / "label").is_dir() or split == "train":
             label_files = _list_by_id(root / split / "label", r"(\d+)\.png")
             _pair(image_files, label_files, "label", root / split / "label")
-            labels = [read_image(label_files[i]) for i in sorted(image_files)]
+            labels = [read_label(label_files[i]) for i in sorted(image_files)]
             label_paths = [str(label_files[i]) for i in sorted(image_files)]
     elif split == "test":
         return []
@@ -521,9 +583,10 @@ def _folder_files(folder: Path, need_labels: bool) -> list[tuple[str, Path, Path
     labels = masks = None
     if need_labels or (folder / "labels").is_dir():
         labels = _files_by_stem(folder / "labels")
+        labels = _by_image_stem(images, labels)
         _pair(images, labels, "label", folder / "labels", _BY_STEM)
     if (folder / "masks").is_dir():
-        masks = _files_by_stem(folder / "masks")
+        masks = _by_image_stem(images, _files_by_stem(folder / "masks"))
         _pair(images, masks, "mask", folder / "masks", _BY_STEM)
     return [(stem, images[stem], None if labels is None else labels[stem], None if masks is None else masks[stem])
             for stem in sorted(images, key=_natural_key)]
@@ -576,7 +639,7 @@ def camvid_entries(root: Path, classes: ClassSpec | None) -> dict[str, list[Entr
         images = _files_by_stem(root / image_folder)
         labels = None
         if split != "test" or (root / label_folder).is_dir():
-            labels = _files_by_stem(root / label_folder)
+            labels = _by_image_stem(images, _files_by_stem(root / label_folder))
             _pair(images, labels, "annotation", root / label_folder, _BY_STEM)
         rows[split] = [(stem, images[stem], None if labels is None else labels[stem])
                        for stem in sorted(images, key=_natural_key)]

@@ -81,6 +81,13 @@ def case_label_with_unexpected_values(tmp, drive, trained):
     return "prepare_datasets.py", tiny_settings(tmp, root), "0, 128, 255"
 
 
+def case_labels_without_foreground(tmp, drive, trained):
+    root = copy_drive(drive, tmp)
+    for label in (root / "training" / "1st_manual").glob("*.gif"):
+        gray_gif(label, np.zeros((120, 128)))  # e.g. labels exported blank, or the wrong files
+    return "prepare_datasets.py", tiny_settings(tmp, root), "no training label in"
+
+
 def case_image_smaller_than_patch(tmp, drive, trained):
     expected = "training image 21_training.tif is 128x120 pixels, smaller than the"
     return "prepare_datasets.py", tiny_settings(tmp, drive, extra=["patch_size=192", "window=192"]), expected
@@ -300,4 +307,5 @@ if __name__ == "__main__":
             tmp.mkdir()
             result, _, _ = run_case(name, tmp, drive, (base, args))
             message = result.stderr.split("error:", 1)[-1].strip().replace(str(work), "…").replace("|", "\\|")
+            message = message.replace("\n", "<br>")  # one table row, however many lines
             print(f"| {name.replace('_', ' ')} | {result.args[1].split('/')[-1]} | {message} |")

@@ -1,0 +1,194 @@
+"""Image and label files as painting and annotation tools write them: transparent PNGs, palette images,
+JPEGs with an orientation tag, masks named with a suffix; and labels that cannot be used, each named."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO))
+from lib.errors import UserError  # noqa: E402
+from lib.readers import ClassSpec, LabelError, read_image, read_label, read_split, to_binary, to_classes  # noqa: E402
+
+H, W = 40, 56
+
+
+def _strokes(seed: int = 0) -> np.ndarray:
+    """A binary map of a few lines, as a vessel or membrane label."""
+    label = np.zeros((H, W), bool)
+    rng = np.random.default_rng(seed)
+    for _ in range(3):
+        row = rng.integers(4, H - 4)
+        label[row: row + 2, :] = True
+    label[:, rng.integers(4, W - 4)] = True
+    return label
+
+
+def test_a_transparent_label_is_read_from_its_alpha_channel(tmp_path: Path) -> None:
+    label = _strokes()
+    alpha = np.where(label, 255, 0).astype(np.uint8)
+    for name, background in (("on_black.png", 0), ("on_white.png", 255)):
+        # Black strokes; the transparent background is black or white: only alpha tells them apart.
+        rgba = np.dstack([np.where(label, 0, background).astype(np.uint8)] * 3 + [alpha])
+        Image.fromarray(rgba, "RGBA").save(tmp_path / name)
+        np.testing.assert_array_equal(to_binary(read_label(tmp_path / name), name), label)
+    Image.fromarray(np.dstack([np.zeros((H, W), np.uint8), alpha]), "LA").save(tmp_path / "gray_alpha.png")
+    np.testing.assert_array_equal(to_binary(read_label(tmp_path / "gray_alpha.png"), "la"), label)
+    # Fully opaque: the gray levels are the label, as before.
+    opaque = np.dstack([np.where(label, 255, 0).astype(np.uint8)] * 3 + [np.full((H, W), 255, np.uint8)])
+    Image.fromarray(opaque, "RGBA").save(tmp_path / "opaque.png")
+    np.testing.assert_array_equal(to_binary(read_label(tmp_path / "opaque.png"), "opaque"), label)
+
+
+def _palette_image(indices: np.ndarray, colours: list[tuple[int, int, int]]) -> Image.Image:
+    image = Image.fromarray(indices.astype(np.uint8), "P")
+    image.putpalette([value for colour in colours for value in colour])
+    return image
+
+
+def test_palette_labels_are_read_as_their_indices_unless_their_colours_are_gray(tmp_path: Path) -> None:
+    label = _strokes(1)
+    # VOC style: index 1 drawn dark red. Its gray level (38) is no label value; the index is.
+    _palette_image(label, [(0, 0, 0), (128, 0, 0)]).save(tmp_path / "voc.png")
+    np.testing.assert_array_equal(to_binary(read_label(tmp_path / "voc.png"), "voc"), label)
+    # Black and white at indices 0 and 7, with unused colours in the palette (as GIF writers leave them).
+    colours = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (9, 9, 9), (1, 2, 3), (4, 5, 6), (255, 255, 255)]
+    _palette_image(np.where(label, 7, 0), colours).save(tmp_path / "gray.gif")
+    np.testing.assert_array_equal(read_label(tmp_path / "gray.gif"), np.where(label, 255, 0))
+    # Several classes: indices without a configured palette, colours mapped with one.
+    classes = np.zeros((H, W), np.uint8)
+    classes[:, W // 3:] = 1
+    classes[:, 2 * W // 3:] = 2
+    _palette_image(classes, [(10, 200, 10), (200, 10, 10), (10, 10, 200)]).save(tmp_path / "classes.png")
+    indexed = ClassSpec(3, ("a", "b", "c"))
+    np.testing.assert_array_equal(to_classes(read_label(tmp_path / "classes.png", indexed), "c", indexed), classes)
+    coloured = ClassSpec(3, ("a", "b", "c"), palette=((200, 10, 10), (10, 10, 200), (10, 200, 10)))
+    np.testing.assert_array_equal(to_classes(read_label(tmp_path / "classes.png", coloured), "c", coloured),
+                                  (classes + 2) % 3)
+
+
+def test_a_palette_image_keeps_its_colours(tmp_path: Path) -> None:
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[:, : W // 2] = (200, 40, 40)
+    rgb[:, W // 2:] = (40, 40, 200)
+    Image.fromarray(rgb).quantize(8).save(tmp_path / "colour.png")
+    np.testing.assert_allclose(read_image(tmp_path / "colour.png"), rgb, atol=8)
+    gray = np.tile(np.linspace(0, 255, W).astype(np.uint8), (H, 1))
+    Image.fromarray(gray).convert("P").save(tmp_path / "gray.gif")
+    assert read_image(tmp_path / "gray.gif").shape == (H, W)
+
+
+def test_a_jpeg_stored_sideways_is_turned_as_its_orientation_tag_says(tmp_path: Path) -> None:
+    stored = np.zeros((H, W), np.uint8)
+    stored[:8, :8] = 255  # top left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display", as phones write
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    shown = read_image(tmp_path / "phone.jpg")
+    assert shown.shape == (W, H)
+    assert shown[:8, -8:].mean() > 200 and shown[:8, :8].mean() < 50  # now top right, as viewers show it
+
+
+def _folders(root: Path, sizes: list[tuple[int, int]], label_name: str = "{stem}.png",
+             label_ext: str = ".png") -> dict[str, np.ndarray]:
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(3)
+    labels = {}
+    for index, (height, width) in enumerate(sizes):
+        stem = f"case{index + 1:02d}"
+        label = np.zeros((height, width), bool)
+        label[height // 3: height // 3 + 3] = True
+        label[:, width // 2: width // 2 + 3] = True
+        image = np.where(label, 60, 180) + rng.integers(0, 20, (height, width))
+        Image.fromarray(image.astype(np.uint8)).save(root / "images" / f"{stem}.png")
+        Image.fromarray(label.astype(np.uint8) * 255).save(root / "labels" / label_name.format(stem=stem),
+                                                             **({"quality": 75} if label_ext == ".jpg" else {}))
+        labels[stem] = label
+    return labels
+
+
+def test_labels_named_as_their_image_plus_a_common_suffix_are_paired(tmp_path: Path) -> None:
+    root = tmp_path / "mine"
+    labels = _folders(root, [(H, W)] * 3, "{stem}_mask.png")
+    samples = read_split("folders", root, "train")
+    assert [s.key for s in samples] == ["case01", "case02", "case03"]
+    for sample in samples:
+        np.testing.assert_array_equal(sample.label, labels[sample.key])
+    # Two different suffixes pair nothing: every file is named.
+    (root / "labels" / "case02_mask.png").rename(root / "labels" / "case02_label.png")
+    with pytest.raises(UserError) as info:
+        read_split("folders", root, "train")
+    assert "no label for image(s) case01.png, case02.png, case03.png" in str(info.value)
+    assert "one suffix common to all of them" in str(info.value)
+
+
+def test_a_resized_label_is_reported_as_a_size_mismatch_not_as_its_values(tmp_path: Path) -> None:
+    root = tmp_path / "mine"
+    _folders(root, [(H, W)] * 2)
+    label = Image.open(root / "labels" / "case02.png")
+    label.resize((W + 2, H), Image.BILINEAR).save(root / "labels" / "case02.png")  # smooth edges: odd values
+    with pytest.raises(UserError, match=r"size mismatch: .*case02\.png is 56x40 \(WxH\) but .*case02\.png is 58x40"):
+        read_split("folders", root, "train")
+
+
+def test_a_jpeg_label_is_refused_with_the_reason() -> None:
+    blurred = np.where(_strokes(), 250, 3).astype(np.uint8)
+    blurred[0, :4] = (0, 7, 128, 255)
+    with pytest.raises(LabelError) as info:
+        to_binary(blurred, "labels/case01.jpg")
+    assert "case01.jpg: the label has values 0, 3, 7, 128, 250, 255" in str(info.value)
+    assert "JPEG compression" in str(info.value) and "PNG" in str(info.value)
+
+
+def _prepare(root: Path, tmp_path: Path, monkeypatch) -> int:
+    import prepare_datasets
+
+    monkeypatch.setattr(sys, "argv", [
+        "prepare_datasets.py", "--config", str(REPO / "configuration_sample.txt"), "--set", "dataset=folders",
+        "--set", f"dataset_dir={root}", "--set", f"prepared_dir={tmp_path / 'prepared'}", "--set", "holdout_ids=",
+        "--set", "test_fraction=0", "--set", "N_subimgs=40", "--set", "patch_size=16", "--set", "clahe=false",
+    ])
+    monkeypatch.chdir(tmp_path)
+    return prepare_datasets.main()
+
+
+def test_prepare_lists_every_unusable_label_at_once(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "mine"
+    _folders(root, [(H, W)] * 3, "{stem}.jpg", ".jpg")
+    with pytest.raises(UserError) as info:
+        _prepare(root, tmp_path, monkeypatch)
+    message = str(info.value)
+    assert message.startswith("3 training label or mask file(s) cannot be used")
+    assert all(f"case0{n}.jpg: the label has values" in message for n in (1, 2, 3)) and "JPEG" in message
+
+
+def test_prepare_refuses_training_labels_without_foreground_or_all_foreground(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "mine"
+    _folders(root, [(H, W)] * 2)
+    for value, expected in ((0, "no training label"), (255, "every pixel inside the field of view is foreground")):
+        for stem in ("case01", "case02"):
+            Image.fromarray(np.full((H, W), value, np.uint8)).save(root / "labels" / f"{stem}.png")
+        with pytest.raises(UserError, match=expected):
+            _prepare(root, tmp_path, monkeypatch)
+
+
+def test_prepare_reads_transparent_labels_and_names_the_image_sizes(tmp_path: Path, monkeypatch, capsys) -> None:
+    root = tmp_path / "mine"
+    labels = _folders(root, [(H, W), (H + 8, W - 8), (H, W)])
+    for stem, label in labels.items():  # strokes in the alpha channel only, on transparent black
+        rgba = np.dstack([np.zeros(label.shape, np.uint8)] * 3 + [label.astype(np.uint8) * 255])
+        Image.fromarray(rgba, "RGBA").save(root / "labels" / f"{stem}.png")
+    assert _prepare(root, tmp_path, monkeypatch) == 0
+    assert "train:   3 images, 2 sizes from 56x40x1 to 48x48x1" in capsys.readouterr().out
+    with h5py.File(tmp_path / "prepared" / "dataset.h5", "r") as h5:
+        stored = {name.decode(): h5["train/labels"][f"{index:05d}"][()]
+                  for index, name in enumerate(h5["train/names"][()])}
+    for stem, label in labels.items():
+        np.testing.assert_array_equal(stored[f"{stem}.png"], label)
