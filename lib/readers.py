@@ -128,8 +128,8 @@ def _to_uint8(img: Image.Image, path: Path) -> np.ndarray:
 def _gray_palette(img: Image.Image) -> bool:
     """Whether every palette colour the image uses is a gray (GIF palettes often list unused colours too)."""
     palette = np.asarray(img.getpalette() or [0, 0, 0], dtype=np.uint8).reshape(-1, 3)
-    indices = np.asarray(img.getchannel("P") if img.mode == "PA" else img)
-    used = palette[np.unique(indices)[np.unique(indices) < len(palette)]]
+    indices = np.unique(np.asarray(img.getchannel("P") if img.mode == "PA" else img))
+    used = palette[indices[indices < len(palette)]]
     return bool((used == used[:, :1]).all())
 
 
@@ -582,8 +582,7 @@ def _folder_files(folder: Path, need_labels: bool) -> list[tuple[str, Path, Path
     images = _files_by_stem(folder / "images")
     labels = masks = None
     if need_labels or (folder / "labels").is_dir():
-        labels = _files_by_stem(folder / "labels")
-        labels = _by_image_stem(images, labels)
+        labels = _by_image_stem(images, _files_by_stem(folder / "labels"))
         _pair(images, labels, "label", folder / "labels", _BY_STEM)
     if (folder / "masks").is_dir():
         masks = _by_image_stem(images, _files_by_stem(folder / "masks"))
