@@ -21,7 +21,8 @@ from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
 from lib.preprocessing import preprocess
 from lib.progress import progress
-from lib.readers import ClassSpec, as_rgb, input_image_files, read_image, read_label, to_binary
+from lib.readers import (ClassSpec, as_rgb, files_by_stem, input_image_files, key_by_image_name, read_image,
+                         read_label, to_binary)
 from lib.runs import CONFIG_NAME, find_run_folder
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, split_size
 
@@ -97,25 +98,18 @@ def mask_files(files: list[Path], mask: Path | None) -> list[Path | None]:
         return [mask] * len(files)
     if not mask.is_dir():
         raise UserError(f"--mask {mask} not found: give a mask file or a folder of masks named like the images.")
-    found = []
-    for file in files:
-        mask_file = mask / file.name
-        if not mask_file.exists():
-            candidates = sorted(mask.glob(file.stem + "*"))
-            if not candidates:
-                raise UserError(f"no FOV mask for {file.name} in {mask} (looked for {file.stem}*).")
-            mask_file = candidates[0]
-        found.append(mask_file)
-    return found
+    masks = key_by_image_name([file.stem for file in files], files_by_stem(mask))
+    missing = [file.name for file in files if file.stem not in masks]
+    if missing:
+        raise UserError(f"no FOV mask for {', '.join(missing)} in {mask}: masks are named as their image "
+                        "(any image extension), or as the image plus a suffix the other masks share (a_mask.png).")
+    return [masks[file.stem] for file in files]
 
 
-def samples_from_input(files: list[Path], masks: list[Path | None], channels: int):
+def samples_from_input(files: list[Path], masks: list[Path | None]):
     """Raw images (and optional FOV masks) given on the command line, read one at a time."""
     for file, mask_file in zip(files, masks):
-        image = as_rgb(read_image(file))
-        if channels == 3 and image.shape[-1] != 3:
-            raise UserError(f"{file} has {image.shape[-1]} channel(s) but this model was trained on RGB "
-                            "images (channels = 3); give RGB images.")
+        image = as_rgb(read_image(file))  # gray images for an RGB model are repeated, as prepare does
         if mask_file is None:
             fov = np.ones(image.shape[:2], bool)
         else:
@@ -378,7 +372,7 @@ def main() -> int:
         if args.input:
             files = input_image_files(args.input)  # images are read one at a time, as they are segmented
             masks = mask_files(files, args.mask)  # a missing mask stops the run before any work
-            raw = samples_from_input(files, masks, preprocessing["settings"]["channels"])
+            raw = samples_from_input(files, masks)
             samples = ({**s, "image": preprocess(s["raw"], s["fov"], preprocessing["settings"],
                                                  preprocessing["statistics"])} for s in raw)
             count, where = len(files), f"input_{args.input.stem}"

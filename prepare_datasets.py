@@ -72,8 +72,9 @@ def raise_bad_labels(bad_labels: Sequence[LabelError], split: str) -> None:
     if bad_labels:
         shown = "\n  ".join(f"{e.path}: {e.problem}" for e in bad_labels[:20])
         more = f"\n  ... and {len(bad_labels) - 20} more" if len(bad_labels) > 20 else ""
+        fixes = "\n".join(dict.fromkeys(e.fix for e in bad_labels))  # each different fix once, in order
         raise UserError(f"{len(bad_labels)} {split} label or mask file(s) cannot be used:\n  "
-                        f"{shown}{more}\n{bad_labels[0].fix}")
+                        f"{shown}{more}\n{fixes}")
 
 
 def spill(array: np.ndarray, folder: Path) -> np.ndarray:
@@ -253,7 +254,9 @@ def main() -> int:
              if focus else ""))
     if classes is None:
         foreground = np.mean([r["label"][r["fov"]].mean() for r in train_rows])
-        print(f"  foreground fraction inside the FOV (train): {foreground:.3f}")
+        inverted = (" (over half: labels that draw the structure dark on a light background are inverted; "
+                    "foreground must be 255 or 1)" if foreground > 0.5 and paths["dataset"] != "ISBI2012" else "")
+        print(f"  foreground fraction inside the FOV (train): {foreground:.3f}{inverted}")
     else:
         info = attrs["classes"]
         total = max(sum(info["pixel_counts"]), 1)

@@ -13,7 +13,7 @@ import re
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
@@ -64,11 +64,10 @@ def read_image(path: Path) -> np.ndarray:
 def read_label(path: Path, classes: ClassSpec | None = None) -> np.ndarray:
     """Read a label or FOV mask file (classes: None for binary maps) into its uint8 values, H x W (x 3).
 
-    Painting tools store a binary mask in the alpha channel (opaque strokes on a transparent background),
-    so a binary map with transparent pixels is its alpha channel. A palette (P-mode) file holds its
-    values as palette indices, as VOC-style annotation tools write them: those are read, except a gray
-    palette of a binary map (its gray levels are the values) and colour labels of several classes
-    ([data attributes] palette set: the colours are mapped).
+    Binary maps as painting and annotation tools write them: with transparent pixels see _binary_with_alpha;
+    a palette (P-mode) file gives its gray levels when they are 0/255 or 0/1, else its indices (VOC style);
+    16-bit 0/65535 gives 0/255. Several classes: a palette file gives its colours when [data attributes]
+    palette is set (they are mapped to classes), else its indices.
     """
     return _read(path, functools.partial(_label_values, classes=classes))
 
@@ -96,15 +95,61 @@ def _read(path: Path, convert: Callable[[Image.Image, Path], np.ndarray]) -> np.
                         "image: copy it again from the original dataset.") from None
 
 
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
+
+
 def _label_values(img: Image.Image, path: Path, classes: ClassSpec | None) -> np.ndarray:
-    if classes is None and "A" in img.getbands():
-        alpha = np.asarray(img.getchannel("A"))
-        if alpha.min() < 255:
-            return alpha.copy()
-    if img.mode in ("P", "PA"):
-        if (classes is None and not _gray_palette(img)) or (classes is not None and not classes.palette):
-            return np.asarray(img.getchannel("P") if img.mode == "PA" else img).copy()
+    indexed = img.mode in ("P", "PA")
+    if classes is not None:
+        if indexed:  # colours mapped through the configured palette, else the indices are the classes
+            return np.asarray(img.convert("RGB")) if classes.palette else _palette_indices(img)
+        return _to_uint8(img, path)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # a GIF's or PNG's transparent palette entry: an alpha channel
+    if "A" in img.getbands() and np.asarray(img.getchannel("A")).min() < 255:
+        return _binary_with_alpha(img, path)
+    if img.mode in _SIXTEEN_BIT and set(np.unique(np.asarray(img)).tolist()) <= {0, 65535}:
+        return np.where(np.asarray(img) > 0, 255, 0).astype(np.uint8)  # a 16-bit black and white map
+    if indexed:
+        # Gray levels when they form a binary map (a black and white palette), else the indices (VOC style).
+        gray = _to_uint8(img, path)
+        indices = _palette_indices(img)
+        return gray if _is_binary(gray) or not _is_binary(indices) else indices
     return _to_uint8(img, path)
+
+
+def _palette_indices(img: Image.Image) -> np.ndarray:
+    return np.asarray(img.getchannel("P") if img.mode == "PA" else img).copy()
+
+
+def _is_binary(values: np.ndarray) -> bool:
+    present = set(np.unique(values).tolist())
+    return present <= {0, 255} or present <= {0, 1}
+
+
+def _binary_with_alpha(img: Image.Image, path: Path) -> np.ndarray:
+    """The 0/255 map of a binary label or mask with transparent pixels.
+
+    Strokes of one colour on a transparent layer (how painting tools keep a mask) are its alpha channel:
+    opaque is foreground, whatever colour the transparent pixels hide. When the opaque pixels themselves
+    hold a black and white map, that map is the label, and transparent pixels are background.
+    """
+    alpha = np.asarray(img.getchannel("A"))
+    gray = np.asarray(img.convert("L"))
+    opaque = alpha == 255
+    levels = np.unique(gray[opaque])
+    if len(levels) > 1:
+        if not _is_binary(levels):
+            raise LabelError(path, f"the file's opaque pixels have the gray levels {_shown(levels.tolist(), 10)}",
+                             "A binary map must be gray with only the values 0/255 or only 0/1: export it "
+                             "without transparency as a two-level image.")
+        return np.where(opaque, gray, 0).astype(np.uint8)
+    if not _is_binary(alpha):
+        raise LabelError(path, "the file's map is its transparency (alpha channel), which has the levels "
+                         f"{_shown(np.unique(alpha).tolist(), 10)}",
+                         "Opaque pixels are foreground and transparent ones background: paint with a hard "
+                         "brush at full opacity, or export the label without transparency as 0/255 gray.")
+    return alpha.copy()
 
 
 def _to_uint8(img: Image.Image, path: Path) -> np.ndarray:
@@ -112,7 +157,7 @@ def _to_uint8(img: Image.Image, path: Path) -> np.ndarray:
         # A palette image is gray only when its palette is: colour GIFs and 8-bit PNGs stay colour.
         colour = img.mode in ("RGBA", "CMYK", "YCbCr", "PA") or (img.mode == "P" and not _gray_palette(img))
         img = img.convert("RGB" if colour else "L")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode in _SIXTEEN_BIT:
         array = np.asarray(img)
         if array.max() > 255:
             raise UserError(f"{path} holds 16-bit values up to {array.max()}; convert the images to 8-bit "
@@ -166,10 +211,10 @@ def to_binary(array: np.ndarray, path: Path | str, what: str = "label") -> np.nd
     if set(values.tolist()) <= {0, 1}:
         return array == 1
     near = values.size >= 6 and np.mean((array <= 16) | (array >= 239)) > 0.9  # many levels, mostly extremes
-    fix = (f"{rule}: JPEG compression blurs edges into other values, so save {what}s as PNG, GIF or TIFF."
-           if Path(str(path)).suffix.lower() in (".jpg", ".jpeg") else
-           f"{rule}: {'its values cluster near 0 and 255, as resampling or anti-aliasing leaves them; ' if near else ''}"
-           "re-export it as a two-level image.")
+    smooth = "its values cluster near 0 and 255, as resampling or anti-aliasing leaves them; " if near else ""
+    jpeg = Path(str(path)).suffix.lower() in (".jpg", ".jpeg")
+    fix = (f"{rule}: JPEG compression blurs edges into other values, so save {what}s as PNG, GIF or TIFF." if jpeg
+           else f"{rule}: {smooth}re-export it as a two-level image.")
     raise LabelError(path, f"the {what} has values {_shown(values.tolist(), 10)}", fix)
 
 
@@ -289,9 +334,12 @@ def to_classes(array: np.ndarray, path: Path | str, classes: ClassSpec) -> np.nd
 
 def _check_same_size(image: np.ndarray, other: np.ndarray, image_path: Path, other_path: Path) -> None:
     if image.shape[:2] != other.shape[:2]:
+        turned = (" The sizes are swapped: files with an EXIF orientation tag (photos) are read turned as "
+                  "viewers show them, so draw the label on the turned image." if image.shape[:2] == other.shape[1::-1]
+                  else "")
         raise UserError(f"size mismatch: {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but "
                         f"{other_path} is {other.shape[1]}x{other.shape[0]}. Image, label and mask "
-                        "must have the same size.")
+                        f"must have the same size.{turned}")
 
 
 def _example(pattern: str) -> str:
@@ -349,19 +397,24 @@ _BY_STEM = ("Files are paired by name without the extension (a.png with a.tif), 
             "all of them (a_mask.png): every image needs exactly one {what}.")
 
 
-def _by_image_stem(images: dict[str, Path], others: dict[str, Path]) -> dict[str, Path]:
-    """others keyed by their image's name when each is named as its image plus one suffix common to all
-    (case01_mask.png for case01.jpg), as many datasets name their masks; otherwise others as they are."""
-    if set(others) == set(images) or len(others) != len(images):
+def key_by_image_name(images: Iterable[str], others: dict[str, Path]) -> dict[str, Path]:
+    """others (labels or masks, by file stem) keyed by the image name they belong to: an image's own name,
+    else its name plus the suffix that most images without their own name share (case01_mask.png for
+    case01.jpg), as many datasets name their masks. Files that fit no image keep their own stem."""
+    names = set(images)
+    unpaired = [name for name in names if name not in others]
+    free = {stem for stem in others if stem not in names}  # a file named as an image is that image's
+    suffixes = {stem[len(name):] for name in unpaired for stem in free if stem.startswith(name) and stem != name}
+    counts = {suffix: sum(name + suffix in free for name in unpaired) for suffix in suffixes}
+    best = max(counts.values(), default=0)
+    winners = [suffix for suffix, count in counts.items() if count == best]
+    if len(winners) != 1:  # none, or a tie (a_x.png and b_y.png): pair nothing, name every file
         return others
-    suffixes, keyed = set(), {}
-    for stem, path in others.items():
-        image = max((name for name in images if stem.startswith(name) and stem != name), key=len, default=None)
-        if image is None:
-            return others
-        suffixes.add(stem[len(image):])
-        keyed[image] = path
-    return keyed if len(suffixes) == 1 and set(keyed) == set(images) else others
+    keyed = dict(others)
+    for name in unpaired:
+        if name + winners[0] in free:
+            keyed[name] = keyed.pop(name + winners[0])
+    return keyed
 
 
 def _pair(images: dict, others: dict, what: str, folder: Path, rule: str = "") -> None:
@@ -550,7 +603,7 @@ def _natural_key(text: str | int) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(text))]
 
 
-def _files_by_stem(folder: Path) -> dict[str, Path]:
+def files_by_stem(folder: Path) -> dict[str, Path]:
     """Map file stem -> image file in folder; other files and two files with one stem are errors."""
     if not folder.is_dir():
         raise UserError(f"folder {folder} not found. Check [data paths] dataset_dir and the layout "
@@ -579,13 +632,13 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
 
 def _folder_files(folder: Path, need_labels: bool) -> list[tuple[str, Path, Path | None, Path | None]]:
     """(stem, image, label, mask) for images/ with labels/ and optional masks/ under folder."""
-    images = _files_by_stem(folder / "images")
+    images = files_by_stem(folder / "images")
     labels = masks = None
     if need_labels or (folder / "labels").is_dir():
-        labels = _by_image_stem(images, _files_by_stem(folder / "labels"))
+        labels = key_by_image_name(images, files_by_stem(folder / "labels"))
         _pair(images, labels, "label", folder / "labels", _BY_STEM)
     if (folder / "masks").is_dir():
-        masks = _by_image_stem(images, _files_by_stem(folder / "masks"))
+        masks = key_by_image_name(images, files_by_stem(folder / "masks"))
         _pair(images, masks, "mask", folder / "masks", _BY_STEM)
     return [(stem, images[stem], None if labels is None else labels[stem], None if masks is None else masks[stem])
             for stem in sorted(images, key=_natural_key)]
@@ -635,10 +688,10 @@ def camvid_entries(root: Path, classes: ClassSpec | None) -> dict[str, list[Entr
         if split != "train" and not (root / image_folder).is_dir():
             rows[split] = []
             continue
-        images = _files_by_stem(root / image_folder)
+        images = files_by_stem(root / image_folder)
         labels = None
         if split != "test" or (root / label_folder).is_dir():
-            labels = _by_image_stem(images, _files_by_stem(root / label_folder))
+            labels = key_by_image_name(images, files_by_stem(root / label_folder))
             _pair(images, labels, "annotation", root / label_folder, _BY_STEM)
         rows[split] = [(stem, images[stem], None if labels is None else labels[stem])
                        for stem in sorted(images, key=_natural_key)]

@@ -168,16 +168,6 @@ def case_predict_on_data_prepared_again_differently(tmp, drive, trained):
     return "predict.py", tiny_settings(tmp, drive), "prepared again since"
 
 
-def case_input_with_wrong_channels(tmp, drive, trained):
-    run = _copy_run(tmp, trained)
-    # A run made for RGB input (only its preprocessing record matters before the model is used).
-    text = (run / "preprocessing.json").read_text().replace('"channels": 1', '"channels": 3')
-    (run / "preprocessing.json").write_text(text)
-    gray = tmp / "gray.png"
-    Image.fromarray(np.zeros((64, 64), np.uint8)).save(gray)
-    return "predict.py", tiny_settings(tmp, drive) + ["--input", str(gray)], "gray.png has 1 channel"
-
-
 def case_input_folder_with_a_mask_missing(tmp, drive, trained):
     _copy_run(tmp, trained)
     masks = tmp / "masks"

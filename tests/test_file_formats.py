@@ -14,7 +14,8 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO))
 from lib.errors import UserError  # noqa: E402
-from lib.readers import ClassSpec, LabelError, read_image, read_label, read_split, to_binary, to_classes  # noqa: E402
+from lib.readers import (ClassSpec, LabelError, key_by_image_name, read_image, read_label, read_split,  # noqa: E402
+                         to_binary, to_classes)
 
 H, W = 40, 56
 
@@ -40,10 +41,38 @@ def test_a_transparent_label_is_read_from_its_alpha_channel(tmp_path: Path) -> N
         np.testing.assert_array_equal(to_binary(read_label(tmp_path / name), name), label)
     Image.fromarray(np.dstack([np.zeros((H, W), np.uint8), alpha]), "LA").save(tmp_path / "gray_alpha.png")
     np.testing.assert_array_equal(to_binary(read_label(tmp_path / "gray_alpha.png"), "la"), label)
+    # A 16-bit black and white map (0 / 65535), as some tools export masks.
+    Image.fromarray(np.where(label, 65535, 0).astype(np.uint16)).save(tmp_path / "sixteen.png")
+    np.testing.assert_array_equal(to_binary(read_label(tmp_path / "sixteen.png"), "16"), label)
     # Fully opaque: the gray levels are the label, as before.
     opaque = np.dstack([np.where(label, 255, 0).astype(np.uint8)] * 3 + [np.full((H, W), 255, np.uint8)])
     Image.fromarray(opaque, "RGBA").save(tmp_path / "opaque.png")
     np.testing.assert_array_equal(to_binary(read_label(tmp_path / "opaque.png"), "opaque"), label)
+
+
+def test_transparency_never_inverts_or_fills_a_label(tmp_path: Path) -> None:
+    label = _strokes(2)
+    # A palette PNG and a GIF whose white background is the transparent entry, black strokes opaque.
+    for name in ("transparent.png", "transparent.gif"):
+        image = _palette_image(label, [(255, 255, 255), (0, 0, 0)])
+        image.info["transparency"] = 0
+        image.save(tmp_path / name, transparency=0)
+        np.testing.assert_array_equal(to_binary(read_label(tmp_path / name), name), label)
+    # An opaque black and white mask with a transparent border: the colours are the label, the border
+    # background (before, any transparent pixel made the alpha channel the label: nearly all foreground).
+    gray = np.where(label, 255, 0).astype(np.uint8)
+    alpha = np.full((H, W), 255, np.uint8)
+    alpha[:, :4] = 0
+    Image.fromarray(np.dstack([gray] * 3 + [alpha]), "RGBA").save(tmp_path / "border.png")
+    expected = label.copy()
+    expected[:, :4] = False
+    np.testing.assert_array_equal(to_binary(read_label(tmp_path / "border.png"), "border"), expected)
+    # Strokes painted with a soft brush: their transparency is not a two-level map, and the message says so.
+    soft = np.where(label, 255, 0).astype(np.uint8)
+    soft[label & (np.arange(W) % 2 == 0)] = 180
+    Image.fromarray(np.dstack([np.zeros((H, W), np.uint8)] * 3 + [soft]), "RGBA").save(tmp_path / "soft.png")
+    with pytest.raises(LabelError, match=r"transparency \(alpha channel\), which has the levels 0, 180, 255"):
+        read_label(tmp_path / "soft.png")
 
 
 def _palette_image(indices: np.ndarray, colours: list[tuple[int, int, int]]) -> Image.Image:
@@ -61,6 +90,9 @@ def test_palette_labels_are_read_as_their_indices_unless_their_colours_are_gray(
     colours = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (9, 9, 9), (1, 2, 3), (4, 5, 6), (255, 255, 255)]
     _palette_image(np.where(label, 7, 0), colours).save(tmp_path / "gray.gif")
     np.testing.assert_array_equal(read_label(tmp_path / "gray.gif"), np.where(label, 255, 0))
+    # Indices 0 and 1 drawn in gray 128: the gray levels are no binary map, the indices are.
+    _palette_image(label, [(0, 0, 0), (128, 128, 128)]).save(tmp_path / "mid_gray.png")
+    np.testing.assert_array_equal(to_binary(read_label(tmp_path / "mid_gray.png"), "mid"), label)
     # Several classes: indices without a configured palette, colours mapped with one.
     classes = np.zeros((H, W), np.uint8)
     classes[:, W // 3:] = 1
@@ -71,6 +103,11 @@ def test_palette_labels_are_read_as_their_indices_unless_their_colours_are_gray(
     coloured = ClassSpec(3, ("a", "b", "c"), palette=((200, 10, 10), (10, 10, 200), (10, 200, 10)))
     np.testing.assert_array_equal(to_classes(read_label(tmp_path / "classes.png", coloured), "c", coloured),
                                   (classes + 2) % 3)
+    # Gray colours are colours too when a palette is configured.
+    _palette_image(classes, [(0, 0, 0), (128, 128, 128), (255, 255, 255)]).save(tmp_path / "gray_classes.png")
+    grays = ClassSpec(3, ("a", "b", "c"), palette=((255, 255, 255), (0, 0, 0), (128, 128, 128)))
+    np.testing.assert_array_equal(to_classes(read_label(tmp_path / "gray_classes.png", grays), "g", grays),
+                                  (classes + 1) % 3)
 
 
 def test_a_palette_image_keeps_its_colours(tmp_path: Path) -> None:
@@ -121,12 +158,39 @@ def test_labels_named_as_their_image_plus_a_common_suffix_are_paired(tmp_path: P
     assert [s.key for s in samples] == ["case01", "case02", "case03"]
     for sample in samples:
         np.testing.assert_array_equal(sample.label, labels[sample.key])
-    # Two different suffixes pair nothing: every file is named.
+    # A label named otherwise: only its image and it are named, not every file.
     (root / "labels" / "case02_mask.png").rename(root / "labels" / "case02_label.png")
     with pytest.raises(UserError) as info:
         read_split("folders", root, "train")
-    assert "no label for image(s) case01.png, case02.png, case03.png" in str(info.value)
+    assert "no label for image(s) case02.png; label(s) case02_label.png have no image" in str(info.value)
     assert "one suffix common to all of them" in str(info.value)
+
+
+def test_names_that_start_other_names_pair_with_their_own_files() -> None:
+    images = ["case1", "case10", "a", "a_1", "b"]
+    others = {name: Path(f"{name}.png") for name in ("case1_mask", "case10_mask", "a_mask", "a_1_mask", "b")}
+    keyed = key_by_image_name(images, others)
+    assert {name: path.stem for name, path in keyed.items()} == {
+        "case1": "case1_mask", "case10": "case10_mask", "a": "a_mask", "a_1": "a_1_mask", "b": "b"}
+    # Two suffixes as common as each other: nothing is guessed.
+    assert key_by_image_name(["a", "b"], {"a_x": Path("a_x.png"), "b_y": Path("b_y.png")}).keys() == {"a_x", "b_y"}
+
+
+def test_predict_pairs_input_images_with_masks_named_with_a_suffix(tmp_path: Path) -> None:
+    import predict
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name in ("case1", "case10", "a", "a_1"):
+        Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "in" / f"{name}.png")
+        Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "masks" / f"{name}_mask.png")
+    files = sorted((tmp_path / "in").iterdir())
+    masks = predict.mask_files(files, tmp_path / "masks")
+    assert [(f.stem, m.stem) for f, m in zip(files, masks)] == [
+        ("a", "a_mask"), ("a_1", "a_1_mask"), ("case1", "case1_mask"), ("case10", "case10_mask")]
+    (tmp_path / "masks" / "case10_mask.png").unlink()
+    with pytest.raises(UserError, match="no FOV mask for case10.png in"):
+        predict.mask_files(files, tmp_path / "masks")
 
 
 def test_a_resized_label_is_reported_as_a_size_mismatch_not_as_its_values(tmp_path: Path) -> None:
@@ -135,6 +199,10 @@ def test_a_resized_label_is_reported_as_a_size_mismatch_not_as_its_values(tmp_pa
     label = Image.open(root / "labels" / "case02.png")
     label.resize((W + 2, H), Image.BILINEAR).save(root / "labels" / "case02.png")  # smooth edges: odd values
     with pytest.raises(UserError, match=r"size mismatch: .*case02\.png is 56x40 \(WxH\) but .*case02\.png is 58x40"):
+        read_split("folders", root, "train")
+    # Swapped sides: the message points at the orientation tag photos carry.
+    Image.fromarray(np.zeros((W, H), np.uint8)).save(root / "labels" / "case02.png")
+    with pytest.raises(UserError, match="sizes are swapped: files with an EXIF orientation tag"):
         read_split("folders", root, "train")
 
 
@@ -159,14 +227,18 @@ def _prepare(root: Path, tmp_path: Path, monkeypatch) -> int:
     return prepare_datasets.main()
 
 
-def test_prepare_lists_every_unusable_label_at_once(tmp_path: Path, monkeypatch) -> None:
+def test_prepare_lists_every_unusable_label_at_once_with_each_fix(tmp_path: Path, monkeypatch) -> None:
     root = tmp_path / "mine"
-    _folders(root, [(H, W)] * 3, "{stem}.jpg", ".jpg")
+    _folders(root, [(H, W)] * 4, "{stem}.jpg", ".jpg")
+    (root / "labels" / "case04.jpg").unlink()
+    Image.fromarray(np.full((H, W), 128, np.uint8)).save(root / "labels" / "case04.png")
     with pytest.raises(UserError) as info:
         _prepare(root, tmp_path, monkeypatch)
     message = str(info.value)
-    assert message.startswith("3 training label or mask file(s) cannot be used")
-    assert all(f"case0{n}.jpg: the label has values" in message for n in (1, 2, 3)) and "JPEG" in message
+    assert message.startswith("4 training label or mask file(s) cannot be used")
+    assert all(f"case0{n}.jpg: the label has values" in message for n in (1, 2, 3))
+    assert "case04.png: the label has values 128" in message
+    assert "JPEG compression" in message and "re-export it as a two-level image" in message
 
 
 def test_prepare_refuses_training_labels_without_foreground_or_all_foreground(tmp_path: Path, monkeypatch) -> None:
@@ -177,6 +249,16 @@ def test_prepare_refuses_training_labels_without_foreground_or_all_foreground(tm
             Image.fromarray(np.full((H, W), value, np.uint8)).save(root / "labels" / f"{stem}.png")
         with pytest.raises(UserError, match=expected):
             _prepare(root, tmp_path, monkeypatch)
+
+
+def test_prepare_says_when_labels_look_inverted(tmp_path: Path, monkeypatch, capsys) -> None:
+    root = tmp_path / "mine"
+    labels = _folders(root, [(H, W)] * 2)
+    for stem, label in labels.items():  # black strokes on white: the background reads as foreground
+        Image.fromarray(np.where(label, 0, 255).astype(np.uint8)).save(root / "labels" / f"{stem}.png")
+    assert _prepare(root, tmp_path, monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "(over half: labels that draw the structure dark on a light background are inverted" in out
 
 
 def test_prepare_reads_transparent_labels_and_names_the_image_sizes(tmp_path: Path, monkeypatch, capsys) -> None:
