@@ -6,6 +6,7 @@ a time, whatever the size of the dataset.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import gzip
 import io
@@ -86,13 +87,17 @@ def _read(path: Path, convert: Callable[[Image.Image, Path], np.ndarray]) -> np.
             img.load()
             # Phone and camera JPEGs are often stored sideways with an orientation tag that viewers
             # apply: labels are drawn on the turned image.
-            return convert(ImageOps.exif_transpose(img), path)
+            turned = ImageOps.exif_transpose(img)
+            # Pillow decodes a white-is-zero TIFF as it is shown; a label's stored values are what count.
+            turned.info["white_is_zero"] = getattr(img, "tag_v2", {}).get(262) == 0
+            return convert(turned, path)
     except PermissionError:
         raise UserError(f"{path} cannot be read: no permission. Fix its permissions (e.g. chmod a+r), "
                         "then run the same command again.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, zlib.error) as exc:
-        raise UserError(f"{path} cannot be read as an image ({exc}). The file is corrupt or not an "
-                        "image: copy it again from the original dataset.") from None
+        raise UserError(f"{path} cannot be read as an image ({exc}). The file is corrupt, not an image, or in "
+                        "a format Pillow cannot read (such as a 64-bit TIFF): copy it again from the original "
+                        "dataset, or save it as 8-bit PNG or TIFF.") from None
 
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
@@ -104,17 +109,26 @@ def _label_values(img: Image.Image, path: Path, classes: ClassSpec | None) -> np
         if indexed:  # colours mapped through the configured palette, else the indices are the classes
             return np.asarray(img.convert("RGB")) if classes.palette else _palette_indices(img)
         return _to_uint8(img, path)
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # a GIF's or PNG's transparent palette entry: an alpha channel
-    if "A" in img.getbands() and np.asarray(img.getchannel("A")).min() < 255:
-        return _binary_with_alpha(img, path)
-    if img.mode in _SIXTEEN_BIT and set(np.unique(np.asarray(img)).tolist()) <= {0, 65535}:
-        return np.where(np.asarray(img) > 0, 255, 0).astype(np.uint8)  # a 16-bit black and white map
+    # A transparent palette entry or colour (GIF, PNG tRNS) is an alpha channel too.
+    with_alpha = img.convert("RGBA") if "transparency" in img.info and img.mode in ("P", "L", "RGB", "1") else img
+    if "A" in with_alpha.getbands():
+        alpha = np.asarray(with_alpha.getchannel("A"))
+        # All transparent (e.g. the unused fourth byte of a 32-bit BMP) says nothing: read the colours.
+        if alpha.min() < 255 and alpha.max() > 0:
+            return _binary_with_alpha(with_alpha, path)
+    values = np.asarray(img)
+    if img.mode in _SIXTEEN_BIT and set(np.unique(values).tolist()) <= {0, 65535}:
+        return np.where(values > 0, 255, 0).astype(np.uint8)  # a 16-bit black and white map
+    if img.mode == "F" and np.array_equal(values, np.round(values)) and 0 <= values.min() <= values.max() <= 255:
+        return values.astype(np.uint8)  # a float TIFF of whole values (0.0 / 1.0)
+    if img.mode in ("1", "L") and img.info.get("white_is_zero"):
+        # ImageJ's inverted-LUT masks and tifffile's bool arrays are stored white-is-zero.
+        return 255 - np.asarray(img.convert("L"))
     if indexed:
         # Gray levels when they form a binary map (a black and white palette), else the indices (VOC style).
         gray = _to_uint8(img, path)
         indices = _palette_indices(img)
-        return gray if _is_binary(gray) or not _is_binary(indices) else indices
+        return gray if (gray.ndim == 2 and _is_binary(gray)) or not _is_binary(indices) else indices
     return _to_uint8(img, path)
 
 
@@ -132,13 +146,15 @@ def _binary_with_alpha(img: Image.Image, path: Path) -> np.ndarray:
 
     Strokes of one colour on a transparent layer (how painting tools keep a mask) are its alpha channel:
     opaque is foreground, whatever colour the transparent pixels hide. When the opaque pixels themselves
-    hold a black and white map, that map is the label, and transparent pixels are background.
+    hold a black and white map, or cover most of the file, that map is the label, and transparent pixels
+    are background.
     """
     alpha = np.asarray(img.getchannel("A"))
     gray = np.asarray(img.convert("L"))
     opaque = alpha == 255
     levels = np.unique(gray[opaque])
-    if len(levels) > 1:
+    # Opaque over most of the file is a background layer, not strokes: its colours are the map.
+    if len(levels) > 1 or opaque.mean() > 0.5:
         if not _is_binary(levels):
             raise LabelError(path, f"the file's opaque pixels have the gray levels {_shown(levels.tolist(), 10)}",
                              "A binary map must be gray with only the values 0/255 or only 0/1: export it "
@@ -399,21 +415,23 @@ _BY_STEM = ("Files are paired by name without the extension (a.png with a.tif), 
 
 def key_by_image_name(images: Iterable[str], others: dict[str, Path]) -> dict[str, Path]:
     """others (labels or masks, by file stem) keyed by the image name they belong to: an image's own name,
-    else its name plus the suffix that most images without their own name share (case01_mask.png for
-    case01.jpg), as many datasets name their masks. Files that fit no image keep their own stem."""
+    else its name plus the suffix most of the other files end with, from a separator on (case01_mask.png
+    for case01.jpg), as many datasets name their masks. Files that fit no image keep their own stem."""
     names = set(images)
     unpaired = [name for name in names if name not in others]
     free = {stem for stem in others if stem not in names}  # a file named as an image is that image's
-    suffixes = {stem[len(name):] for name in unpaired for stem in free if stem.startswith(name) and stem != name}
-    counts = {suffix: sum(name + suffix in free for name in unpaired) for suffix in suffixes}
-    best = max(counts.values(), default=0)
-    winners = [suffix for suffix, count in counts.items() if count == best]
-    if len(winners) != 1:  # none, or a tie (a_x.png and b_y.png): pair nothing, name every file
+    ends = collections.Counter(stem[i:] for stem in free for i in range(1, len(stem)) if stem[i] in "_-. ")
+    ranked = sorted(((count, sum(name + suffix in free for name in unpaired)), suffix)
+                    for suffix, count in ends.items())
+    # The most common ending wins (_mask over _2_mask), then the one that pairs more images (DRIVE's
+    # 01_test_mask: _mask over _test_mask); a tie, or no image paired, pairs nothing.
+    if not ranked or ranked[-1][0][1] == 0 or (len(ranked) > 1 and ranked[-2][0] == ranked[-1][0]):
         return others
+    suffix = ranked[-1][1]
     keyed = dict(others)
     for name in unpaired:
-        if name + winners[0] in free:
-            keyed[name] = keyed.pop(name + winners[0])
+        if name + suffix in free:
+            keyed[name] = keyed.pop(name + suffix)
     return keyed
 
 

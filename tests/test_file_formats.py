@@ -67,6 +67,22 @@ def test_transparency_never_inverts_or_fills_a_label(tmp_path: Path) -> None:
     expected = label.copy()
     expected[:, :4] = False
     np.testing.assert_array_equal(to_binary(read_label(tmp_path / "border.png"), "border"), expected)
+    # Black strokes on white whose white is the transparent colour (PNG tRNS on a gray or RGB file).
+    inverse = np.where(label, 0, 255).astype(np.uint8)
+    Image.fromarray(inverse).save(tmp_path / "gray_trns.png", transparency=255)
+    Image.fromarray(np.dstack([inverse] * 3)).save(tmp_path / "rgb_trns.png", transparency=(255, 255, 255))
+    for name in ("gray_trns.png", "rgb_trns.png"):
+        np.testing.assert_array_equal(to_binary(read_label(tmp_path / name), name), label)
+    # An empty (all black) label with a transparent border stays empty: a background layer, not strokes.
+    empty = np.zeros((H, W, 4), np.uint8)
+    empty[..., 3] = 255
+    empty[:2, :, 3] = 0
+    Image.fromarray(empty, "RGBA").save(tmp_path / "empty.png")
+    assert not to_binary(read_label(tmp_path / "empty.png"), "empty").any()
+    # An alpha channel that is all zero (the unused fourth byte of 32-bit files) says nothing: the colours count.
+    unused = np.dstack([np.where(label, 255, 0).astype(np.uint8)] * 3 + [np.zeros((H, W), np.uint8)])
+    Image.fromarray(unused, "RGBA").save(tmp_path / "unused_alpha.png")
+    np.testing.assert_array_equal(to_binary(read_label(tmp_path / "unused_alpha.png"), "unused"), label)
     # Strokes painted with a soft brush: their transparency is not a two-level map, and the message says so.
     soft = np.where(label, 255, 0).astype(np.uint8)
     soft[label & (np.arange(W) % 2 == 0)] = 180
@@ -90,6 +106,11 @@ def test_palette_labels_are_read_as_their_indices_unless_their_colours_are_gray(
     colours = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (9, 9, 9), (1, 2, 3), (4, 5, 6), (255, 255, 255)]
     _palette_image(np.where(label, 7, 0), colours).save(tmp_path / "gray.gif")
     np.testing.assert_array_equal(read_label(tmp_path / "gray.gif"), np.where(label, 255, 0))
+    # Index 1 drawn pure red, and a palette with an unused transparent entry: still the indices.
+    _palette_image(label, [(0, 0, 0), (255, 0, 0)]).save(tmp_path / "red.png")
+    _palette_image(label, [(0, 0, 0), (255, 0, 0), (9, 9, 9)]).save(tmp_path / "unused_trns.png", transparency=2)
+    for name in ("red.png", "unused_trns.png"):
+        np.testing.assert_array_equal(to_binary(read_label(tmp_path / name), name), label)
     # Indices 0 and 1 drawn in gray 128: the gray levels are no binary map, the indices are.
     _palette_image(label, [(0, 0, 0), (128, 128, 128)]).save(tmp_path / "mid_gray.png")
     np.testing.assert_array_equal(to_binary(read_label(tmp_path / "mid_gray.png"), "mid"), label)
@@ -108,6 +129,16 @@ def test_palette_labels_are_read_as_their_indices_unless_their_colours_are_gray(
     grays = ClassSpec(3, ("a", "b", "c"), palette=((255, 255, 255), (0, 0, 0), (128, 128, 128)))
     np.testing.assert_array_equal(to_classes(read_label(tmp_path / "gray_classes.png", grays), "g", grays),
                                   (classes + 1) % 3)
+
+
+def test_tiff_masks_as_imagej_and_tifffile_write_them(tmp_path: Path) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    label = _strokes(3)
+    tifffile.imwrite(tmp_path / "bool.tif", label)  # stored 1-bit white-is-zero
+    tifffile.imwrite(tmp_path / "inverted_lut.tif", label.astype(np.uint8) * 255, photometric="miniswhite")
+    tifffile.imwrite(tmp_path / "float.tif", label.astype(np.float32))
+    for name in ("bool.tif", "inverted_lut.tif", "float.tif"):
+        np.testing.assert_array_equal(to_binary(read_label(tmp_path / name), name), label)
 
 
 def test_a_palette_image_keeps_its_colours(tmp_path: Path) -> None:
@@ -188,9 +219,15 @@ def test_predict_pairs_input_images_with_masks_named_with_a_suffix(tmp_path: Pat
     masks = predict.mask_files(files, tmp_path / "masks")
     assert [(f.stem, m.stem) for f, m in zip(files, masks)] == [
         ("a", "a_mask"), ("a_1", "a_1_mask"), ("case1", "case1_mask"), ("case10", "case10_mask")]
-    (tmp_path / "masks" / "case10_mask.png").unlink()
-    with pytest.raises(UserError, match="no FOV mask for case10.png in"):
-        predict.mask_files(files, tmp_path / "masks")
+    # One image: its own mask among many, never another image's.
+    (tmp_path / "masks" / "case100_mask.png").write_bytes((tmp_path / "masks" / "case1_mask.png").read_bytes())
+    assert predict.mask_files(files[2:3], tmp_path / "masks")[0].stem == "case1_mask"
+    (tmp_path / "masks" / "case1_mask.png").unlink()
+    with pytest.raises(UserError, match="no FOV mask for case1.png in"):
+        predict.mask_files(files[2:3], tmp_path / "masks")
+    (tmp_path / "masks" / "a_mask.png").unlink()
+    with pytest.raises(UserError, match="no FOV mask for a.png in"):
+        predict.mask_files(files[:1], tmp_path / "masks")
 
 
 def test_a_resized_label_is_reported_as_a_size_mismatch_not_as_its_values(tmp_path: Path) -> None:
