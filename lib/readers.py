@@ -87,10 +87,7 @@ def _read(path: Path, convert: Callable[[Image.Image, Path], np.ndarray]) -> np.
             img.load()
             # Phone and camera JPEGs are often stored sideways with an orientation tag that viewers
             # apply: labels are drawn on the turned image.
-            turned = ImageOps.exif_transpose(img)
-            # Pillow decodes a white-is-zero TIFF as it is shown; a label's stored values are what count.
-            turned.info["white_is_zero"] = getattr(img, "tag_v2", {}).get(262) == 0
-            return convert(turned, path)
+            return convert(ImageOps.exif_transpose(img), path)
     except PermissionError:
         raise UserError(f"{path} cannot be read: no permission. Fix its permissions (e.g. chmod a+r), "
                         "then run the same command again.") from None
@@ -121,9 +118,6 @@ def _label_values(img: Image.Image, path: Path, classes: ClassSpec | None) -> np
         return np.where(values > 0, 255, 0).astype(np.uint8)  # a 16-bit black and white map
     if img.mode == "F" and np.array_equal(values, np.round(values)) and 0 <= values.min() <= values.max() <= 255:
         return values.astype(np.uint8)  # a float TIFF of whole values (0.0 / 1.0)
-    if img.mode in ("1", "L") and img.info.get("white_is_zero"):
-        # ImageJ's inverted-LUT masks and tifffile's bool arrays are stored white-is-zero.
-        return 255 - np.asarray(img.convert("L"))
     if indexed:
         # Gray levels when they form a binary map (a black and white palette), else the indices (VOC style).
         gray = _to_uint8(img, path)
