@@ -57,9 +57,10 @@ class Entry:
     load: Callable[[], Sample] = field(compare=False, repr=False)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Read an image file (or a gzipped one, like STARE's .ppm.gz) into uint8 H x W (x 3)."""
-    return _read(path, _to_uint8)
+def read_image(path: Path, turn: bool = True) -> np.ndarray:
+    """Read an image file (or a gzipped one, like STARE's .ppm.gz) into uint8 H x W (x 3); turned as its EXIF
+    orientation tag says unless turn is False."""
+    return _read(path, _to_uint8, turn)
 
 
 def read_label(path: Path, classes: ClassSpec | None = None) -> np.ndarray:
@@ -73,8 +74,8 @@ def read_label(path: Path, classes: ClassSpec | None = None) -> np.ndarray:
     return _read(path, functools.partial(_label_values, classes=classes))
 
 
-def _read(path: Path, convert: Callable[[Image.Image, Path], np.ndarray]) -> np.ndarray:
-    """Open an image file (gzipped or not) turned as its EXIF orientation says, and convert it to an array."""
+def _read(path: Path, convert: Callable[[Image.Image, Path], np.ndarray], turn: bool = True) -> np.ndarray:
+    """Open an image file (gzipped or not), turned as its EXIF orientation says (with turn), and convert it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found.")
@@ -87,7 +88,7 @@ def _read(path: Path, convert: Callable[[Image.Image, Path], np.ndarray]) -> np.
             img.load()
             # Phone and camera JPEGs are often stored sideways with an orientation tag that viewers
             # apply: labels are drawn on the turned image.
-            return convert(ImageOps.exif_transpose(img), path)
+            return convert(ImageOps.exif_transpose(img) if turn else img, path)
     except PermissionError:
         raise UserError(f"{path} cannot be read: no permission. Fix its permissions (e.g. chmod a+r), "
                         "then run the same command again.") from None
@@ -447,19 +448,25 @@ def _load_files(number: int, key: str, image_path: Path, label_path: Path | None
                 mask_path: Path | None, derive: bool, classes: ClassSpec | None = None) -> Sample:
     """Read one image with its label and FOV mask (or a derived or whole-image FOV)."""
     image = as_rgb(read_image(image_path))
-    if mask_path is not None:
-        raw = read_label(mask_path)
-        _check_same_size(image, raw, image_path, mask_path)  # first: a resized mask also has odd values
-        fov = to_binary(raw, mask_path, "mask")
+    mask = read_label(mask_path) if mask_path is not None else None
+    label = read_label(label_path, classes) if label_path is not None else None
+    drawn = [raw for raw in (mask, label) if raw is not None]
+    if drawn and all(raw.shape[:2] != image.shape[:2] for raw in drawn):
+        # Labels drawn on the pixels as stored, not as the orientation tag turns them: the image as stored.
+        stored = as_rgb(read_image(image_path, turn=False))
+        if all(raw.shape[:2] == stored.shape[:2] for raw in drawn):
+            image = stored
+    # Sizes first: a resized label or mask also has odd values.
+    if mask is not None:
+        _check_same_size(image, mask, image_path, mask_path)
+        fov = to_binary(mask, mask_path, "mask")
     elif derive:
         fov = derive_fov(image)
     else:
         fov = np.ones(image.shape[:2], dtype=bool)
-    label = None
-    if label_path is not None:
-        raw = read_label(label_path, classes)
-        _check_same_size(image, raw, image_path, label_path)
-        label = to_binary(raw, label_path) if classes is None else to_classes(raw, label_path, classes)
+    if label is not None:
+        _check_same_size(image, label, image_path, label_path)
+        label = to_binary(label, label_path) if classes is None else to_classes(label, label_path, classes)
     return Sample(image_path.name, number, image, label, fov, key)
 
 

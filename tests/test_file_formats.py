@@ -164,6 +164,14 @@ def test_a_jpeg_stored_sideways_is_turned_as_its_orientation_tag_says(tmp_path: 
     shown = read_image(tmp_path / "phone.jpg")
     assert shown.shape == (W, H)
     assert shown[:8, -8:].mean() > 200 and shown[:8, :8].mean() < 50  # now top right, as viewers show it
+    # A label drawn on the stored pixels (as most datasets' are) keeps the image as stored.
+    root = tmp_path / "mine"
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True)
+    (tmp_path / "phone.jpg").rename(root / "images" / "phone.jpg")
+    Image.fromarray(np.where(stored > 128, 255, 0).astype(np.uint8)).save(root / "labels" / "phone.png")
+    (sample,) = read_split("folders", root, "train")
+    assert sample.image.shape == (H, W, 1) and sample.label[:8, :8].all()
 
 
 def _folders(root: Path, sizes: list[tuple[int, int]], label_name: str = "{stem}.png",
