@@ -86,9 +86,11 @@ def _read(path: Path, convert: Callable[[Image.Image, Path], np.ndarray], turn: 
         source = io.BytesIO(gzip.decompress(path.read_bytes())) if path.suffix.lower() == ".gz" else path
         with Image.open(source) as img:
             img.load()
-            # Phone and camera JPEGs are often stored sideways with an orientation tag that viewers
-            # apply: labels are drawn on the turned image.
-            return convert(ImageOps.exif_transpose(img) if turn else img, path)
+            if turn:
+                # Phone and camera JPEGs are often stored sideways with an orientation tag that viewers
+                # apply: labels are drawn on the turned image. In place: no copy of an untagged image.
+                ImageOps.exif_transpose(img, in_place=True)
+            return convert(img, path)
     except PermissionError:
         raise UserError(f"{path} cannot be read: no permission. Fix its permissions (e.g. chmod a+r), "
                         "then run the same command again.") from None
@@ -114,11 +116,12 @@ def _label_values(img: Image.Image, path: Path, classes: ClassSpec | None) -> np
         # All transparent (e.g. the unused fourth byte of a 32-bit BMP) says nothing: read the colours.
         if alpha.min() < 255 and alpha.max() > 0:
             return _binary_with_alpha(with_alpha, path)
-    values = np.asarray(img)
-    if img.mode in _SIXTEEN_BIT and set(np.unique(values).tolist()) <= {0, 65535}:
-        return np.where(values > 0, 255, 0).astype(np.uint8)  # a 16-bit black and white map
-    if img.mode == "F" and np.array_equal(values, np.round(values)) and 0 <= values.min() <= values.max() <= 255:
-        return values.astype(np.uint8)  # a float TIFF of whole values (0.0 / 1.0)
+    if img.mode in _SIXTEEN_BIT + ("F",):
+        values = np.asarray(img)
+        if img.mode != "F" and set(np.unique(values).tolist()) <= {0, 65535}:
+            return np.where(values > 0, 255, 0).astype(np.uint8)  # a 16-bit black and white map
+        if img.mode == "F" and np.array_equal(values, np.round(values)) and 0 <= values.min() <= values.max() <= 255:
+            return values.astype(np.uint8)  # a float TIFF of whole values (0.0 / 1.0)
     if indexed:
         # Gray levels when they form a binary map (a black and white palette), else the indices (VOC style).
         gray = _to_uint8(img, path)
@@ -184,7 +187,7 @@ def _to_uint8(img: Image.Image, path: Path) -> np.ndarray:
 def _gray_palette(img: Image.Image) -> bool:
     """Whether every palette colour the image uses is a gray (GIF palettes often list unused colours too)."""
     palette = np.asarray(img.getpalette() or [0, 0, 0], dtype=np.uint8).reshape(-1, 3)
-    indices = np.unique(np.asarray(img.getchannel("P") if img.mode == "PA" else img))
+    indices = np.unique(_palette_indices(img))
     used = palette[indices[indices < len(palette)]]
     return bool((used == used[:, :1]).all())
 
