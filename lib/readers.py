@@ -101,6 +101,9 @@ def _read(path: Path, convert: Callable[[Image.Image, Path], np.ndarray], turn: 
 
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
+_WIDE = _SIXTEEN_BIT + ("F",)  # gray modes wider than 8 bits
+# 16-bit, 32-bit and float images are stretched per image to 8 bits between these percentiles.
+STRETCH_PERCENTILES = (0.01, 99.99)
 
 
 def _label_values(img: Image.Image, path: Path, classes: ClassSpec | None) -> np.ndarray:
@@ -108,7 +111,7 @@ def _label_values(img: Image.Image, path: Path, classes: ClassSpec | None) -> np
     if classes is not None:
         if indexed:  # colours mapped through the configured palette, else the indices are the classes
             return np.asarray(img.convert("RGB")) if classes.palette else _palette_indices(img)
-        return _to_uint8(img, path)
+        return _to_uint8(img, path, stretch=False)
     # A transparent palette entry or colour (GIF, PNG tRNS) is an alpha channel too.
     with_alpha = img.convert("RGBA") if "transparency" in img.info and img.mode in ("P", "L", "RGB", "1") else img
     if "A" in with_alpha.getbands():
@@ -116,18 +119,16 @@ def _label_values(img: Image.Image, path: Path, classes: ClassSpec | None) -> np
         # All transparent (e.g. the unused fourth byte of a 32-bit BMP) says nothing: read the colours.
         if alpha.min() < 255 and alpha.max() > 0:
             return _binary_with_alpha(with_alpha, path)
-    if img.mode in _SIXTEEN_BIT + ("F",):
+    if img.mode in _SIXTEEN_BIT:
         values = np.asarray(img)
-        if img.mode != "F" and set(np.unique(values).tolist()) <= {0, 65535}:
+        if set(np.unique(values).tolist()) <= {0, 65535}:
             return np.where(values > 0, 255, 0).astype(np.uint8)  # a 16-bit black and white map
-        if img.mode == "F" and np.array_equal(values, np.round(values)) and 0 <= values.min() <= values.max() <= 255:
-            return values.astype(np.uint8)  # a float TIFF of whole values (0.0 / 1.0)
     if indexed:
         # Gray levels when they form a binary map (a black and white palette), else the indices (VOC style).
-        gray = _to_uint8(img, path)
+        gray = _to_uint8(img, path, stretch=False)
         indices = _palette_indices(img)
         return gray if (gray.ndim == 2 and _is_binary(gray)) or not _is_binary(indices) else indices
-    return _to_uint8(img, path)
+    return _to_uint8(img, path, stretch=False)
 
 
 def _palette_indices(img: Image.Image) -> np.ndarray:
@@ -166,22 +167,42 @@ def _binary_with_alpha(img: Image.Image, path: Path) -> np.ndarray:
     return alpha.copy()
 
 
-def _to_uint8(img: Image.Image, path: Path) -> np.ndarray:
+def _to_uint8(img: Image.Image, path: Path, stretch: bool = True) -> np.ndarray:
     if img.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "1"):
         # A palette image is gray only when its palette is: colour GIFs and 8-bit PNGs stay colour.
         colour = img.mode in ("RGBA", "CMYK", "YCbCr", "PA") or (img.mode == "P" and not _gray_palette(img))
         img = img.convert("RGB" if colour else "L")
-    if img.mode in _SIXTEEN_BIT:
-        array = np.asarray(img)
-        if array.max() > 255:
-            raise UserError(f"{path} holds 16-bit values up to {array.max()}; convert the images to 8-bit "
-                            "first, scaled the same way for all of them (e.g. divided by 256, or by 16 for "
-                            "12-bit data).")
-        return array.astype(np.uint8)
+    if img.mode in _WIDE:
+        values = np.asarray(img)
+        if _whole_bytes(values):
+            return values.astype(np.uint8)
+        if not stretch:
+            raise UserError(f"{path} holds values up to {values.max()}, more than a label can have: save it "
+                            "as 8-bit gray, 0/255 or 0/1 (or class indices below 256).")
+        return _stretch_to_uint8(values, path)
     if img.mode not in ("L", "RGB"):
         raise UserError(f"{path} has image mode {img.mode}, which is not supported; save it as 8-bit "
                         "gray or RGB.")
     return np.asarray(img, dtype=np.uint8).copy()
+
+
+def _whole_bytes(values: np.ndarray) -> bool:
+    return bool(values.min() >= 0 and values.max() <= 255 and np.array_equal(values, np.round(values)))
+
+
+def _stretch_to_uint8(values: np.ndarray, path: Path | str) -> np.ndarray:
+    """A 16-bit, 32-bit or float gray image as uint8: its 0.01st..99.99th percentile range stretched to 0..255."""
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise UserError(f"{path} holds NaN or infinite values; replace them (e.g. with 0) before using it.")
+    # Percentiles, not the extremes: one hot pixel of a 12-bit camera would leave the rest a few levels.
+    # Rounded inwards, so that even a small image's single outlier is left out.
+    low = np.percentile(values, STRETCH_PERCENTILES[0], method="higher")
+    high = np.percentile(values, STRETCH_PERCENTILES[1], method="lower")
+    if high <= low:
+        low, high = values.min(), values.max()
+    scaled = (values - low) / max(high - low, 1e-12) * 255.0
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
 def _gray_palette(img: Image.Image) -> bool:
@@ -192,8 +213,8 @@ def _gray_palette(img: Image.Image) -> bool:
     return bool((used == used[:, :1]).all())
 
 
-def read_stack(path: Path) -> list[np.ndarray]:
-    """Read every page of a multi-page TIFF into a list of uint8 arrays."""
+def read_stack(path: Path, stretch: bool = True) -> list[np.ndarray]:
+    """Read every page of a multi-page TIFF into a list of uint8 arrays (stretch: False for labels)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found.")
@@ -201,7 +222,7 @@ def read_stack(path: Path) -> list[np.ndarray]:
         raise UserError(f"{path} is an empty (zero-byte) file. Copy it again from the original dataset.")
     try:
         with Image.open(path) as img:
-            return [_to_uint8(page.copy(), path) for page in ImageSequence.Iterator(img)]
+            return [_to_uint8(page.copy(), path, stretch) for page in ImageSequence.Iterator(img)]
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{path} cannot be read as a TIFF stack ({exc}). The file is corrupt: copy "
                         "it again from the original dataset.") from None
@@ -408,29 +429,55 @@ def _list_by_id(folder: Path, pattern: str, example: str | None = None,
 
 _BY_NUMBER = "with the same number: add the missing files or remove the extra ones."
 _BY_STEM = ("Files are paired by name without the extension (a.png with a.tif), or with one suffix common to "
-            "all of them (a_mask.png): every image needs exactly one {what}.")
+            "all of them (a_mask.png), or to all images (a_0000.png with a.png): every image needs exactly one "
+            "{what}.")
 
 
 def key_by_image_name(images: Iterable[str], others: dict[str, Path]) -> dict[str, Path]:
     """others (labels or masks, by file stem) keyed by the image name they belong to: an image's own name,
     else its name plus the suffix most of the other files end with, from a separator on (case01_mask.png
-    for case01.jpg), as many datasets name their masks. Files that fit no image keep their own stem."""
+    for case01.jpg), or its name less the suffix most of the images end with (nnU-Net's case01_0000.png
+    with case01.png); letter case aside unless two files differ only by it. Files that fit no image keep
+    their own stem."""
     names = set(images)
-    unpaired = [name for name in names if name not in others]
-    free = {stem for stem in others if stem not in names}  # a file named as an image is that image's
-    ends = collections.Counter(stem[i:] for stem in free for i in range(1, len(stem)) if stem[i] in "_-. ")
-    ranked = sorted(((count, sum(name + suffix in free for name in unpaired)), suffix)
-                    for suffix, count in ends.items())
-    # The most common ending wins (_mask over _2_mask), then the one that pairs more images (DRIVE's
-    # 01_test_mask: _mask over _test_mask); a tie, or no image paired, pairs nothing.
-    if not ranked or ranked[-1][0][1] == 0 or (len(ranked) > 1 and ranked[-2][0] == ranked[-1][0]):
-        return others
-    suffix = ranked[-1][1]
     keyed = dict(others)
-    for name in unpaired:
-        if name + suffix in free:
-            keyed[name] = keyed.pop(name + suffix)
+    free = [stem for stem in others if stem not in names]  # a file named as an image is that image's
+    # Letter case aside, unless two files differ only by it (then str leaves names as they are).
+    fold = str.casefold if len({stem.casefold() for stem in free}) == len(free) else str
+    by_fold = {fold(stem): stem for stem in free}
+    unpaired = []
+    for name in sorted(names - set(others)):
+        if fold(name) in by_fold:  # Case01.png with case01.png
+            keyed[name] = keyed.pop(by_fold.pop(fold(name)))
+        else:
+            unpaired.append(name)
+
+    def partner(name: str, rule: tuple[str, str]) -> str | None:
+        other_end, image_end = rule
+        folded = fold(name)
+        key = folded[: len(folded) - len(image_end)] + other_end if folded.endswith(image_end) else None
+        return key if key in by_fold else None
+
+    # Labels' endings first (case01_mask.png); only where none pairs, images' (case01_0000.png).
+    for ends in (collections.Counter((stem[i:], "") for stem in by_fold for i in _separators(stem)),
+                 collections.Counter(("", fold(name)[i:]) for name in unpaired for i in _separators(fold(name)))):
+        # The most common ending wins (_mask over _2_mask), then the one that pairs more images (DRIVE's
+        # 01_test_mask: _mask over _test_mask); a tie, or no image paired, pairs nothing.
+        top = max(ends.values(), default=0)
+        ranked = sorted((sum(partner(name, rule) is not None for name in unpaired), rule)
+                        for rule, count in ends.items() if count == top)
+        if not ranked or ranked[-1][0] == 0 or (len(ranked) > 1 and ranked[-2][0] == ranked[-1][0]):
+            continue
+        for name in unpaired:
+            key = partner(name, ranked[-1][1])
+            if key is not None:
+                keyed[name] = keyed.pop(by_fold.pop(key))
+        break
     return keyed
+
+
+def _separators(name: str) -> list[int]:
+    return [i for i in range(1, len(name)) if name[i] in "_-. "]
 
 
 def _pair(images: dict, others: dict, what: str, folder: Path, rule: str = "") -> None:
@@ -519,7 +566,7 @@ def read_isbi(root: Path, split: str, positive_class: str) -> list[Sample]:
             if not label_stack.is_file():
                 raise UserError(f"{label_stack} not found: the training slices of {stack} need their labels "
                                 "beside them (train-labels.tif from the ISBI 2012 release).")
-            labels = read_stack(label_stack)
+            labels = read_stack(label_stack, stretch=False)
             if len(labels) != len(images):
                 raise UserError(f"{stack} has {len(images)} slices but {label_stack} has {len(labels)}. "
                                 "Both stacks must hold the same slices.")

@@ -155,6 +155,38 @@ def test_a_palette_image_keeps_its_colours(tmp_path: Path) -> None:
     assert read_image(tmp_path / "gray.gif").shape == (H, W)
 
 
+def test_wide_gray_images_are_stretched_to_8_bits_and_wide_labels_are_not(tmp_path: Path) -> None:
+    # A 12-bit camera image in a 16-bit file with one hot pixel, as microscopes write them.
+    twelve = np.tile(np.linspace(100, 4000, W), (H, 1)).astype(np.uint16)
+    twelve[0, 0] = 65535
+    Image.fromarray(twelve).save(tmp_path / "twelve.png")
+    Image.fromarray(twelve).save(tmp_path / "twelve.tif")
+    for name in ("twelve.png", "twelve.tif"):
+        image = read_image(tmp_path / name)
+        assert image.dtype == np.uint8 and image.shape == (H, W)
+        row = image[1].astype(int)
+        # The hot pixel is clipped, not taken as the top: the ramp spans the 8 bits.
+        assert row[0] <= 1 and row[-1] >= 250 and (np.diff(row) >= 0).all()
+        assert image[0, 0] == 255
+    # Float images (0..1) and 32-bit integers are stretched too; 8-bit values in a wide file are kept.
+    ramp = np.tile(np.linspace(0.0, 1.0, W, dtype=np.float32), (H, 1))
+    Image.fromarray(ramp, "F").save(tmp_path / "float.tif")
+    np.testing.assert_allclose(read_image(tmp_path / "float.tif"), ramp * 255, atol=1)
+    Image.fromarray((ramp * 1000).astype(np.int32), "I").save(tmp_path / "int32.tif")
+    np.testing.assert_allclose(read_image(tmp_path / "int32.tif"), ramp * 255, atol=1)
+    Image.fromarray((ramp * 200).astype(np.uint16)).save(tmp_path / "small.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "small.png"), (ramp * 200).astype(np.uint8))
+    bad = ramp.copy()
+    bad[3, 3] = np.nan
+    Image.fromarray(bad, "F").save(tmp_path / "nan.tif")
+    with pytest.raises(UserError, match="nan.tif holds NaN"):
+        read_image(tmp_path / "nan.tif")
+    # A label's values are never stretched: class 300 does not fit in 8 bits and is refused.
+    Image.fromarray(np.where(_strokes(), 300, 0).astype(np.uint16)).save(tmp_path / "label.png")
+    with pytest.raises(UserError, match="label.png holds values up to 300"):
+        read_label(tmp_path / "label.png")
+
+
 def test_a_jpeg_stored_sideways_is_turned_as_its_orientation_tag_says(tmp_path: Path) -> None:
     stored = np.zeros((H, W), np.uint8)
     stored[:8, :8] = 255  # top left as stored
@@ -216,6 +248,30 @@ def test_names_that_start_other_names_pair_with_their_own_files() -> None:
         "case1": "case1_mask", "case10": "case10_mask", "a": "a_mask", "a_1": "a_1_mask", "b": "b"}
     # Two suffixes as common as each other: nothing is guessed.
     assert key_by_image_name(["a", "b"], {"a_x": Path("a_x.png"), "b_y": Path("b_y.png")}).keys() == {"a_x", "b_y"}
+
+
+def test_images_named_with_a_suffix_or_in_another_letter_case_pair_with_their_labels(tmp_path: Path) -> None:
+    # nnU-Net's names: the image carries the channel suffix (case_001_0000.png), the label none.
+    root = tmp_path / "nnunet"
+    labels = _folders(root, [(H, W)] * 3)
+    for path in (root / "images").iterdir():
+        path.rename(path.with_name(f"{path.stem}_0000.png"))
+    samples = read_split("folders", root, "train")
+    assert [s.key for s in samples] == ["case01_0000", "case02_0000", "case03_0000"]
+    for sample in samples:
+        np.testing.assert_array_equal(sample.label, labels[sample.key[:-5]])
+    # Letter case differs (a camera's Case01.PNG, a tool's lower-case label): paired, with a suffix too.
+    root = tmp_path / "cases"
+    labels = _folders(root, [(H, W)] * 2, "{stem}_Mask.png")
+    for path in (root / "images").iterdir():
+        path.rename(path.with_name(path.stem.upper() + ".PNG"))
+    samples = read_split("folders", root, "train")
+    assert [s.key for s in samples] == ["CASE01", "CASE02"]
+    for sample in samples:
+        np.testing.assert_array_equal(sample.label, labels[sample.key.lower()])
+    # Two files that differ only by case: letter case counts again, and the odd one is named.
+    keyed = key_by_image_name(["a", "b"], {"A": Path("A.png"), "a": Path("a.png"), "B": Path("B.png")})
+    assert {name: path.stem for name, path in keyed.items()} == {"a": "a", "b": "B", "A": "A"}
 
 
 def test_predict_pairs_input_images_with_masks_named_with_a_suffix(tmp_path: Path) -> None:
