@@ -177,8 +177,9 @@ def _to_uint8(img: Image.Image, path: Path, stretch: bool = True) -> np.ndarray:
         if _whole_bytes(values):
             return values.astype(np.uint8)
         if not stretch:
-            raise UserError(f"{path} holds values up to {values.max()}, more than a label can have: save it "
-                            "as 8-bit gray, 0/255 or 0/1 (or class indices below 256).")
+            raise LabelError(path, f"the file holds the values {_shown(np.unique(values).tolist(), 6)}, which "
+                             "are not whole numbers from 0 to 255", "Save it as 8-bit gray: 0/255 or 0/1, or "
+                             "class indices below 256.")
         return _stretch_to_uint8(values, path)
     if img.mode not in ("L", "RGB"):
         raise UserError(f"{path} has image mode {img.mode}, which is not supported; save it as 8-bit "

@@ -183,8 +183,11 @@ def test_wide_gray_images_are_stretched_to_8_bits_and_wide_labels_are_not(tmp_pa
         read_image(tmp_path / "nan.tif")
     # A label's values are never stretched: class 300 does not fit in 8 bits and is refused.
     Image.fromarray(np.where(_strokes(), 300, 0).astype(np.uint16)).save(tmp_path / "label.png")
-    with pytest.raises(UserError, match="label.png holds values up to 300"):
+    with pytest.raises(LabelError, match="label.png: the file holds the values 0, 300, which are not whole"):
         read_label(tmp_path / "label.png")
+    Image.fromarray(np.where(_strokes(), 0.5, 0).astype(np.float32), "F").save(tmp_path / "soft.tif")
+    with pytest.raises(LabelError, match="the values 0.0, 0.5, which are not whole numbers"):
+        read_label(tmp_path / "soft.tif")
 
 
 def test_a_jpeg_stored_sideways_is_turned_as_its_orientation_tag_says(tmp_path: Path) -> None:
