@@ -35,12 +35,19 @@ def window_grid(height: int, width: int, window: int, stride: int,
     """(window height, window width, top-left corners) that sliding_window uses on a height x width image.
 
     The window shrinks to the image, rounded up to `multiple` (less wasted compute); a smaller image is
-    zero-padded to it.
+    zero-padded to it. Every corner is a multiple of `multiple`, the image zero-padded past its end where the
+    last window needs it: a U-Net with pooling to 1/multiple gives a pixel the same output in every window
+    only at such offsets, so overlapping windows agree instead of leaving seams.
     """
     win_h = min(window, -(-height // multiple) * multiple)
     win_w = min(window, -(-width // multiple) * multiple)
-    corners = [(y, x) for y in window_starts(max(height, win_h), win_h, stride)
-               for x in window_starts(max(width, win_w), win_w, stride)]
+    step = max(multiple, stride // multiple * multiple)
+
+    def starts(length: int, win: int) -> list[int]:
+        last = -(-max(length - win, 0) // multiple) * multiple
+        return window_starts(last + win, win, step)
+
+    corners = [(y, x) for y in starts(height, win_h) for x in starts(width, win_w)]
     return win_h, win_w, corners
 
 
@@ -49,11 +56,13 @@ def sliding_window(image: np.ndarray, predict: Predictor, window: int, stride: i
     """Predict an H x W x C image window by window and blend overlaps into an H x W x K map.
 
     `predict` maps a batch (N, window, window, C) to (N, window, window, K). Images smaller than
-    the window are zero-padded; `multiple` rounds the window up so a U-Net can take it.
+    the window are zero-padded; `multiple` rounds the window up so a U-Net can take it, and aligns the
+    windows (see window_grid).
     """
     height, width = image.shape[:2]
     win_h, win_w, corners = window_grid(height, width, window, stride, multiple)
-    pad_h, pad_w = max(win_h - height, 0), max(win_w - width, 0)
+    pad_h = max(y for y, _ in corners) + win_h - height
+    pad_w = max(x for _, x in corners) + win_w - width
     padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0))) if pad_h or pad_w else image
     full_h, full_w = padded.shape[:2]
     weights = gaussian_weights(win_h, win_w) if blend == "gaussian" else np.ones((win_h, win_w), np.float32)

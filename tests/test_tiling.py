@@ -353,3 +353,17 @@ def test_mirror_margin_gives_the_border_mirrored_context_instead_of_zero_padding
     tiny = ramp[:3, :5]
     np.testing.assert_allclose(predict_image(identity, tiny, dict(testing, mirror_margin=32), depth=2), tiny,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("blend", ["constant", "gaussian"])
+def test_windows_start_at_multiples_of_the_unet_stride_so_overlaps_agree(blend: str) -> None:
+    # A model whose output depends on a pixel's offset within its window modulo 8, as a U-Net with three
+    # poolings does: the map is seamless only if every window starts at a multiple of 8.
+    def phase(batch: np.ndarray) -> np.ndarray:
+        columns = np.arange(batch.shape[2]) % 8
+        return np.broadcast_to(columns[None, None, :, None], batch.shape[:3] + (1,)).astype(np.float32)
+
+    for width, stride in ((565, 192), (300, 100), (1000, 250)):
+        out = sliding_window(np.zeros((40, width, 1), np.float32), phase, 256, stride, blend=blend, multiple=8)
+        assert out.shape == (40, width, 1)
+        np.testing.assert_allclose(out[0, :, 0], np.arange(width) % 8, atol=1e-5, err_msg=f"width {width}")
