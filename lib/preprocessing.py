@@ -60,8 +60,9 @@ def preprocess(image: np.ndarray, fov: np.ndarray, settings: Mapping[str, Any],
     if settings["clahe"]:
         if not settings["rescale"]:
             raise UserError("[preprocessing] clahe = true needs rescale = true (CLAHE works on [0, 1] images).")
+        # A constant channel (a blank slice or tile) stays as it is: CLAHE would turn it into 0/1 speckle.
         x = np.stack([equalize_adapthist(x[..., c].astype(np.float64), clip_limit=settings["clahe_clip"])
-                      for c in range(x.shape[-1])], axis=-1).astype(np.float32)
+                      if np.ptp(x[..., c]) > 0 else x[..., c] for c in range(x.shape[-1])], axis=-1).astype(np.float32)
     if settings["gamma"] != 1.0:
         # As in the classic retina-unet: x ** (1 / gamma), so gamma > 1 brightens dark vessels' surround.
         x = np.power(np.clip(x, 0.0, None), 1.0 / settings["gamma"])

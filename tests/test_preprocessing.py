@@ -224,6 +224,14 @@ def test_clahe_changes_contrast_within_unit_range() -> None:
     assert np.ptp(equalized[away]) > 1.3 * np.ptp(plain[away])
 
 
+def test_a_blank_image_stays_blank_through_clahe() -> None:
+    # A blank slice or an empty tile: CLAHE would make 0/1 speckle of it, which a model reads as structure.
+    for value in (0, 120):
+        image = np.full((H, W, 3), value, np.uint8)
+        out = preprocess(image, np.ones((H, W), bool), _settings(rescale=True, clahe=True, clahe_clip=0.01), None)
+        assert np.ptp(out) == 0.0
+
+
 def test_preprocessing_settings_collects_channels_and_preprocessing_keys() -> None:
     config = {"preprocessing": {"gray_mode": "green", "gamma": 1.0}, "data attributes": {"channels": 3},
               "model": {"depth": 3}}
