@@ -9,6 +9,10 @@ from lib.errors import UserError
 
 FINISHED = "training_summary.json"
 CONFIG_NAME = "configuration.txt"
+# Everything train.py and predict.py write into a run folder: --overwrite deletes a folder that holds nothing else.
+RUN_CONTENTS = {CONFIG_NAME, FINISHED, "preprocessing.json", "best.keras", "last.keras", "checkpoint_state.json",
+                "log.csv", "learning_curves.png", "model_summary.txt", "model_info.json", "tensorboard", "backup",
+                "predictions"}
 
 
 def prepare_run_folder(config: Config, overwrite: bool) -> tuple[Path, bool]:
@@ -20,6 +24,14 @@ def prepare_run_folder(config: Config, overwrite: bool) -> tuple[Path, bool]:
             raise UserError(f"{folder} exists but is not a run folder (no {CONFIG_NAME} in it), so --overwrite "
                             "will not delete it. Choose another name with --set experiment.name=NEW_NAME, or "
                             "move it away.")
+        # Hidden files are the temporary files of writes a kill interrupted.
+        others = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
+                        if p.name not in RUN_CONTENTS and not p.name.startswith("."))
+        if others:
+            raise UserError(f"{folder} holds files that train.py does not write ({', '.join(others[:5])}"
+                            f"{', ...' if len(others) > 5 else ''}), so --overwrite will not delete it: it may not "
+                            "be a run folder. Move those files away, or choose another name with --set "
+                            "experiment.name=NEW_NAME.")
         contents = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
         print(f"Deleting the earlier run {folder} (--overwrite): {', '.join(contents) or 'empty'}")
         shutil.rmtree(folder)

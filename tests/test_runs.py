@@ -34,3 +34,14 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(UserError, match="not a run folder"):
         prepare_run_folder(_config(tmp_path), overwrite=True)
     assert (tmp_path / "r" / "my_notes.txt").read_text() == "keep me"
+
+
+def test_overwrite_never_deletes_a_folder_with_files_a_run_does_not_hold(tmp_path):
+    # A project folder with a configuration.txt (this repository's root has one) is not a run.
+    project = tmp_path / "r"
+    (project / "src").mkdir(parents=True)
+    (project / CONFIG_NAME).write_text("x")
+    (project / "src" / "thesis.tex").write_text("keep me")
+    with pytest.raises(UserError, match=r"holds files that train.py does not write \(src/\)"):
+        prepare_run_folder(_config(tmp_path), overwrite=True)
+    assert (project / "src" / "thesis.tex").read_text() == "keep me"
