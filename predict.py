@@ -6,7 +6,9 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -21,8 +23,7 @@ from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
 from lib.preprocessing import preprocess
 from lib.progress import progress
-from lib.readers import (ClassSpec, as_rgb, files_by_stem, input_image_files, key_by_image_name, read_image,
-                         read_label, to_binary)
+from lib.readers import ClassSpec, Entry, image_stem, input_entries, scale_sample
 from lib.runs import CONFIG_NAME, find_run_folder
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, split_size
 
@@ -33,6 +34,7 @@ OUTPUT_SUFFIXES = ("_probability.png", "_binary.png", "_compare.png", "_overlay.
                    "_classes.png", "_color.png")
 OUTPUT_FILES = ("summary.txt", "metrics.json", "per_image.csv", "roc.png", "pr.png", "legend.png",
                 "confusion_matrix.png")
+MANIFEST = "outputs.txt"  # the files one prediction wrote: what --overwrite removes
 
 
 def load_run(run: Path, current: dict):
@@ -80,45 +82,38 @@ def preprocessing_differences(theirs: Mapping[str, Any], ours: Mapping[str, Any]
     return [f"{key} {theirs.get(key)} (model: {value})" for key, value in ours.items() if theirs.get(key) != value]
 
 
-def check_same_preparation(h5, path: Path, run: Path, preprocessing: dict) -> None:
+def check_same_preparation(h5, path: Path, run: Path, preprocessing: dict, resize: float) -> None:
     """Refuse the run's own prepared dataset when it was prepared again, differently, after training."""
     theirs = {"settings": read_attr_json(h5, "preprocessing"), "statistics": read_attr_json(h5, "statistics")}
     ours = {key: preprocessing[key] for key in theirs}
-    if theirs != ours:
-        differ = preprocessing_differences(theirs["settings"], ours["settings"])
+    their_resize = float(read_attr_json(h5, "fingerprint")["data paths"].get("resize", 1.0))
+    if theirs != ours or their_resize != resize:
+        differ = preprocessing_differences({**theirs["settings"], "resize": their_resize},
+                                           {**ours["settings"], "resize": resize})
         raise UserError(f"{path} was prepared again since {run} was trained, with "
                         f"{'other preprocessing: ' + ', '.join(differ) if differ else 'other images'}. "
                         f"Retrain on it, or prepare the run's data again; to score it all the same, pass "
                         f"--data {path}.")
 
 
-def mask_files(files: list[Path], mask: Path | None) -> list[Path | None]:
-    """The FOV mask of each --input image: the --mask file, or the one in the --mask folder matching its stem."""
-    if mask is None or mask.is_file():
-        return [mask] * len(files)
-    if not mask.is_dir():
-        raise UserError(f"--mask {mask} not found: give a mask file or a folder of masks named like the images.")
-    masks = key_by_image_name([file.stem for file in files], files_by_stem(mask))
-    missing = [file.name for file in files if file.stem not in masks]
-    if missing:
-        raise UserError(f"no FOV mask for {', '.join(missing)} in {mask}: masks are named as their image "
-                        "(any image extension), or as the image plus a suffix the other masks share (a_mask.png).")
-    return [masks[file.stem] for file in files]
+def samples_from_input(entries: Sequence[Entry], scale: float, preprocessing: Mapping[str, Any]):
+    """Images given with --input, read one at a time and preprocessed as the model's training images were:
+    resized by the run's [data paths] resize first. Their FOV stays at their own size, as do the outputs."""
+    for entry in entries:
+        sample = entry.load()
+        small = scale_sample(sample, scale)
+        image = preprocess(small.image, small.fov, preprocessing["settings"], preprocessing["statistics"])
+        yield {"name": sample.name, "image": image, "label": None, "fov": sample.fov}
 
 
-def samples_from_input(files: list[Path], masks: list[Path | None]):
-    """Raw images (and optional FOV masks) given on the command line, read one at a time."""
-    for file, mask_file in zip(files, masks):
-        image = as_rgb(read_image(file))  # gray images for an RGB model are repeated, as prepare does
-        if mask_file is None:
-            fov = np.ones(image.shape[:2], bool)
-        else:
-            raw = read_label(mask_file)
-            if raw.shape[:2] != image.shape[:2]:  # first: a resized mask also has odd values
-                raise UserError(f"size mismatch: {file} is {image.shape[1]}x{image.shape[0]} but its mask "
-                                f"{mask_file} is {raw.shape[1]}x{raw.shape[0]}.")
-            fov = to_binary(raw, mask_file, "mask")
-        yield {"name": file.name, "raw": image, "label": None, "fov": fov}
+def at_size(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """An H x W x C map resized (bilinear) to shape's height and width; unchanged when it has that size."""
+    if array.shape[:2] == tuple(shape[:2]):
+        return array
+    from skimage.transform import resize
+
+    return resize(array, (*shape[:2], array.shape[2]), order=1, preserve_range=True,
+                  anti_aliasing=False).astype(array.dtype)
 
 
 def at_model_scale(testing: dict, model_scale: float, source_scale: float) -> dict:
@@ -138,8 +133,8 @@ def output_stem(name: str) -> str:
     """An image's name without extension, for its output files; page i of a stack "x.tif[i]" gives "x_i"."""
     page = re.fullmatch(r"(.*)\[(\d+)\]", name)
     if page:
-        return f"{Path(page[1]).stem}_{page[2]}"
-    return Path(name).stem
+        return f"{image_stem(page[1])}_{page[2]}"
+    return image_stem(name)
 
 
 def check_other_dataset(h5, path: Path, run: Path, preprocessing: dict, classes: ClassSpec | None) -> None:
@@ -177,15 +172,59 @@ def membrane_positive(config) -> bool:
 
 
 def clear_outputs(out: Path) -> int:
-    """Delete the files an earlier predict.py wrote into out (summary first), so none outlives the new run; keep
-    anything else. Returns how many were deleted."""
-    summary = out / "summary.txt"
-    earlier = [summary] if summary.exists() else []
-    earlier += [path for path in sorted(out.iterdir()) if path.is_file() and path != summary and
-                (path.name in OUTPUT_FILES or path.name.endswith(OUTPUT_SUFFIXES))]
+    """Delete the files an earlier predict.py wrote into out (summary first), as its outputs.txt lists them;
+    keep anything else. Returns how many were deleted."""
+    summary, manifest = out / "summary.txt", out / MANIFEST
+    if manifest.is_file():
+        listed = [name for name in manifest.read_text().splitlines() if name and Path(name).name == name]
+        earlier = [summary, *(out / name for name in listed), manifest]
+    elif summary.is_file():  # written before outputs.txt existed: predict.py's own names
+        earlier = [summary] + [path for path in sorted(out.iterdir()) if path.name in OUTPUT_FILES or
+                               path.name.endswith(OUTPUT_SUFFIXES)]
+    else:
+        earlier = []
+    earlier = list(dict.fromkeys(path for path in earlier if path.is_file()))
     for path in earlier:
         path.unlink()
     return len(earlier)
+
+
+def publish(staging: Path, out: Path) -> int:
+    """Move a finished prediction from staging into out, replacing the earlier one (clear_outputs); summary.txt
+    last, so a folder with a summary holds a complete set. Returns how many earlier files were deleted."""
+    removed = clear_outputs(out)
+    names = sorted(path.name for path in staging.iterdir() if path.name != "summary.txt")
+    write_text(out / MANIFEST, "".join(f"{name}\n" for name in [*names, "summary.txt"]))
+    for name in [*names, "summary.txt"]:
+        os.replace(staging / name, out / name)
+    return removed
+
+
+def check_output_folder(out: Path, overwrite: bool, input_path: Path | None) -> None:
+    """Refuse an output folder that holds earlier predictions (without --overwrite), cannot be written, or
+    holds the --input images (the next run would read the maps as images, and --overwrite could delete them)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {out} is a file, not a folder: choose another --output.")
+    folder = None if input_path is None else input_path if input_path.is_dir() else input_path.parent
+    if folder is not None and folder.resolve() == out.resolve():
+        raise UserError(f"--output {out} is the folder of the --input images: write the predictions to another "
+                        "folder, so that they are never read, or deleted, as images.")
+    earlier = (out / "summary.txt").exists() or (out / MANIFEST).exists()
+    if earlier and not overwrite:
+        raise UserError(f"{out} already holds predictions. Use --overwrite to replace them, "
+                        "or --output NEW_FOLDER.")
+    if not earlier and out.is_dir():
+        # --overwrite replaces earlier predictions, never files that only share their names.
+        theirs = [path.name for path in sorted(out.iterdir())
+                  if path.is_file() and (path.name in OUTPUT_FILES or path.name.endswith(OUTPUT_SUFFIXES))]
+        if theirs:
+            raise UserError(f"{out} holds files named as predictions are ({', '.join(theirs[:4])}"
+                            f"{', ...' if len(theirs) > 4 else ''}) but no earlier prediction (its summary.txt and "
+                            "outputs.txt): choose another --output, or move those files away.")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"{out} cannot be written: no permission. Choose another --output, or fix its "
+                        "permissions (chmod u+w).")
 
 
 def unscored(unlabelled: int, total: int) -> str:
@@ -228,18 +267,20 @@ def predict_multiclass(infer: Callable[[np.ndarray], np.ndarray], samples, count
                        out: Path, settings: dict) -> list[str]:
     """Class maps, colourized maps, comparisons, legend; with labels metrics.json, per_image.csv and the
     confusion matrix (void pixels and pixels outside the FOV left out). infer maps a preprocessed image to
-    class probabilities. Returns the summary lines."""
+    class probabilities; maps are written at the size of the sample's FOV. Returns the summary lines."""
     palette = classes.display_palette()
     void = classes.ignore_index is not None
     save_legend([*classes.names, *(["void"] if void else [])], palette[: classes.n_classes + void], out / "legend.png")
     per_image, pooled_true, pooled_pred, unlabelled = [], [], [], 0
     for s in progress(samples, count, "predict"):
-        predicted = np.argmax(infer(s["image"]), axis=-1).astype(np.uint8)
+        predicted = np.argmax(at_size(infer(s["image"]), s["fov"].shape), axis=-1).astype(np.uint8)
+        if void:  # outside the FOV nothing is predicted
+            predicted[~s["fov"]] = classes.ignore_index
         stem = output_stem(s["name"])
-        coloured = colorize(predicted, palette)
+        coloured = colorize(classes.display_map(predicted), palette)
         save_png(predicted, out / f"{stem}_classes.png")   # class indices, like the annotations
         save_png(coloured, out / f"{stem}_color.png")
-        panels = [display_image(s["image"])]
+        panels = [at_size(display_image(s["image"]), s["fov"].shape)]
         if s["label"] is not None:
             panels.append(colorize(classes.display_map(s["label"]), palette))
         save_png(colour_panels([*panels, coloured]), out / f"{stem}_compare.png")
@@ -282,15 +323,17 @@ def predict_multiclass(infer: Callable[[np.ndarray], np.ndarray], samples, count
 def predict_binary(infer: Callable[[np.ndarray], np.ndarray], samples, count: int, threshold: float,
                    out: Path, settings: dict, dataset: str, config) -> list[str]:
     """Probability, binary, comparison and overlay PNGs; with labels metrics.json, per_image.csv and
-    ROC / PR curves (pixels inside the FOV). infer maps a preprocessed image to H x W x 1 probabilities.
-    Keeps only FOV pixels between images. Returns summary lines."""
+    ROC / PR curves (pixels inside the FOV). infer maps a preprocessed image to H x W x 1 probabilities;
+    maps are written at the size of the sample's FOV. Keeps only FOV pixels between images. Returns summary
+    lines."""
     names, fov_probs, fov_labels, extra, unlabelled = [], [], [], [], 0
     for s in progress(samples, count, "predict"):
-        prob = infer(s["image"])[..., 0]
+        prob = at_size(infer(s["image"]), s["fov"].shape)[..., 0]
         prob = np.where(s["fov"], prob, 0.0)
         stem = output_stem(s["name"])
         binary = prob >= threshold
-        shown = display_image(s["image"])  # stretched: a preprocessed image need not lie in [0, 1]
+        # Stretched: a preprocessed image need not lie in [0, 1].
+        shown = at_size(display_image(s["image"]), s["fov"].shape)
         save_png(prob, out / f"{stem}_probability.png")
         save_png(binary, out / f"{stem}_binary.png")
         save_png(side_by_side(shown, s["label"], binary), out / f"{stem}_compare.png")
@@ -347,6 +390,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.input and args.data:
         parser.error("give --input (image files) or --data (a prepared dataset), not both")
+    if args.input and args.split:
+        parser.error("--split chooses a prepared split; with --input the given images are segmented")
+    if args.mask and not args.input:
+        parser.error("--mask gives the FOV masks of --input images; prepared splits have their own")
 
     # Model, preprocessing and data paths come from the run; inference choices from the current config.
     current = load_config(args.config, args.overrides)
@@ -370,14 +417,16 @@ def main() -> int:
 
     with contextlib.ExitStack() as stack:
         if args.input:
-            files = input_image_files(args.input)  # images are read one at a time, as they are segmented
-            masks = mask_files(files, args.mask)  # a missing mask stops the run before any work
-            raw = samples_from_input(files, masks)
-            samples = ({**s, "image": preprocess(s["raw"], s["fov"], preprocessing["settings"],
-                                                 preprocessing["statistics"])} for s in raw)
-            count, where = len(files), f"input_{args.input.stem}"
+            # Listed, paired and opened now: a missing mask or an unreadable file stops the run before any work.
+            entries = input_entries(args.input, args.mask)
+            # Read one at a time, as they are segmented, at the scale of the model's training images.
+            source_scale = config["data paths"]["resize"]
+            if source_scale != 1.0:
+                print(f"note: the model was trained on images resized by {source_scale:g}: each image is resized so "
+                      "before it is preprocessed and segmented, and its maps are at its own size.")
+            samples = samples_from_input(entries, source_scale, preprocessing)
+            count, where = len(entries), f"input_{image_stem(args.input.resolve().name)}"
             dataset = preprocessing["dataset"]
-            source_scale = 1.0  # files as distributed
         else:
             if args.data:
                 data_path = args.data if args.data.suffix == ".h5" else args.data / FILE_NAME
@@ -387,7 +436,7 @@ def main() -> int:
             if args.data:
                 check_other_dataset(h5, data_path, run, preprocessing, classes)
             else:
-                check_same_preparation(h5, data_path, run, preprocessing)
+                check_same_preparation(h5, data_path, run, preprocessing, config["data paths"]["resize"])
             source_scale = float(read_attr_json(h5, "fingerprint")["data paths"].get("resize", 1.0))
             dataset = str(h5.attrs["dataset"])
             split = args.split or ("test" if split_size(h5, "test") else "val")
@@ -399,14 +448,10 @@ def main() -> int:
             where = f"{dataset}_{split}" if args.data else split
         testing = at_model_scale(testing, config["data paths"]["resize"], source_scale)
         out = args.output or run / "predictions" / where
-        if (out / "summary.txt").exists() and not args.overwrite:
-            raise UserError(f"{out} already holds predictions. Use --overwrite to replace them, "
-                            "or --output NEW_FOLDER.")
-        if args.overwrite and out.is_dir():
-            removed = clear_outputs(out)
-            if removed:
-                print(f"Removed the {removed} files of the earlier predictions in {out} (--overwrite).")
-        out.mkdir(parents=True, exist_ok=True)
+        check_output_folder(out, args.overwrite, args.input)
+        # Written into a hidden folder and moved into out when all is done: a run that fails or is interrupted
+        # leaves out as it was.
+        staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".predicting-", dir=out)))
         header = [f"run: {run}", f"images: {count} ({where})"]
         windows = (f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "
                    f"tta_flips {tta_flips(testing, flips) or False}, "
@@ -420,13 +465,16 @@ def main() -> int:
         if classes is not None:
             lines = [*header, f"classes: {classes.n_classes} ({', '.join(classes.names)}); ignore index "
                      f"{classes.ignore_index}", windows]
-            lines += predict_multiclass(infer, samples, count, classes, out, settings)
+            lines += predict_multiclass(infer, samples, count, classes, staging, settings)
         else:
             lines = [*header, f"threshold: {threshold:.3f}", windows]
-            lines += predict_binary(infer, samples, count, threshold, out, {"threshold": threshold, **settings},
+            lines += predict_binary(infer, samples, count, threshold, staging, {"threshold": threshold, **settings},
                                     dataset, config)
-    summary = "\n".join(lines) + f"\noutputs: {out}\n"
-    write_text(out / "summary.txt", summary)
+        summary = "\n".join(lines) + f"\noutputs: {out}\n"
+        write_text(staging / "summary.txt", summary)
+        removed = publish(staging, out)
+    if removed:
+        print(f"Replaced the {removed} files of the earlier predictions in {out} (--overwrite).")
     print("\n" + summary)
     return 0
 

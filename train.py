@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import sys
 import time
 import traceback
@@ -149,7 +150,7 @@ def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
         raise UserError(f"only {n_train} training patches for a batch size of {batch}; raise "
                         "[training settings] N_subimgs (and rerun prepare_datasets.py) or lower batch_size.")
 
-    command = " ".join([sys.executable.split("/")[-1], *sys.argv])
+    command = shlex.join([sys.executable.split("/")[-1], *sys.argv])  # quoted: pasted back, it runs as typed
     if distribution.is_chief:
         run, resuming = prepare_run_folder(config, overwrite)
         print(f"{'Resuming' if resuming else 'Starting'} run {run}")

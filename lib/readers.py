@@ -14,7 +14,7 @@ import re
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
@@ -57,10 +57,10 @@ class Entry:
     load: Callable[[], Sample] = field(compare=False, repr=False)
 
 
-def read_image(path: Path, turn: bool = True) -> np.ndarray:
+def read_image(path: Path, turn: bool = True, page: int = 0) -> np.ndarray:
     """Read an image file (or a gzipped one, like STARE's .ppm.gz) into uint8 H x W (x 3); turned as its EXIF
-    orientation tag says unless turn is False."""
-    return _read(path, _to_uint8, turn)
+    orientation tag says unless turn is False; page: which page of a TIFF stack (frame of a GIF)."""
+    return _read(path, _to_uint8, turn, page)
 
 
 def read_label(path: Path, classes: ClassSpec | None = None) -> np.ndarray:
@@ -74,17 +74,19 @@ def read_label(path: Path, classes: ClassSpec | None = None) -> np.ndarray:
     return _read(path, functools.partial(_label_values, classes=classes))
 
 
-def _read(path: Path, convert: Callable[[Image.Image, Path], np.ndarray], turn: bool = True) -> np.ndarray:
-    """Open an image file (gzipped or not), turned as its EXIF orientation says (with turn), and convert it."""
+def _read(path: Path, convert: Callable[[Image.Image, Path], Any], turn: bool = True, page: int = 0) -> Any:
+    """Open an image file (gzipped or not) at a page, turned as its EXIF orientation says (with turn), and
+    convert it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found.")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is an empty (zero-byte) file. Copy it again from the original "
-                        "dataset, or remove it together with its label.")
+                        "dataset, or remove it (together with its label, if it has one).")
     try:
         source = io.BytesIO(gzip.decompress(path.read_bytes())) if path.suffix.lower() == ".gz" else path
         with Image.open(source) as img:
+            img.seek(page)
             img.load()
             if turn:
                 # Phone and camera JPEGs are often stored sideways with an orientation tag that viewers
@@ -496,15 +498,17 @@ def _pair(images: dict, others: dict, what: str, folder: Path, rule: str = "") -
 
 
 def _load_files(number: int, key: str, image_path: Path, label_path: Path | None,
-                mask_path: Path | None, derive: bool, classes: ClassSpec | None = None) -> Sample:
-    """Read one image with its label and FOV mask (or a derived or whole-image FOV)."""
-    image = as_rgb(read_image(image_path))
+                mask_path: Path | None, derive: bool, classes: ClassSpec | None = None,
+                page: int | None = None) -> Sample:
+    """Read one image (page of a stack: named 'x.tif[page]') with its label and FOV mask (or a derived or
+    whole-image FOV)."""
+    image = as_rgb(read_image(image_path, page=page or 0))
     mask = read_label(mask_path) if mask_path is not None else None
     label = read_label(label_path, classes) if label_path is not None else None
     drawn = [raw for raw in (mask, label) if raw is not None]
     if drawn and all(raw.shape[:2] != image.shape[:2] for raw in drawn):
         # Labels drawn on the pixels as stored, not as the orientation tag turns them: the image as stored.
-        stored = as_rgb(read_image(image_path, turn=False))
+        stored = as_rgb(read_image(image_path, turn=False, page=page or 0))
         if all(raw.shape[:2] == stored.shape[:2] for raw in drawn):
             image = stored
     # Sizes first: a resized label or mask also has odd values.
@@ -518,7 +522,8 @@ def _load_files(number: int, key: str, image_path: Path, label_path: Path | None
     if label is not None:
         _check_same_size(image, label, image_path, label_path)
         label = to_binary(label, label_path) if classes is None else to_classes(label, label_path, classes)
-    return Sample(image_path.name, number, image, label, fov, key)
+    name = image_path.name if page is None else f"{image_path.name}[{page}]"
+    return Sample(name, number, image, label, fov, key)
 
 
 def _file_entry(number: int, key: str, image: Path, label: Path | None, mask: Path | None,
@@ -938,18 +943,60 @@ def read_split(dataset: str, root: Path, split: str, positive_class: str = "memb
     return [load_sample(entry, scale) for entry in entries]
 
 
-def input_image_files(path: Path) -> list[Path]:
-    """The image file, or every image file in the folder, given to predict.py --input."""
-    path = Path(path)
+def input_entries(path: Path, mask: Path | None) -> list[Entry]:
+    """predict.py --input: every page of the image file, or of each image in the folder, with its FOV mask
+    (the mask file, or the file of the mask folder named as the image). Every file is opened here, so
+    an unreadable one stops the run before any work."""
+    files = _input_files(Path(path))
+    masks = _input_masks(files, mask)
+    entries = []
+    for file, mask_file in zip(files, masks):
+        pages = _read(file, lambda img, _: getattr(img, "n_frames", 1), turn=False)
+        for page in range(pages) if pages > 1 else [None]:
+            number = len(entries) + 1
+            stem = image_stem(file.name)
+            load = functools.partial(_load_files, number, stem, file, None, mask_file, False, page=page)
+            entries.append(Entry(file.name if page is None else f"{file.name}[{page}]", number, stem, load))
+    return entries
+
+
+def image_stem(name: str) -> str:
+    """A file name without its extension, and without .gz first (STARE's im0001.ppm.gz gives im0001)."""
+    path = Path(name)
+    return Path(path.stem).stem if path.suffix.lower() == ".gz" else path.stem
+
+
+def _input_files(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
-                       and not p.name.startswith("."))
+        files = sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.is_file()
+                       and Path(p.name[:-3] if p.name.lower().endswith(".gz") else p.name).suffix.lower()
+                       in IMAGE_EXTENSIONS)
         if not files:
-            raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {path}.")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise UserError(f"--input {path} not found: give an image file or a folder of images.")
-    return files
+            raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}, or gzipped) in {path}.")
+        stems = collections.defaultdict(list)
+        for file in files:
+            stems[image_stem(file.name).casefold()].append(file.name)
+        clashes = [" and ".join(names) for names in stems.values() if len(names) > 1]
+        if clashes:
+            raise UserError(f"images with the same name in {path}: {'; '.join(clashes)}. Their outputs would "
+                            "overwrite each other (they are named by the image without its extension): rename "
+                            "or move one of each.")
+        return files
+    if path.is_file():
+        return [path]
+    raise UserError(f"--input {path} not found: give an image file or a folder of images.")
+
+
+def _input_masks(files: list[Path], mask: Path | None) -> list[Path | None]:
+    if mask is None or mask.is_file():
+        return [mask] * len(files)
+    if not mask.is_dir():
+        raise UserError(f"--mask {mask} not found: give a mask file or a folder of masks named like the images.")
+    masks = key_by_image_name([image_stem(file.name) for file in files], files_by_stem(mask))
+    missing = [file.name for file in files if image_stem(file.name) not in masks]
+    if missing:
+        raise UserError(f"no FOV mask for {', '.join(missing)} in {mask}: masks are named as their image "
+                        "(any image extension), or as the image plus a suffix the other masks share (a_mask.png).")
+    return [masks[image_stem(file.name)] for file in files]
 
 

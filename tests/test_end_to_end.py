@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
+import shlex
 import shutil
 import signal
 import subprocess
@@ -156,38 +159,100 @@ def test_predict_input_folder_reuses_saved_preprocessing(trained, small_drive):
     assert not (out / "metrics.json").exists()  # no labels given, no metrics invented
 
 
-def test_predict_input_streams_and_a_corrupt_file_keeps_earlier_results(trained, small_drive, tmp_path):
-    """--input reads one image at a time: a corrupt file late in the folder is named, earlier maps stay."""
+def test_predict_input_refuses_unreadable_files_first_and_a_failed_run_leaves_the_output_as_it_was(
+        trained, small_drive, tmp_path):
+    """Every --input file is opened before any is segmented; a run that fails midway (here at a bad mask)
+    writes nothing, so the earlier predictions in its output folder stay whole."""
     tmp, args, _, _ = trained
-    folder = tmp_path / "images"
+    folder, masks, out = tmp_path / "images", tmp_path / "masks", tmp_path / "out"
     folder.mkdir()
-    first = sorted((small_drive / "test" / "images").iterdir())[0]
-    (folder / first.name).write_bytes(first.read_bytes())
+    masks.mkdir()
+    for path in sorted((small_drive / "test" / "images").iterdir())[:2]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    first, second = sorted(folder.iterdir())
+    for path, values in ((first, (0, 255)), (second, (0, 128))):  # the second mask is not binary
+        with Image.open(path) as image:
+            mask = np.full((image.height, image.width), values[1], np.uint8)
+        mask[:, :4] = values[0]
+        Image.fromarray(mask).save(masks / f"{path.stem}.png")
+    run_script("predict.py", *args, "--input", str(first), "--output", str(out))
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert "summary.txt" in before and "outputs.txt" in before
     (folder / "zz_broken.tif").write_bytes(b"II*\x00" + bytes(200))  # a TIFF header, then nothing
-    out = tmp_path / "out"
-    result = run_script("predict.py", *args, "--input", str(folder), "--output", str(out), check=False)
+    result = run_script("predict.py", *args, "--input", str(folder), "--output", str(out), "--overwrite", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert "zz_broken.tif" in result.stderr.split("error:", 1)[-1]
-    assert (out / f"{first.stem}_probability.png").exists()
-    assert not (out / "summary.txt").exists()  # the run is not reported as complete
+    assert "zz_broken.tif" in result.stderr.split("error:", 1)[-1] and "predict: " not in result.stderr
+    (folder / "zz_broken.tif").unlink()
+    result = run_script("predict.py", *args, "--input", str(folder), "--mask", str(masks), "--output", str(out),
+                        "--overwrite", check=False)
+    assert result.returncode == 2 and f"{second.stem}.png" in result.stderr.split("error:", 1)[-1]
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # nothing new, nothing lost
+    # Finished, the new run replaces exactly the files the earlier one listed, and keeps the user's.
+    (out / "notes.txt").write_text("mine")
+    (masks / f"{second.stem}.png").unlink()
+    run_script("predict.py", *args, "--input", str(folder), "--mask", str(masks / f"{first.stem}.png"),
+               "--output", str(out), "--overwrite")
+    listed = (out / "outputs.txt").read_text().split()
+    assert sorted(listed + ["outputs.txt", "notes.txt"]) == sorted(path.name for path in out.iterdir())
+    assert f"{second.stem}_probability.png" in listed and "images: 2" in (out / "summary.txt").read_text()
+    # Predictions are never written into the folder of the images they would then be read as.
+    result = run_script("predict.py", *args, "--input", str(folder), "--output", str(folder), check=False)
+    assert result.returncode == 2 and "is the folder of the --input images" in result.stderr
 
 
-def test_a_run_trained_at_half_size_segments_input_files_at_half_size(trained, small_drive, tmp_path):
-    """--input files are as distributed: a run prepared with resize=0.5 shrinks them itself and returns
-    full-size maps, the same as zoom=0.5 by hand on the full-size run."""
+def test_predict_input_segments_every_page_of_a_stack_and_refuses_names_that_would_clash(
+        trained, small_drive, tmp_path):
+    tmp, args, _, _ = trained
+    with Image.open(sorted((small_drive / "test" / "images").iterdir())[0]) as image:
+        pages = [image.convert("RGB"), image.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    pages[0].save(folder / "volume.tif", save_all=True, append_images=pages[1:])
+    run_script("predict.py", *args, "--input", str(folder), "--output", str(tmp_path / "out"))
+    assert "images: 2" in (tmp_path / "out" / "summary.txt").read_text()
+    pages[1].save(tmp_path / "mirrored.png")  # the second page alone
+    run_script("predict.py", *args, "--input", str(tmp_path / "mirrored.png"), "--output", str(tmp_path / "one"))
+    with Image.open(tmp_path / "out" / "volume_1_probability.png") as a, \
+            Image.open(tmp_path / "one" / "mirrored_probability.png") as b:
+        assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
+    pages[0].save(folder / "volume.png")
+    result = run_script("predict.py", *args, "--input", str(folder), "--output", str(tmp_path / "b"), check=False)
+    assert result.returncode == 2 and "volume.png and volume.tif" in result.stderr
+    # Gzipped files, as STARE distributes them, are images too, named without .gz.
+    (folder / "volume.png").unlink()
+    buffer = io.BytesIO()
+    pages[1].save(buffer, format="PPM")
+    (folder / "im0001.ppm.gz").write_bytes(gzip.compress(buffer.getvalue()))
+    run_script("predict.py", *args, "--input", str(folder), "--output", str(tmp_path / "c"))
+    with Image.open(tmp_path / "c" / "im0001_probability.png") as a, \
+            Image.open(tmp_path / "one" / "mirrored_probability.png") as b:
+        assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
+
+
+def test_a_run_trained_at_half_size_resizes_input_files_before_preprocessing_them(trained, small_drive, tmp_path):
+    """--input files are as distributed: a run prepared with resize=0.5 resizes each to half size first, as
+    its training images were, preprocesses and segments it there, and returns maps at the file's size."""
+    from lib.readers import read_image, scale_sample, Sample
+
     tmp, args, _, _ = trained
     half = tmp / "runs" / "tiny_half"
     shutil.copytree(tmp / "runs" / "tiny", half, ignore=shutil.ignore_patterns("predictions"))
     config = (half / "configuration.txt").read_text()
     (half / "configuration.txt").write_text(config.replace("resize = 1.0", "resize = 0.5", 1))
-    images = str(small_drive / "test" / "images")
-    result = run_script("predict.py", *args, "--run", str(half), "--input", images, "--output", str(tmp_path / "a"))
+    source = sorted((small_drive / "test" / "images").iterdir())[0]
+    result = run_script("predict.py", *args, "--run", str(half), "--input", str(source), "--output", str(tmp_path / "a"))
     assert "resized by 0.5" in result.stdout
-    run_script("predict.py", *args, "--input", images, "--set", "zoom=0.5", "--output", str(tmp_path / "b"))
-    with Image.open(tmp_path / "a" / "01_test_probability.png") as a, \
-            Image.open(tmp_path / "b" / "01_test_probability.png") as b:
-        assert a.size == (128, 120)
-        assert np.array_equal(np.asarray(a), np.asarray(b))
+    # The same image resized by hand, segmented by the full-size run: the half-size map, before it is enlarged.
+    image = read_image(source)
+    small = scale_sample(Sample("x", 1, image, None, np.ones(image.shape[:2], bool)), 0.5).image
+    (tmp_path / "small").mkdir()
+    Image.fromarray(small).save(tmp_path / "small" / f"{source.stem}.png")
+    run_script("predict.py", *args, "--input", str(tmp_path / "small"), "--output", str(tmp_path / "b"))
+    with Image.open(tmp_path / "a" / f"{source.stem}_probability.png") as a, \
+            Image.open(tmp_path / "b" / f"{source.stem}_probability.png") as b:
+        assert a.size == (128, 120) and b.size == (64, 60)
+        enlarged = np.asarray(b.resize(a.size, Image.Resampling.BILINEAR), dtype=int)
+        assert np.abs(np.asarray(a, dtype=int) - enlarged)[4:-4, 4:-4].mean() < 2
 
 
 def _write_stare(root: Path, numbers: tuple[int, ...], width: int = 150, height: int = 140) -> Path:
@@ -269,7 +334,8 @@ def test_sigkill_during_training_then_same_command_resumes(tmp_path, small_drive
 
 def test_ctrl_c_stops_cleanly_keeps_checkpoints_and_prints_the_resume_command(small_drive, trained):
     tmp, _, _, _ = trained
-    args = tiny_settings(tmp, small_drive, name="interrupted", extra=["N_epochs=4"])
+    # A setting with a space, as the README writes section.key: the printed command must keep it one argument.
+    args = tiny_settings(tmp, small_drive, name="interrupted", extra=["training settings.N_epochs=4"])
     # A shell starts background jobs with SIGINT ignored; the child must get Ctrl-C as a terminal would.
     child = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=script_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -283,6 +349,8 @@ def test_ctrl_c_stops_cleanly_keeps_checkpoints_and_prints_the_resume_command(sm
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 130
     assert "Interrupted" in stderr and "train.py" in stderr and "Traceback" not in stderr
+    printed = stderr.split("run the same command to resume:", 1)[1].strip().splitlines()[0]
+    assert shlex.split(printed)[2:] == args
     run = tmp / "runs" / "interrupted"
     assert (run / "last.keras").is_file() and (run / "backup").is_dir()
     assert not (run / "training_summary.json").exists()  # not finished: the same command resumes

@@ -14,8 +14,8 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO))
 from lib.errors import UserError  # noqa: E402
-from lib.readers import (ClassSpec, LabelError, key_by_image_name, read_image, read_label, read_split,  # noqa: E402
-                         to_binary, to_classes)
+from lib.readers import (ClassSpec, LabelError, input_entries, key_by_image_name, read_image, read_label,  # noqa: E402
+                         read_split, to_binary, to_classes)
 
 H, W = 40, 56
 
@@ -207,6 +207,11 @@ def test_a_jpeg_stored_sideways_is_turned_as_its_orientation_tag_says(tmp_path: 
     Image.fromarray(np.where(stored > 128, 255, 0).astype(np.uint8)).save(root / "labels" / "phone.png")
     (sample,) = read_split("folders", root, "train")
     assert sample.image.shape == (H, W, 1) and sample.label[:8, :8].all()
+    # So does predict.py --input with a mask drawn on the stored pixels.
+    (entry,) = input_entries(root / "images" / "phone.jpg", root / "labels" / "phone.png")
+    assert entry.load().image.shape == (H, W, 1)
+    (entry,) = input_entries(root / "images" / "phone.jpg", None)
+    assert entry.load().image.shape == (W, H, 1)
 
 
 def _folders(root: Path, sizes: list[tuple[int, int]], label_name: str = "{stem}.png",
@@ -278,26 +283,26 @@ def test_images_named_with_a_suffix_or_in_another_letter_case_pair_with_their_la
 
 
 def test_predict_pairs_input_images_with_masks_named_with_a_suffix(tmp_path: Path) -> None:
-    import predict
-
     (tmp_path / "in").mkdir()
     (tmp_path / "masks").mkdir()
-    for name in ("case1", "case10", "a", "a_1"):
+    names = ("a", "a_1", "case1", "case10")
+    for index, name in enumerate(names):
         Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "in" / f"{name}.png")
-        Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "masks" / f"{name}_mask.png")
-    files = sorted((tmp_path / "in").iterdir())
-    masks = predict.mask_files(files, tmp_path / "masks")
-    assert [(f.stem, m.stem) for f, m in zip(files, masks)] == [
-        ("a", "a_mask"), ("a_1", "a_1_mask"), ("case1", "case1_mask"), ("case10", "case10_mask")]
+        mask = np.zeros((H, W), np.uint8)
+        mask[: index + 1] = 255  # each mask its own number of rows, to tell which one an image got
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{name}_mask.png")
+    rows = [entry.load().fov.all(axis=1).sum() for entry in input_entries(tmp_path / "in", tmp_path / "masks")]
+    assert rows == [1, 2, 3, 4]
     # One image: its own mask among many, never another image's.
     (tmp_path / "masks" / "case100_mask.png").write_bytes((tmp_path / "masks" / "case1_mask.png").read_bytes())
-    assert predict.mask_files(files[2:3], tmp_path / "masks")[0].stem == "case1_mask"
+    (entry,) = input_entries(tmp_path / "in" / "case1.png", tmp_path / "masks")
+    assert entry.load().fov.all(axis=1).sum() == 3
     (tmp_path / "masks" / "case1_mask.png").unlink()
     with pytest.raises(UserError, match="no FOV mask for case1.png in"):
-        predict.mask_files(files[2:3], tmp_path / "masks")
+        input_entries(tmp_path / "in" / "case1.png", tmp_path / "masks")
     (tmp_path / "masks" / "a_mask.png").unlink()
     with pytest.raises(UserError, match="no FOV mask for a.png in"):
-        predict.mask_files(files[:1], tmp_path / "masks")
+        input_entries(tmp_path / "in" / "a.png", tmp_path / "masks")
 
 
 def test_a_resized_label_is_reported_as_a_size_mismatch_not_as_its_values(tmp_path: Path) -> None:

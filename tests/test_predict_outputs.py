@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import predict
 
@@ -63,3 +64,39 @@ def test_overwrite_clears_the_earlier_outputs_and_keeps_other_files(tmp_path):
     (tmp_path / "sub").mkdir()
     assert predict.clear_outputs(tmp_path) == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "old_probability.png.bak", "sub"]
+
+
+def test_overwrite_replaces_what_the_earlier_prediction_listed_and_never_a_stranger_s_files(tmp_path):
+    (tmp_path / "a_probability.png").write_text("x")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "outputs.txt").write_text("a_probability.png\nsummary.txt\n../escape.txt\n")
+    (tmp_path / "summary.txt").write_text("x")
+    (tmp_path / "b_probability.png").write_text("not listed: kept")
+    assert predict.clear_outputs(tmp_path) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b_probability.png", "notes.txt"]
+    # A folder holding files named as outputs, but no earlier prediction: refused, --overwrite or not.
+    for overwrite in (False, True):
+        with pytest.raises(predict.UserError, match="holds files named as predictions are"):
+            predict.check_output_folder(tmp_path, overwrite, None)
+    predict.check_output_folder(tmp_path / "new", False, None)
+    assert (tmp_path / "new").is_dir()
+
+
+def test_maps_are_written_at_the_size_of_the_fov_and_multiclass_maps_are_void_outside_it(tmp_path):
+    from lib.readers import ClassSpec
+
+    image = np.random.default_rng(3).normal(0.0, 1.0, (16, 20))
+    fov = np.ones((32, 40), bool)
+    fov[:, :5] = False
+    sample = {"name": "a.png", "image": image[..., None].astype("float32"), "label": None, "fov": fov}
+    lines = _predict([sample], tmp_path / "binary")
+    with Image.open(tmp_path / "binary" / "a_probability.png") as probability:
+        assert probability.size == (40, 32) and not np.asarray(probability)[:, :5].any()
+    classes = ClassSpec(n_classes=3, names=("x", "y", "z"), ignore_index=3)
+    (tmp_path / "multi").mkdir()
+    three = lambda x: np.concatenate([x, -x, np.zeros_like(x)], axis=-1)  # noqa: E731
+    predict.predict_multiclass(three, [sample], 1, classes, tmp_path / "multi", {"split": "input"})
+    with Image.open(tmp_path / "multi" / "a_classes.png") as classes_png:
+        predicted = np.asarray(classes_png)
+    assert predicted.shape == (32, 40) and (predicted[:, :5] == 3).all() and (predicted[:, 5:] < 2).all()
+    assert lines == [predict.unscored(1, 1)]
