@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lib.config import SCHEMA, format_config, load_config, parse_override  # noqa: E402
+from lib.config import SCHEMA, config_reference, format_config, load_config, parse_override  # noqa: E402
 from lib.errors import UserError  # noqa: E402
 
 CONFIG_FILES = sorted(REPO.glob("configuration*.txt"))  # every shipped profile
@@ -364,3 +364,20 @@ def test_sections_taken_from_the_current_configuration_are_not_read_from_the_run
     assert loaded["testing settings"] == current["testing settings"]  # 512, not the run's 128
     out = capsys.readouterr().out
     assert "augmentation.flips" in out and "testing settings" not in out
+
+
+def _reference() -> str:
+    labels = {"configuration": "DRIVE", "configuration_gpu": "GPU", "configuration_isbi": "ISBI",
+              "configuration_camvid": "CamVid", "configuration_sample": "sample"}
+    files = {labels[path.stem]: path.name for path in CONFIG_FILES}
+    return config_reference({labels[path.stem]: load_config(path) for path in CONFIG_FILES}, files) + "\n"
+
+
+def test_the_key_reference_in_docs_is_up_to_date() -> None:
+    assert (REPO / "docs" / "configuration.md").read_text(encoding="utf-8") == _reference(), (
+        "docs/configuration.md is out of date: regenerate it with python tests/test_config.py")
+
+
+if __name__ == "__main__":
+    (REPO / "docs" / "configuration.md").write_text(_reference(), encoding="utf-8")
+    print("wrote docs/configuration.md")
