@@ -179,6 +179,26 @@ def case_input_folder_with_a_mask_missing(tmp, drive, trained):
     return "predict.py", tiny_settings(tmp, drive) + args, f"no FOV mask for {last.name}"
 
 
+def case_input_images_with_the_same_name(tmp, drive, trained):
+    _copy_run(tmp, trained)
+    images = tmp / "images"
+    images.mkdir()
+    first = sorted((drive / "test" / "images").iterdir())[0]
+    (images / first.name).write_bytes(first.read_bytes())
+    (images / f"{first.stem}.png").write_bytes(first.read_bytes())  # the same stem: the outputs would clash
+    return "predict.py", tiny_settings(tmp, drive) + ["--input", str(images)], "images with the same name"
+
+
+def case_output_folder_of_the_input_images(tmp, drive, trained):
+    _copy_run(tmp, trained)
+    images = tmp / "images"
+    images.mkdir()
+    first = sorted((drive / "test" / "images").iterdir())[0]
+    (images / first.name).write_bytes(first.read_bytes())
+    args = ["--input", str(images), "--output", str(images)]
+    return "predict.py", tiny_settings(tmp, drive) + args, "is the folder of the --input images"
+
+
 CASES = {name[5:]: func for name, func in sorted(globals().items()) if name.startswith("case_")}
 
 
