@@ -109,6 +109,9 @@ STRETCH_PERCENTILES = (0.01, 99.99)
 
 
 def _label_values(img: Image.Image, path: Path, classes: ClassSpec | None) -> np.ndarray:
+    if getattr(img, "n_frames", 1) > 1 and _frame_size(img, 1) == img.size:  # not a TIFF's thumbnail page
+        raise LabelError(path, f"the file holds {img.n_frames} pages (frames)", "A label or mask is one image: "
+                         "save each image's label in a file of its own.")
     indexed = img.mode in ("P", "PA")
     if classes is not None:
         if indexed:  # colours mapped through the configured palette, else the indices are the classes
@@ -131,6 +134,14 @@ def _label_values(img: Image.Image, path: Path, classes: ClassSpec | None) -> np
         indices = _palette_indices(img)
         return gray if (gray.ndim == 2 and _is_binary(gray)) or not _is_binary(indices) else indices
     return _to_uint8(img, path, stretch=False)
+
+
+def _frame_size(img: Image.Image, frame: int) -> tuple[int, int]:
+    current = img.tell()
+    img.seek(frame)
+    size = img.size
+    img.seek(current)
+    return size
 
 
 def _palette_indices(img: Image.Image) -> np.ndarray:

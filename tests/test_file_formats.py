@@ -318,6 +318,16 @@ def test_a_resized_label_is_reported_as_a_size_mismatch_not_as_its_values(tmp_pa
         read_split("folders", root, "train")
 
 
+def test_a_label_of_several_frames_is_refused_but_a_tiff_thumbnail_page_is_not(tmp_path: Path) -> None:
+    label = _strokes(4).astype(np.uint8) * 255
+    Image.fromarray(label).save(tmp_path / "two.gif", save_all=True, append_images=[Image.fromarray(255 - label)])
+    with pytest.raises(LabelError, match="two.gif: the file holds 2 pages"):
+        read_label(tmp_path / "two.gif")
+    thumbnail = Image.fromarray(label[::4, ::4].copy())
+    Image.fromarray(label).save(tmp_path / "thumb.tif", save_all=True, append_images=[thumbnail])
+    np.testing.assert_array_equal(to_binary(read_label(tmp_path / "thumb.tif"), "thumb"), label > 0)
+
+
 def test_a_jpeg_label_is_refused_with_the_reason() -> None:
     blurred = np.where(_strokes(), 250, 3).astype(np.uint8)
     blurred[0, :4] = (0, 7, 128, 255)
