@@ -24,17 +24,11 @@ from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend
 from lib.preprocessing import preprocess
 from lib.progress import progress
 from lib.readers import ClassSpec, Entry, image_stem, input_entries, scale_sample
-from lib.runs import CONFIG_NAME, find_run_folder
+from lib.runs import CONFIG_NAME, MANIFEST, MANIFEST_HEADER, find_run_folder, is_prediction_output
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, split_size
 
 PER_IMAGE_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "jaccard", "auc_roc", "auc_pr")
 MULTICLASS_IMAGE_KEYS = ("pixel_accuracy", "mean_iou", "mean_accuracy")
-# Everything predict.py writes into its output folder: per image <stem><suffix>, and once per run.
-OUTPUT_SUFFIXES = ("_probability.png", "_binary.png", "_compare.png", "_overlay.png", "_cells.png",
-                   "_classes.png", "_color.png")
-OUTPUT_FILES = ("summary.txt", "metrics.json", "per_image.csv", "roc.png", "pr.png", "legend.png",
-                "confusion_matrix.png")
-MANIFEST = "outputs.txt"  # the files one prediction wrote: what --overwrite removes
 
 
 def load_run(run: Path, current: dict):
@@ -171,60 +165,74 @@ def membrane_positive(config) -> bool:
     return config["data attributes"]["positive_class"] == "membrane"
 
 
-def clear_outputs(out: Path) -> int:
-    """Delete the files an earlier predict.py wrote into out (summary first), as its outputs.txt lists them;
-    keep anything else. Returns how many were deleted."""
+def earlier_outputs(out: Path) -> list[str] | None:
+    """The files of the prediction in out, as its outputs.txt lists them (summary.txt first), or None when
+    out holds none. Only names predict.py writes count: a file a user named outputs.txt lists nothing."""
     summary, manifest = out / "summary.txt", out / MANIFEST
     if manifest.is_file():
-        listed = [name for name in manifest.read_text().splitlines() if name and Path(name).name == name]
-        earlier = [summary, *(out / name for name in listed), manifest]
-    elif summary.is_file():  # written before outputs.txt existed: predict.py's own names
-        earlier = [summary] + [path for path in sorted(out.iterdir()) if path.name in OUTPUT_FILES or
-                               path.name.endswith(OUTPUT_SUFFIXES)]
-    else:
-        earlier = []
+        lines = manifest.read_text(errors="replace").splitlines()
+        if lines[:1] == [MANIFEST_HEADER]:
+            return ["summary.txt", *(name for name in lines[1:] if is_prediction_output(name)
+                                     and Path(name).name == name and name != "summary.txt"), MANIFEST]
+    if summary.is_file() and summary.read_text(errors="replace").startswith("run: "):
+        # Written before outputs.txt existed: every file named as predict.py names its files.
+        return ["summary.txt"] + [path.name for path in sorted(out.iterdir())
+                                  if path.is_file() and is_prediction_output(path.name) and path != summary]
+    return None
+
+
+def clear_outputs(out: Path) -> int:
+    """Delete the files of the earlier prediction in out (see earlier_outputs), summary first; keep anything
+    else. Returns how many were deleted."""
+    earlier = [out / name for name in earlier_outputs(out) or []]
     earlier = list(dict.fromkeys(path for path in earlier if path.is_file()))
     for path in earlier:
         path.unlink()
     return len(earlier)
 
 
-def publish(staging: Path, out: Path) -> int:
+def publish(staging: Path, out: Path, earlier: list[str] | None) -> int:
     """Move a finished prediction from staging into out, replacing the earlier one (clear_outputs); summary.txt
-    last, so a folder with a summary holds a complete set. Returns how many earlier files were deleted."""
+    last, so a folder with a summary holds a complete set. earlier: what out held when the run began; another
+    prediction finished there since is kept. Returns how many earlier files were deleted."""
+    if earlier_outputs(out) != earlier:
+        raise UserError(f"another prediction wrote into {out} while this one ran; its files are kept and this "
+                        "one's are not written. Run again with another --output.")
     removed = clear_outputs(out)
     names = sorted(path.name for path in staging.iterdir() if path.name != "summary.txt")
-    write_text(out / MANIFEST, "".join(f"{name}\n" for name in [*names, "summary.txt"]))
+    write_text(out / MANIFEST, "".join(f"{line}\n" for line in [MANIFEST_HEADER, *names, "summary.txt"]))
     for name in [*names, "summary.txt"]:
         os.replace(staging / name, out / name)
     return removed
 
 
-def check_output_folder(out: Path, overwrite: bool, input_path: Path | None) -> None:
-    """Refuse an output folder that holds earlier predictions (without --overwrite), cannot be written, or
-    holds the --input images (the next run would read the maps as images, and --overwrite could delete them)."""
+def check_output_folder(out: Path, overwrite: bool, input_path: Path | None) -> list[str] | None:
+    """Refuse an output folder that holds earlier predictions (without --overwrite), files named as predictions
+    that no earlier prediction wrote, the --input images (the next run would read the maps as images), or that
+    cannot be written. Returns the earlier prediction's files (earlier_outputs)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} is a file, not a folder: choose another --output.")
     folder = None if input_path is None else input_path if input_path.is_dir() else input_path.parent
     if folder is not None and folder.resolve() == out.resolve():
         raise UserError(f"--output {out} is the folder of the --input images: write the predictions to another "
                         "folder, so that they are never read, or deleted, as images.")
-    earlier = (out / "summary.txt").exists() or (out / MANIFEST).exists()
-    if earlier and not overwrite:
+    earlier = earlier_outputs(out) if out.is_dir() else None
+    if earlier is not None and not overwrite:
         raise UserError(f"{out} already holds predictions. Use --overwrite to replace them, "
                         "or --output NEW_FOLDER.")
-    if not earlier and out.is_dir():
-        # --overwrite replaces earlier predictions, never files that only share their names.
-        theirs = [path.name for path in sorted(out.iterdir())
-                  if path.is_file() and (path.name in OUTPUT_FILES or path.name.endswith(OUTPUT_SUFFIXES))]
+    if out.is_dir():
+        # --overwrite replaces an earlier prediction's files, never others that only share their names.
+        theirs = [path.name for path in sorted(out.iterdir()) if path.is_file() and not path.name.startswith(".")
+                  and is_prediction_output(path.name) and path.name not in (earlier or [])]
         if theirs:
             raise UserError(f"{out} holds files named as predictions are ({', '.join(theirs[:4])}"
-                            f"{', ...' if len(theirs) > 4 else ''}) but no earlier prediction (its summary.txt and "
-                            "outputs.txt): choose another --output, or move those files away.")
+                            f"{', ...' if len(theirs) > 4 else ''}) that no earlier prediction there wrote (its "
+                            "outputs.txt lists them): choose another --output, or move those files away.")
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK | os.X_OK):
         raise UserError(f"{out} cannot be written: no permission. Choose another --output, or fix its "
                         "permissions (chmod u+w).")
+    return earlier
 
 
 def unscored(unlabelled: int, total: int) -> str:
@@ -274,8 +282,8 @@ def predict_multiclass(infer: Callable[[np.ndarray], np.ndarray], samples, count
     per_image, pooled_true, pooled_pred, unlabelled = [], [], [], 0
     for s in progress(samples, count, "predict"):
         predicted = np.argmax(at_size(infer(s["image"]), s["fov"].shape), axis=-1).astype(np.uint8)
-        if void:  # outside the FOV nothing is predicted
-            predicted[~s["fov"]] = classes.ignore_index
+        # Outside the FOV nothing is predicted: void, or 255 where the classes have no void value.
+        predicted[~s["fov"]] = classes.ignore_index if void else 255
         stem = output_stem(s["name"])
         coloured = colorize(classes.display_map(predicted), palette)
         save_png(predicted, out / f"{stem}_classes.png")   # class indices, like the annotations
@@ -448,7 +456,10 @@ def main() -> int:
             where = f"{dataset}_{split}" if args.data else split
         testing = at_model_scale(testing, config["data paths"]["resize"], source_scale)
         out = args.output or run / "predictions" / where
-        check_output_folder(out, args.overwrite, args.input)
+        created = not out.exists()
+        earlier = check_output_folder(out, args.overwrite, args.input)
+        if created:  # a run that fails leaves no empty output folder behind
+            stack.callback(lambda: out.rmdir() if out.is_dir() and not any(out.iterdir()) else None)
         # Written into a hidden folder and moved into out when all is done: a run that fails or is interrupted
         # leaves out as it was.
         staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".predicting-", dir=out)))
@@ -472,7 +483,7 @@ def main() -> int:
                                     dataset, config)
         summary = "\n".join(lines) + f"\noutputs: {out}\n"
         write_text(staging / "summary.txt", summary)
-        removed = publish(staging, out)
+        removed = publish(staging, out, earlier)
     if removed:
         print(f"Replaced the {removed} files of the earlier predictions in {out} (--overwrite).")
     print("\n" + summary)

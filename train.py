@@ -5,6 +5,7 @@ import argparse
 import csv
 import json
 import shlex
+import shutil
 import sys
 import time
 import traceback
@@ -150,7 +151,8 @@ def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
         raise UserError(f"only {n_train} training patches for a batch size of {batch}; raise "
                         "[training settings] N_subimgs (and rerun prepare_datasets.py) or lower batch_size.")
 
-    command = shlex.join([sys.executable.split("/")[-1], *sys.argv])  # quoted: pasted back, it runs as typed
+    # The interpreter in full (a virtual environment's) and quoted: pasted back, it runs as typed.
+    command = shlex.join([sys.executable, *sys.argv])
     if distribution.is_chief:
         run, resuming = prepare_run_folder(config, overwrite)
         print(f"{'Resuming' if resuming else 'Starting'} run {run}")
@@ -277,6 +279,7 @@ def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
                     holdout_best_f1=float(f1))
     write_json(run / "model_info.json", info)
     write_json(run / FINISHED, {**info, "command": command})
+    shutil.rmtree(run / "backup", ignore_errors=True)  # kept until now: a kill before FINISHED resumes at the end
     outcome = (f"no epoch was scored on {monitor}, so best.keras is the last epoch" if state["best"] is None else
                f"best {monitor} = {state['best']:.4f} at epoch {state['best_epoch']}")
     print(f"\nFinished in {minutes:.1f} min; {outcome}."

@@ -131,19 +131,16 @@ class Checkpoints(keras.callbacks.Callback):
 
 
 class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that never backs up an epoch whose loss went NaN, and then keeps the backup."""
+    """BackupAndRestore that never backs up an epoch whose loss went NaN, and keeps its backup when training
+    ends: the caller deletes it once the run is finished, so an interruption between the last epoch and the
+    run's final files resumes there instead of starting over."""
 
-    keep = False
+    def __init__(self, backup_dir: str, **kwargs: Any) -> None:
+        super().__init__(backup_dir, delete_checkpoint=False, **kwargs)
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if _finite_loss(logs):
             super().on_epoch_end(epoch, logs)
-        else:
-            self.keep = True
-
-    def on_train_end(self, logs=None) -> None:
-        if not self.keep:
-            super().on_train_end(logs)
 
 
 class NaNGuard(keras.callbacks.Callback):

@@ -321,10 +321,10 @@ def parse_override(text: str) -> tuple[str, str, str]:
     if key not in SCHEMA[section]:
         raise UserError(f"--set '{text}': unknown key '{key}' in [{section}]. Valid keys: "
                         f"{', '.join(SCHEMA[section])}.{_suggest(key, list(SCHEMA[section]))}")
-    if re.search(r"\s[#;]", value):
-        # Saved into the run's configuration.txt, the rest would be read back as a comment.
-        raise UserError(f"--set '{text}': a value cannot hold ' #' or ' ;', which start a comment in "
-                        "configuration files; rename the path or value without them.")
+    if re.search(r"\s[#;]|[\n\r]", value):
+        # Saved into the run's configuration.txt, the rest would be read back as a comment or another line.
+        raise UserError(f"--set {text!r}: a value cannot hold a line break, ' #' or ' ;' (which start a "
+                        "comment in configuration files); rename the path or value without them.")
     return section, key, value.strip()
 
 

@@ -63,15 +63,16 @@ def read_image(path: Path, turn: bool = True, page: int = 0) -> np.ndarray:
     return _read(path, _to_uint8, turn, page)
 
 
-def read_label(path: Path, classes: ClassSpec | None = None) -> np.ndarray:
-    """Read a label or FOV mask file (classes: None for binary maps) into its uint8 values, H x W (x 3).
+def read_label(path: Path, classes: ClassSpec | None = None, page: int | None = None) -> np.ndarray:
+    """Read a label or FOV mask file (classes: None for binary maps) into its uint8 values, H x W (x 3); page:
+    which page of a stack (a file of several pages is refused without one).
 
     Binary maps as painting and annotation tools write them: with transparent pixels see _binary_with_alpha;
     a palette (P-mode) file gives its gray levels when they are 0/255 or 0/1, else its indices (VOC style);
     16-bit 0/65535 gives 0/255. Several classes: a palette file gives its colours when [data attributes]
     palette is set (they are mapped to classes), else its indices.
     """
-    return _read(path, functools.partial(_label_values, classes=classes))
+    return _read(path, functools.partial(_label_values, classes=classes, paged=page is not None), page=page or 0)
 
 
 def _read(path: Path, convert: Callable[[Image.Image, Path], Any], turn: bool = True, page: int = 0) -> Any:
@@ -108,8 +109,8 @@ _WIDE = _SIXTEEN_BIT + ("F",)  # gray modes wider than 8 bits
 STRETCH_PERCENTILES = (0.01, 99.99)
 
 
-def _label_values(img: Image.Image, path: Path, classes: ClassSpec | None) -> np.ndarray:
-    if getattr(img, "n_frames", 1) > 1 and _frame_size(img, 1) == img.size:  # not a TIFF's thumbnail page
+def _label_values(img: Image.Image, path: Path, classes: ClassSpec | None, paged: bool = False) -> np.ndarray:
+    if not paged and getattr(img, "n_frames", 1) > 1 and _frame_size(img, 1) == img.size:  # not a thumbnail
         raise LabelError(path, f"the file holds {img.n_frames} pages (frames)", "A label or mask is one image: "
                          "save each image's label in a file of its own.")
     indexed = img.mode in ("P", "PA")
@@ -510,11 +511,11 @@ def _pair(images: dict, others: dict, what: str, folder: Path, rule: str = "") -
 
 def _load_files(number: int, key: str, image_path: Path, label_path: Path | None,
                 mask_path: Path | None, derive: bool, classes: ClassSpec | None = None,
-                page: int | None = None) -> Sample:
-    """Read one image (page of a stack: named 'x.tif[page]') with its label and FOV mask (or a derived or
-    whole-image FOV)."""
+                page: int | None = None, mask_page: int | None = None) -> Sample:
+    """Read one image (page of a stack: named 'x.tif[page]') with its label and FOV mask (or its page of a
+    mask stack), or a derived or whole-image FOV."""
     image = as_rgb(read_image(image_path, page=page or 0))
-    mask = read_label(mask_path) if mask_path is not None else None
+    mask = read_label(mask_path, page=mask_page) if mask_path is not None else None
     label = read_label(label_path, classes) if label_path is not None else None
     drawn = [raw for raw in (mask, label) if raw is not None]
     if drawn and all(raw.shape[:2] != image.shape[:2] for raw in drawn):
@@ -956,19 +957,38 @@ def read_split(dataset: str, root: Path, split: str, positive_class: str = "memb
 
 def input_entries(path: Path, mask: Path | None) -> list[Entry]:
     """predict.py --input: every page of the image file, or of each image in the folder, with its FOV mask
-    (the mask file, or the file of the mask folder named as the image). Every file is opened here, so
-    an unreadable one stops the run before any work."""
+    (the mask file, or the file of the mask folder named as the image; a mask stack gives each page its own).
+    Every image (its first page) and mask is opened here, so an unreadable one stops the run before any work."""
     files = _input_files(Path(path))
     masks = _input_masks(files, mask)
     entries = []
+    mask_pages_of = {mask_file: _pages(mask_file) for mask_file in set(masks) if mask_file is not None}
     for file, mask_file in zip(files, masks):
-        pages = _read(file, lambda img, _: getattr(img, "n_frames", 1), turn=False)
+        pages = _pages(file)
+        mask_pages = mask_pages_of.get(mask_file, 1)
+        if mask_pages > 1 and mask_pages != pages:
+            raise UserError(f"{mask_file} holds {mask_pages} pages but its image {file} holds {pages}: give one "
+                            "mask for every page, or a single-page mask for all of them.")
+        stem = image_stem(file.name)
         for page in range(pages) if pages > 1 else [None]:
             number = len(entries) + 1
-            stem = image_stem(file.name)
-            load = functools.partial(_load_files, number, stem, file, None, mask_file, False, page=page)
-            entries.append(Entry(file.name if page is None else f"{file.name}[{page}]", number, stem, load))
+            key = stem if page is None else f"{stem}_{page}"  # the name of its output files
+            load = functools.partial(_load_files, number, key, file, None, mask_file, False, page=page,
+                                     mask_page=page if mask_pages > 1 else None)
+            entries.append(Entry(file.name if page is None else f"{file.name}[{page}]", number, key, load))
+    clashes = collections.defaultdict(list)
+    for entry in entries:
+        clashes[entry.key.casefold()].append(entry.name)
+    clashes = {key: names for key, names in clashes.items() if len(names) > 1}
+    if clashes:
+        raise UserError(f"images whose outputs would have the same name ({', '.join(clashes)}): "
+                        f"{'; '.join(' and '.join(names) for names in clashes.values())}. Outputs are named by the "
+                        "image without its extension, and page i of a stack as <name>_i: rename or move one of each.")
     return entries
+
+
+def _pages(path: Path) -> int:
+    return _read(path, lambda img, _: getattr(img, "n_frames", 1), turn=False)
 
 
 def image_stem(name: str) -> str:
@@ -984,14 +1004,6 @@ def _input_files(path: Path) -> list[Path]:
                        in IMAGE_EXTENSIONS)
         if not files:
             raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}, or gzipped) in {path}.")
-        stems = collections.defaultdict(list)
-        for file in files:
-            stems[image_stem(file.name).casefold()].append(file.name)
-        clashes = [" and ".join(names) for names in stems.values() if len(names) > 1]
-        if clashes:
-            raise UserError(f"images with the same name in {path}: {'; '.join(clashes)}. Their outputs would "
-                            "overwrite each other (they are named by the image without its extension): rename "
-                            "or move one of each.")
         return files
     if path.is_file():
         return [path]

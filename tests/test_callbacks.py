@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from lib.callbacks import Checkpoints, CosineSchedule, CtrlC, HoldoutScore, LogProgress, TimeLimit
+from lib.callbacks import Checkpoints, CosineSchedule, CtrlC, HoldoutScore, LogProgress, SafeBackupAndRestore, TimeLimit
 
 
 def test_ctrl_c_is_deferred_to_the_next_batch_end_and_a_second_one_stops_at_once():
@@ -157,3 +157,11 @@ def test_a_run_with_no_scored_epoch_still_gets_best_keras_and_a_state_file(tmp_p
     score = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, log: log.update(score=0.7))
     _fit([score, Checkpoints(tmp_path, "score", "max")], epochs=1)
     assert json.loads((tmp_path / "checkpoint_state.json").read_text())["best"] == 0.7
+
+
+def test_the_backup_outlives_training_so_a_kill_before_the_run_is_finished_resumes_at_its_end(tmp_path):
+    backup = tmp_path / "backup"
+    logs = _fit([SafeBackupAndRestore(str(backup))], epochs=2)
+    assert len(logs) == 2 and backup.is_dir()  # train.py deletes it once the run's final files are written
+    # The same command again: no epoch is run twice.
+    assert _fit([SafeBackupAndRestore(str(backup))], epochs=2) == []

@@ -264,7 +264,8 @@ def test_run_names_cannot_reach_outside_runs_dir(name: str) -> None:
     ("trainin_settings.N_subimgs=5", "Did you mean 'training settings'?"),
     ("N_subimgs", "section.key=value"),
     # Would be cut at the comment when the run's saved configuration is read back.
-    ("prepared_dir=data/prep #2", "cannot hold ' #' or ' ;'"),
+    ("prepared_dir=data/prep #2", "cannot hold a line break, ' #' or ' ;'"),
+    ("name=a\nb", "cannot hold a line break"),
 ])
 def test_bad_override_is_a_user_error_with_a_suggestion(override: str, expected: str) -> None:
     with pytest.raises(UserError) as info:

@@ -187,12 +187,16 @@ def test_predict_input_refuses_unreadable_files_first_and_a_failed_run_leaves_th
                         "--overwrite", check=False)
     assert result.returncode == 2 and f"{second.stem}.png" in result.stderr.split("error:", 1)[-1]
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # nothing new, nothing lost
+    fresh = tmp_path / "fresh"
+    result = run_script("predict.py", *args, "--input", str(folder), "--mask", str(masks), "--output", str(fresh),
+                        check=False)
+    assert result.returncode == 2 and not fresh.exists()  # no empty folder left behind either
     # Finished, the new run replaces exactly the files the earlier one listed, and keeps the user's.
     (out / "notes.txt").write_text("mine")
     (masks / f"{second.stem}.png").unlink()
     run_script("predict.py", *args, "--input", str(folder), "--mask", str(masks / f"{first.stem}.png"),
                "--output", str(out), "--overwrite")
-    listed = (out / "outputs.txt").read_text().split()
+    listed = (out / "outputs.txt").read_text().splitlines()[1:]  # after its header line
     assert sorted(listed + ["outputs.txt", "notes.txt"]) == sorted(path.name for path in out.iterdir())
     assert f"{second.stem}_probability.png" in listed and "images: 2" in (out / "summary.txt").read_text()
     # Predictions are never written into the folder of the images they would then be read as.
@@ -215,11 +219,26 @@ def test_predict_input_segments_every_page_of_a_stack_and_refuses_names_that_wou
     with Image.open(tmp_path / "out" / "volume_1_probability.png") as a, \
             Image.open(tmp_path / "one" / "mirrored_probability.png") as b:
         assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
-    pages[0].save(folder / "volume.png")
+    # A mask stack gives each page its own mask: here page 1 has its right half outside the FOV.
+    width, height = pages[0].size
+    full = np.full((height, width), 255, np.uint8)
+    half = full.copy()
+    half[:, width // 2:] = 0
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(full).save(tmp_path / "masks" / "volume.tif", save_all=True, append_images=[Image.fromarray(half)])
+    run_script("predict.py", *args, "--input", str(folder), "--mask", str(tmp_path / "masks"),
+               "--output", str(tmp_path / "masked"))
+    for page, outside in ((0, False), (1, True)):
+        with Image.open(tmp_path / "masked" / f"volume_{page}_probability.png") as probability:
+            assert (np.asarray(probability)[:, width // 2:].max() == 0) == outside
+    # A page of a stack and an image named as its outputs would be (a.png with a.tif: tests/test_bad_inputs.py).
+    pages[0].save(folder / "volume_1.png")
     result = run_script("predict.py", *args, "--input", str(folder), "--output", str(tmp_path / "b"), check=False)
-    assert result.returncode == 2 and "volume.png and volume.tif" in result.stderr
+    assert result.returncode == 2 and "outputs would have the same name" in result.stderr
+    assert "volume.tif[1] and volume_1.png" in result.stderr
+    assert not (tmp_path / "b").exists()  # a refused run leaves no empty folder
+    (folder / "volume_1.png").unlink()
     # Gzipped files, as STARE distributes them, are images too, named without .gz.
-    (folder / "volume.png").unlink()
     buffer = io.BytesIO()
     pages[1].save(buffer, format="PPM")
     (folder / "im0001.ppm.gz").write_bytes(gzip.compress(buffer.getvalue()))

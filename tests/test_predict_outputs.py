@@ -58,9 +58,11 @@ def test_some_images_without_labels_are_counted_in_the_message(tmp_path):
 
 
 def test_overwrite_clears_the_earlier_outputs_and_keeps_other_files(tmp_path):
-    for name in ("summary.txt", "metrics.json", "roc.png", "old_probability.png", "old_compare.png", "notes.txt",
+    # A folder written before outputs.txt existed: its summary.txt and every file named as predictions are.
+    for name in ("metrics.json", "roc.png", "old_probability.png", "old_compare.png", "notes.txt",
                  "old_probability.png.bak"):
         (tmp_path / name).write_text("x")
+    (tmp_path / "summary.txt").write_text("run: runs/drive\nimages: 1 (test)\n")
     (tmp_path / "sub").mkdir()
     assert predict.clear_outputs(tmp_path) == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "old_probability.png.bak", "sub"]
@@ -69,17 +71,42 @@ def test_overwrite_clears_the_earlier_outputs_and_keeps_other_files(tmp_path):
 def test_overwrite_replaces_what_the_earlier_prediction_listed_and_never_a_stranger_s_files(tmp_path):
     (tmp_path / "a_probability.png").write_text("x")
     (tmp_path / "notes.txt").write_text("x")
-    (tmp_path / "outputs.txt").write_text("a_probability.png\nsummary.txt\n../escape.txt\n")
+    (tmp_path / "outputs.txt").write_text(f"{predict.MANIFEST_HEADER}\na_probability.png\nsummary.txt\n"
+                                          "../escape_overlay.png\nnotes.txt\n")
     (tmp_path / "summary.txt").write_text("x")
-    (tmp_path / "b_probability.png").write_text("not listed: kept")
     assert predict.clear_outputs(tmp_path) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b_probability.png", "notes.txt"]
-    # A folder holding files named as outputs, but no earlier prediction: refused, --overwrite or not.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    # A user's own outputs.txt or summary.txt is no earlier prediction: nothing it names is deleted.
+    (tmp_path / "outputs.txt").write_text("notes.txt\n")
+    (tmp_path / "summary.txt").write_text("my summary\n")
+    assert predict.earlier_outputs(tmp_path) is None and predict.clear_outputs(tmp_path) == 0
+    with pytest.raises(predict.UserError, match="named as predictions are \\(outputs.txt, summary.txt\\)"):
+        predict.check_output_folder(tmp_path, True, None)  # the new ones would replace them
+    (tmp_path / "summary.txt").unlink()
+    (tmp_path / "outputs.txt").unlink()
+    # Files named as outputs that no earlier prediction listed: refused, --overwrite or not.
+    (tmp_path / "b_binary.png").write_text("hand-corrected")
     for overwrite in (False, True):
-        with pytest.raises(predict.UserError, match="holds files named as predictions are"):
+        with pytest.raises(predict.UserError, match="holds files named as predictions are \\(b_binary.png\\)"):
             predict.check_output_folder(tmp_path, overwrite, None)
+    (tmp_path / "outputs.txt").write_text(f"{predict.MANIFEST_HEADER}\nsummary.txt\n")
+    with pytest.raises(predict.UserError, match="holds files named as predictions are \\(b_binary.png\\)"):
+        predict.check_output_folder(tmp_path, True, None)
     predict.check_output_folder(tmp_path / "new", False, None)
     assert (tmp_path / "new").is_dir()
+
+
+def test_a_prediction_finished_meanwhile_in_the_same_folder_is_kept(tmp_path):
+    out, staging = tmp_path / "out", tmp_path / "staging"
+    out.mkdir()
+    staging.mkdir()
+    earlier = predict.check_output_folder(out, False, None)
+    (out / "a_probability.png").write_text("the other run's")
+    (out / "outputs.txt").write_text(f"{predict.MANIFEST_HEADER}\na_probability.png\nsummary.txt\n")
+    (staging / "summary.txt").write_text("run: mine\n")
+    with pytest.raises(predict.UserError, match="another prediction wrote into"):
+        predict.publish(staging, out, earlier)
+    assert (out / "a_probability.png").read_text() == "the other run's"
 
 
 def test_maps_are_written_at_the_size_of_the_fov_and_multiclass_maps_are_void_outside_it(tmp_path):
@@ -99,4 +126,10 @@ def test_maps_are_written_at_the_size_of_the_fov_and_multiclass_maps_are_void_ou
     with Image.open(tmp_path / "multi" / "a_classes.png") as classes_png:
         predicted = np.asarray(classes_png)
     assert predicted.shape == (32, 40) and (predicted[:, :5] == 3).all() and (predicted[:, 5:] < 2).all()
+    # Without a void value, 255 marks what lies outside the FOV.
+    (tmp_path / "novoid").mkdir()
+    predict.predict_multiclass(three, [sample], 1, ClassSpec(n_classes=3, names=("x", "y", "z")), tmp_path / "novoid",
+                               {"split": "input"})
+    with Image.open(tmp_path / "novoid" / "a_classes.png") as classes_png:
+        assert (np.asarray(classes_png)[:, :5] == 255).all()
     assert lines == [predict.unscored(1, 1)]

@@ -42,6 +42,43 @@ def test_overwrite_never_deletes_a_folder_with_files_a_run_does_not_hold(tmp_pat
     (project / "src").mkdir(parents=True)
     (project / CONFIG_NAME).write_text("x")
     (project / "src" / "thesis.tex").write_text("keep me")
-    with pytest.raises(UserError, match=r"holds files that train.py does not write \(src/\)"):
+    with pytest.raises(UserError, match=r"holds files that train.py and predict.py do not write \(src/\)"):
         prepare_run_folder(_config(tmp_path), overwrite=True)
     assert (project / "src" / "thesis.tex").read_text() == "keep me"
+
+
+def test_overwrite_refuses_user_files_among_the_predictions_and_a_linked_run(tmp_path):
+    run = tmp_path / "r"
+    (run / "predictions" / "test").mkdir(parents=True)
+    (run / CONFIG_NAME).write_text("x")
+    (run / "predictions" / "test" / "01_probability.png").write_text("x")
+    (run / "predictions" / "test" / "summary.txt").write_text("x")
+    (run / ".last.abcd1234.tmp.keras").write_text("x")  # a write a kill interrupted: the run's own
+    (run / "predictions" / "mywork").mkdir()
+    (run / "predictions" / "mywork" / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="predictions/mywork/notes.txt"):
+        prepare_run_folder(_config(tmp_path), overwrite=True)
+    (run / "predictions" / "mywork" / "notes.txt").unlink()
+    (run / "predictions" / "mywork").rmdir()
+    prepare_run_folder(_config(tmp_path), overwrite=True)
+    assert list(run.iterdir()) == []
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / CONFIG_NAME).write_text("x")
+    (tmp_path / "linked").symlink_to(elsewhere)
+    with pytest.raises(UserError, match="is a link"):
+        prepare_run_folder(_config(tmp_path, "linked"), overwrite=True)
+    assert (elsewhere / CONFIG_NAME).exists()
+
+
+def test_a_resume_with_other_settings_names_them_and_other_testing_settings_are_fine(tmp_path):
+    from lib.config import write_config
+
+    config = _config(tmp_path)
+    (tmp_path / "r").mkdir()
+    write_config(config, tmp_path / "r" / CONFIG_NAME)
+    changed = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "N_epochs=3"])
+    with pytest.raises(UserError, match=r"another configuration: training settings.N_epochs = 16 \(now 3\)"):
+        prepare_run_folder(changed, overwrite=False)
+    scored = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "stride=100"])
+    assert prepare_run_folder(scored, overwrite=False) == (tmp_path / "r", True)
