@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import os
-import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -20,12 +19,14 @@ from lib.config import add_config_arguments, load_config, load_run_config
 from lib.cells import cell_colours, watershed_cells
 from lib.errors import UserError, run_cli
 from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores
+from lib.outputs import check_output_folder, publish
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
 from lib.preprocessing import preprocess
 from lib.progress import progress
-from lib.readers import ClassSpec, Entry, image_stem, input_entries, scale_sample
-from lib.runs import CONFIG_NAME, MANIFEST, MANIFEST_HEADER, find_run_folder, is_prediction_output
+from lib.readers import ClassSpec, Entry, image_stem, input_entries, output_stem, scale_sample
+from lib.runs import CONFIG_NAME, find_run_folder
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, split_size
+from lib.tiling import resize_map
 
 PER_IMAGE_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "jaccard", "auc_roc", "auc_pr")
 MULTICLASS_IMAGE_KEYS = ("pixel_accuracy", "mean_iou", "mean_accuracy")
@@ -100,16 +101,6 @@ def samples_from_input(entries: Sequence[Entry], scale: float, preprocessing: Ma
         yield {"name": sample.name, "image": image, "label": None, "fov": sample.fov}
 
 
-def at_size(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """An H x W x C map resized (bilinear) to shape's height and width; unchanged when it has that size."""
-    if array.shape[:2] == tuple(shape[:2]):
-        return array
-    from skimage.transform import resize
-
-    return resize(array, (*shape[:2], array.shape[2]), order=1, preserve_range=True,
-                  anti_aliasing=False).astype(array.dtype)
-
-
 def at_model_scale(testing: dict, model_scale: float, source_scale: float) -> dict:
     """Testing settings whose zoom also brings images read at source_scale to the scale the model was
     trained at ([data paths] resize), so a model trained at half size never sees full-size images."""
@@ -121,14 +112,6 @@ def at_model_scale(testing: dict, model_scale: float, source_scale: float) -> di
           f"of their original size: they are segmented at {zoom:g} times their size, and the maps and scores "
           "are at their own size.")
     return {**testing, "zoom": zoom}
-
-
-def output_stem(name: str) -> str:
-    """An image's name without extension, for its output files; page i of a stack "x.tif[i]" gives "x_i"."""
-    page = re.fullmatch(r"(.*)\[(\d+)\]", name)
-    if page:
-        return f"{image_stem(page[1])}_{page[2]}"
-    return image_stem(name)
 
 
 def check_other_dataset(h5, path: Path, run: Path, preprocessing: dict, classes: ClassSpec | None) -> None:
@@ -163,76 +146,6 @@ def extra_scores(prob, label, fov, threshold: float, dataset: str, config,
 def membrane_positive(config) -> bool:
     """Whether the model's foreground (probability) is the membrane, as for ISBI 2012 by default."""
     return config["data attributes"]["positive_class"] == "membrane"
-
-
-def earlier_outputs(out: Path) -> list[str] | None:
-    """The files of the prediction in out, as its outputs.txt lists them (summary.txt first), or None when
-    out holds none. Only names predict.py writes count: a file a user named outputs.txt lists nothing."""
-    summary, manifest = out / "summary.txt", out / MANIFEST
-    if manifest.is_file():
-        lines = manifest.read_text(errors="replace").splitlines()
-        if lines[:1] == [MANIFEST_HEADER]:
-            return ["summary.txt", *(name for name in lines[1:] if is_prediction_output(name)
-                                     and Path(name).name == name and name != "summary.txt"), MANIFEST]
-    if summary.is_file() and summary.read_text(errors="replace").startswith("run: "):
-        # Written before outputs.txt existed: every file named as predict.py names its files.
-        return ["summary.txt"] + [path.name for path in sorted(out.iterdir())
-                                  if path.is_file() and is_prediction_output(path.name) and path != summary]
-    return None
-
-
-def clear_outputs(out: Path) -> int:
-    """Delete the files of the earlier prediction in out (see earlier_outputs), summary first; keep anything
-    else. Returns how many were deleted."""
-    earlier = [out / name for name in earlier_outputs(out) or []]
-    earlier = list(dict.fromkeys(path for path in earlier if path.is_file()))
-    for path in earlier:
-        path.unlink()
-    return len(earlier)
-
-
-def publish(staging: Path, out: Path, earlier: list[str] | None) -> int:
-    """Move a finished prediction from staging into out, replacing the earlier one (clear_outputs); summary.txt
-    last, so a folder with a summary holds a complete set. earlier: what out held when the run began; another
-    prediction finished there since is kept. Returns how many earlier files were deleted."""
-    if earlier_outputs(out) != earlier:
-        raise UserError(f"another prediction wrote into {out} while this one ran; its files are kept and this "
-                        "one's are not written. Run again with another --output.")
-    removed = clear_outputs(out)
-    names = sorted(path.name for path in staging.iterdir() if path.name != "summary.txt")
-    write_text(out / MANIFEST, "".join(f"{line}\n" for line in [MANIFEST_HEADER, *names, "summary.txt"]))
-    for name in [*names, "summary.txt"]:
-        os.replace(staging / name, out / name)
-    return removed
-
-
-def check_output_folder(out: Path, overwrite: bool, input_path: Path | None) -> list[str] | None:
-    """Refuse an output folder that holds earlier predictions (without --overwrite), files named as predictions
-    that no earlier prediction wrote, the --input images (the next run would read the maps as images), or that
-    cannot be written. Returns the earlier prediction's files (earlier_outputs)."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output {out} is a file, not a folder: choose another --output.")
-    folder = None if input_path is None else input_path if input_path.is_dir() else input_path.parent
-    if folder is not None and folder.resolve() == out.resolve():
-        raise UserError(f"--output {out} is the folder of the --input images: write the predictions to another "
-                        "folder, so that they are never read, or deleted, as images.")
-    earlier = earlier_outputs(out) if out.is_dir() else None
-    if earlier is not None and not overwrite:
-        raise UserError(f"{out} already holds predictions. Use --overwrite to replace them, "
-                        "or --output NEW_FOLDER.")
-    if out.is_dir():
-        # --overwrite replaces an earlier prediction's files, never others that only share their names.
-        theirs = [path.name for path in sorted(out.iterdir()) if path.is_file() and not path.name.startswith(".")
-                  and is_prediction_output(path.name) and path.name not in (earlier or [])]
-        if theirs:
-            raise UserError(f"{out} holds files named as predictions are ({', '.join(theirs[:4])}"
-                            f"{', ...' if len(theirs) > 4 else ''}) that no earlier prediction there wrote (its "
-                            "outputs.txt lists them): choose another --output, or move those files away.")
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UserError(f"{out} cannot be written: no permission. Choose another --output, or fix its "
-                        "permissions (chmod u+w).")
-    return earlier
 
 
 def unscored(unlabelled: int, total: int) -> str:
@@ -281,14 +194,14 @@ def predict_multiclass(infer: Callable[[np.ndarray], np.ndarray], samples, count
     save_legend([*classes.names, *(["void"] if void else [])], palette[: classes.n_classes + void], out / "legend.png")
     per_image, pooled_true, pooled_pred, unlabelled = [], [], [], 0
     for s in progress(samples, count, "predict"):
-        predicted = np.argmax(at_size(infer(s["image"]), s["fov"].shape), axis=-1).astype(np.uint8)
+        predicted = np.argmax(resize_map(infer(s["image"]), s["fov"].shape), axis=-1).astype(np.uint8)
         # Outside the FOV nothing is predicted: void, or 255 where the classes have no void value.
         predicted[~s["fov"]] = classes.ignore_index if void else 255
         stem = output_stem(s["name"])
         coloured = colorize(classes.display_map(predicted), palette)
         save_png(predicted, out / f"{stem}_classes.png")   # class indices, like the annotations
         save_png(coloured, out / f"{stem}_color.png")
-        panels = [at_size(display_image(s["image"]), s["fov"].shape)]
+        panels = [resize_map(display_image(s["image"]), s["fov"].shape)]
         if s["label"] is not None:
             panels.append(colorize(classes.display_map(s["label"]), palette))
         save_png(colour_panels([*panels, coloured]), out / f"{stem}_compare.png")
@@ -336,12 +249,12 @@ def predict_binary(infer: Callable[[np.ndarray], np.ndarray], samples, count: in
     lines."""
     names, fov_probs, fov_labels, extra, unlabelled = [], [], [], [], 0
     for s in progress(samples, count, "predict"):
-        prob = at_size(infer(s["image"]), s["fov"].shape)[..., 0]
+        prob = resize_map(infer(s["image"]), s["fov"].shape)[..., 0]
         prob = np.where(s["fov"], prob, 0.0)
         stem = output_stem(s["name"])
         binary = prob >= threshold
         # Stretched: a preprocessed image need not lie in [0, 1].
-        shown = at_size(display_image(s["image"]), s["fov"].shape)
+        shown = resize_map(display_image(s["image"]), s["fov"].shape)
         save_png(prob, out / f"{stem}_probability.png")
         save_png(binary, out / f"{stem}_binary.png")
         save_png(side_by_side(shown, s["label"], binary), out / f"{stem}_compare.png")
@@ -433,7 +346,9 @@ def main() -> int:
                 print(f"note: the model was trained on images resized by {source_scale:g}: each image is resized so "
                       "before it is preprocessed and segmented, and its maps are at its own size.")
             samples = samples_from_input(entries, source_scale, preprocessing)
-            count, where = len(entries), f"input_{image_stem(args.input.resolve().name)}"
+            # A folder's whole name (scans.2024-01 and scans.2024-02 differ), a file's without its extension.
+            name = Path(os.path.abspath(args.input)).name
+            count, where = len(entries), f"input_{image_stem(name) if args.input.is_file() else name}"
             dataset = preprocessing["dataset"]
         else:
             if args.data:

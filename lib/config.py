@@ -262,7 +262,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
     },
     "testing settings": {
         "window": (_positive(int), "sliding-window tile size in pixels (divisible by 2^depth)"),
-        "stride": (_positive(int), "step between windows; smaller than window means averaged overlap"),
+        "stride": (_positive(int), "step between windows (rounded down to a multiple of 2^depth); smaller than window means averaged overlap"),
         "blend": (_choice("constant", "gaussian"), "how overlapping windows are averaged: constant or gaussian (centre-weighted)"),
         "batch_size": (_positive(int), "windows per prediction batch"),
         "tta_flips": (_tta_flips, "test-time augmentation: average the predictions of the flipped windows; true: all four flips (left-right only for a model trained with flips = horizontal), rotations: the four flips and their 90-degree rotations (eight views, twice the time of four), horizontal: left-right only (half the time of four), false: none; auto: all four flips where the model runs fast (a GPU, or bfloat16 on a CPU with AMX), none elsewhere"),
@@ -321,10 +321,10 @@ def parse_override(text: str) -> tuple[str, str, str]:
     if key not in SCHEMA[section]:
         raise UserError(f"--set '{text}': unknown key '{key}' in [{section}]. Valid keys: "
                         f"{', '.join(SCHEMA[section])}.{_suggest(key, list(SCHEMA[section]))}")
-    if re.search(r"\s[#;]|[\n\r]", value):
+    if re.search(r"(^|\s)[#;]|[\n\r]", value.strip()):
         # Saved into the run's configuration.txt, the rest would be read back as a comment or another line.
         raise UserError(f"--set {text!r}: a value cannot hold a line break, ' #' or ' ;' (which start a "
-                        "comment in configuration files); rename the path or value without them.")
+                        "comment in configuration files, also at its start); rename the path or value without them.")
     return section, key, value.strip()
 
 
@@ -508,7 +508,8 @@ def config_reference(profiles: Mapping[str, Config], files: Mapping[str, str]) -
         lines += [f"## [{section}]", "", f"| key | {' | '.join(label for label in profiles)} | what |",
                   "|---" * (len(profiles) + 2) + "|"]
         for key, (_, comment) in keys.items():
-            values = " | ".join(cell(_value_text(config[section][key])).replace("|", "\\|") for config in profiles.values())
+            values = " | ".join(cell(_value_text(config[section][key])).replace("|", "\\|")
+                                for config in profiles.values())
             what = comment.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
             lines.append(f"| `{key}` | {values} | {what} |")
         lines.append("")

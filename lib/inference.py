@@ -9,7 +9,7 @@ from skimage.transform import resize
 
 from lib.backend import has_gpu
 from lib.folding import compute_dtype
-from lib.tiling import sliding_window
+from lib.tiling import resize_map, sliding_window
 
 
 # Views of a (N, H, W, C) batch averaged by test-time augmentation: (flip axes, transpose H and W).
@@ -107,7 +107,4 @@ def _predict_at(predictor, image: np.ndarray, testing: Mapping[str, Any], depth:
     probs = sliding_window(image, predictor, window=testing["window"], stride=testing["stride"],
                            batch_size=testing["batch_size"], blend=testing["blend"], multiple=2 ** depth)
     probs = probs[margin_h: probs.shape[0] - margin_h, margin_w: probs.shape[1] - margin_w]
-    if zoom != 1.0:
-        probs = resize(probs, (height, width, probs.shape[2]), order=1, anti_aliasing=False,
-                       preserve_range=True).astype(np.float32)
-    return probs
+    return resize_map(probs.astype(np.float32), (height, width))

@@ -57,27 +57,61 @@ class Entry:
     load: Callable[[], Sample] = field(compare=False, repr=False)
 
 
-def read_image(path: Path, turn: bool = True, page: int = 0) -> np.ndarray:
+def read_image(path: Path, turn: bool = True, page: int | None = None) -> np.ndarray:
     """Read an image file (or a gzipped one, like STARE's .ppm.gz) into uint8 H x W (x 3); turned as its EXIF
-    orientation tag says unless turn is False; page: which page of a TIFF stack (frame of a GIF)."""
-    return _read(path, _to_uint8, turn, page)
+    orientation tag says unless turn is False; page: which page of a stack (TIFF pages, GIF frames), which a
+    file of several pages needs (see page_count)."""
+    return _read(path, _to_uint8, turn, page, _several_pages)
 
 
 def read_label(path: Path, classes: ClassSpec | None = None, page: int | None = None) -> np.ndarray:
     """Read a label or FOV mask file (classes: None for binary maps) into its uint8 values, H x W (x 3); page:
-    which page of a stack (a file of several pages is refused without one).
+    which page of a stack, which a file of several pages needs (see page_count).
 
     Binary maps as painting and annotation tools write them: with transparent pixels see _binary_with_alpha;
     a palette (P-mode) file gives its gray levels when they are 0/255 or 0/1, else its indices (VOC style);
     16-bit 0/65535 gives 0/255. Several classes: a palette file gives its colours when [data attributes]
     palette is set (they are mapped to classes), else its indices.
     """
-    return _read(path, functools.partial(_label_values, classes=classes, paged=page is not None), page=page or 0)
+    return _read(path, functools.partial(_label_values, classes=classes), page=page, several=_several_label_pages)
 
 
-def _read(path: Path, convert: Callable[[Image.Image, Path], Any], turn: bool = True, page: int = 0) -> Any:
+def page_count(path: Path) -> int:
+    """How many pages an image file holds: its first frame and the frames after it of the same size (a TIFF
+    stack's pages, a GIF's frames; not a TIFF's thumbnail page or the preview of a phone's JPEG)."""
+    return _read(path, lambda img, _: _page_count(img), turn=False, page=0)
+
+
+def _page_count(img: Image.Image) -> int:
+    total = getattr(img, "n_frames", 1)
+    if total == 1:
+        return 1
+    current = img.tell()
+    img.seek(0)
+    size, count = img.size, 1
+    while count < total:
+        img.seek(count)
+        if img.size != size:
+            break
+        count += 1
+    img.seek(current)
+    return count
+
+
+def _several_pages(path: Path, pages: int) -> UserError:
+    return UserError(f"{path} holds {pages} pages (a stack): this dataset reads one image per file. Save each "
+                     "page as a file of its own (predict.py --input segments every page of a stack).")
+
+
+def _several_label_pages(path: Path, pages: int) -> UserError:
+    return LabelError(path, f"the file holds {pages} pages (frames)", "A label or mask is one image: save each "
+                      "image's label in a file of its own.")
+
+
+def _read(path: Path, convert: Callable[[Image.Image, Path], Any], turn: bool = True, page: int | None = None,
+          several: Callable[[Path, int], UserError] = _several_pages) -> Any:
     """Open an image file (gzipped or not) at a page, turned as its EXIF orientation says (with turn), and
-    convert it."""
+    convert it; a file of several pages needs a page (else several(path, pages) is raised)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found.")
@@ -87,7 +121,11 @@ def _read(path: Path, convert: Callable[[Image.Image, Path], Any], turn: bool = 
     try:
         source = io.BytesIO(gzip.decompress(path.read_bytes())) if path.suffix.lower() == ".gz" else path
         with Image.open(source) as img:
-            img.seek(page)
+            if page is None and getattr(img, "n_frames", 1) > 1:
+                pages = _page_count(img)
+                if pages > 1:  # only the first would be read, without a word
+                    raise several(path, pages)
+            img.seek(page or 0)
             img.load()
             if turn:
                 # Phone and camera JPEGs are often stored sideways with an orientation tag that viewers
@@ -97,6 +135,9 @@ def _read(path: Path, convert: Callable[[Image.Image, Path], Any], turn: bool = 
     except PermissionError:
         raise UserError(f"{path} cannot be read: no permission. Fix its permissions (e.g. chmod a+r), "
                         "then run the same command again.") from None
+    except Image.DecompressionBombError as exc:
+        raise UserError(f"{path} is too large to read whole ({exc}). Cut it into tiles, or shrink it, "
+                        "before using it.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, zlib.error) as exc:
         raise UserError(f"{path} cannot be read as an image ({exc}). The file is corrupt, not an image, or in "
                         "a format Pillow cannot read (such as a 64-bit TIFF): copy it again from the original "
@@ -109,10 +150,7 @@ _WIDE = _SIXTEEN_BIT + ("F",)  # gray modes wider than 8 bits
 STRETCH_PERCENTILES = (0.01, 99.99)
 
 
-def _label_values(img: Image.Image, path: Path, classes: ClassSpec | None, paged: bool = False) -> np.ndarray:
-    if not paged and getattr(img, "n_frames", 1) > 1 and _frame_size(img, 1) == img.size:  # not a thumbnail
-        raise LabelError(path, f"the file holds {img.n_frames} pages (frames)", "A label or mask is one image: "
-                         "save each image's label in a file of its own.")
+def _label_values(img: Image.Image, path: Path, classes: ClassSpec | None) -> np.ndarray:
     indexed = img.mode in ("P", "PA")
     if classes is not None:
         if indexed:  # colours mapped through the configured palette, else the indices are the classes
@@ -135,14 +173,6 @@ def _label_values(img: Image.Image, path: Path, classes: ClassSpec | None, paged
         indices = _palette_indices(img)
         return gray if (gray.ndim == 2 and _is_binary(gray)) or not _is_binary(indices) else indices
     return _to_uint8(img, path, stretch=False)
-
-
-def _frame_size(img: Image.Image, frame: int) -> tuple[int, int]:
-    current = img.tell()
-    img.seek(frame)
-    size = img.size
-    img.seek(current)
-    return size
 
 
 def _palette_indices(img: Image.Image) -> np.ndarray:
@@ -202,6 +232,7 @@ def _to_uint8(img: Image.Image, path: Path, stretch: bool = True) -> np.ndarray:
 
 
 def _whole_bytes(values: np.ndarray) -> bool:
+    """Whether every value is a whole number from 0 to 255 (8-bit data stored in a wider type)."""
     return bool(values.min() >= 0 and values.max() <= 255 and np.array_equal(values, np.round(values)))
 
 
@@ -492,6 +523,7 @@ def key_by_image_name(images: Iterable[str], others: dict[str, Path]) -> dict[st
 
 
 def _separators(name: str) -> list[int]:
+    """Where an ending may start in a name: at each separator (_ - . space) after the first character."""
     return [i for i in range(1, len(name)) if name[i] in "_-. "]
 
 
@@ -514,13 +546,13 @@ def _load_files(number: int, key: str, image_path: Path, label_path: Path | None
                 page: int | None = None, mask_page: int | None = None) -> Sample:
     """Read one image (page of a stack: named 'x.tif[page]') with its label and FOV mask (or its page of a
     mask stack), or a derived or whole-image FOV."""
-    image = as_rgb(read_image(image_path, page=page or 0))
+    image = as_rgb(read_image(image_path, page=page))
     mask = read_label(mask_path, page=mask_page) if mask_path is not None else None
     label = read_label(label_path, classes) if label_path is not None else None
     drawn = [raw for raw in (mask, label) if raw is not None]
     if drawn and all(raw.shape[:2] != image.shape[:2] for raw in drawn):
         # Labels drawn on the pixels as stored, not as the orientation tag turns them: the image as stored.
-        stored = as_rgb(read_image(image_path, turn=False, page=page or 0))
+        stored = as_rgb(read_image(image_path, turn=False, page=page))
         if all(raw.shape[:2] == stored.shape[:2] for raw in drawn):
             image = stored
     # Sizes first: a resized label or mask also has odd values.
@@ -534,8 +566,7 @@ def _load_files(number: int, key: str, image_path: Path, label_path: Path | None
     if label is not None:
         _check_same_size(image, label, image_path, label_path)
         label = to_binary(label, label_path) if classes is None else to_classes(label, label_path, classes)
-    name = image_path.name if page is None else f"{image_path.name}[{page}]"
-    return Sample(name, number, image, label, fov, key)
+    return Sample(page_name(image_path.name, page), number, image, label, fov, key)
 
 
 def _file_entry(number: int, key: str, image: Path, label: Path | None, mask: Path | None,
@@ -576,7 +607,7 @@ def read_isbi(root: Path, split: str, positive_class: str) -> list[Sample]:
     folder = root / split / "image"
     if stack.is_file():
         images = read_stack(stack)
-        names = [f"{stack.name}[{i}]" for i in range(len(images))]
+        names = [page_name(stack.name, i) for i in range(len(images))]
         ids = list(range(len(images)))
         labels: list[np.ndarray] | None = None
         label_stack = root / "train-labels.tif"
@@ -588,8 +619,8 @@ def read_isbi(root: Path, split: str, positive_class: str) -> list[Sample]:
             if len(labels) != len(images):
                 raise UserError(f"{stack} has {len(images)} slices but {label_stack} has {len(labels)}. "
                                 "Both stacks must hold the same slices.")
-        label_paths = [f"{label_stack}[{i}]" for i in range(len(images))]
-        image_paths = [f"{stack}[{i}]" for i in range(len(images))]
+        label_paths = [page_name(str(label_stack), i) for i in range(len(images))]
+        image_paths = [page_name(str(stack), i) for i in range(len(images))]
     elif folder.is_dir():
         image_files = _list_by_id(folder, r"(\d+)\.png")
         ids = sorted(image_files)
@@ -958,24 +989,23 @@ def read_split(dataset: str, root: Path, split: str, positive_class: str = "memb
 def input_entries(path: Path, mask: Path | None) -> list[Entry]:
     """predict.py --input: every page of the image file, or of each image in the folder, with its FOV mask
     (the mask file, or the file of the mask folder named as the image; a mask stack gives each page its own).
-    Every image (its first page) and mask is opened here, so an unreadable one stops the run before any work."""
+    Every image and mask is opened here (its first page), so an unreadable one stops the run before any work.
+    An entry's key is the name of its output files (output_stem)."""
     files = _input_files(Path(path))
     masks = _input_masks(files, mask)
     entries = []
-    mask_pages_of = {mask_file: _pages(mask_file) for mask_file in set(masks) if mask_file is not None}
+    mask_pages_of = {mask_file: page_count(mask_file) for mask_file in set(masks) if mask_file is not None}
     for file, mask_file in zip(files, masks):
-        pages = _pages(file)
+        pages = page_count(file)
         mask_pages = mask_pages_of.get(mask_file, 1)
         if mask_pages > 1 and mask_pages != pages:
             raise UserError(f"{mask_file} holds {mask_pages} pages but its image {file} holds {pages}: give one "
                             "mask for every page, or a single-page mask for all of them.")
-        stem = image_stem(file.name)
         for page in range(pages) if pages > 1 else [None]:
-            number = len(entries) + 1
-            key = stem if page is None else f"{stem}_{page}"  # the name of its output files
-            load = functools.partial(_load_files, number, key, file, None, mask_file, False, page=page,
-                                     mask_page=page if mask_pages > 1 else None)
-            entries.append(Entry(file.name if page is None else f"{file.name}[{page}]", number, key, load))
+            number, name = len(entries) + 1, page_name(file.name, page)
+            load = functools.partial(_load_files, number, output_stem(name), file, None, mask_file, False,
+                                     page=page, mask_page=page if mask_pages > 1 else None)
+            entries.append(Entry(name, number, output_stem(name), load))
     clashes = collections.defaultdict(list)
     for entry in entries:
         clashes[entry.key.casefold()].append(entry.name)
@@ -987,21 +1017,33 @@ def input_entries(path: Path, mask: Path | None) -> list[Entry]:
     return entries
 
 
-def _pages(path: Path) -> int:
-    return _read(path, lambda img, _: getattr(img, "n_frames", 1), turn=False)
+def page_name(name: str, page: int | None) -> str:
+    """The name of one page of a stack, 'x.tif[3]'; the file's name for a single image (page None)."""
+    return name if page is None else f"{name}[{page}]"
+
+
+def output_stem(name: str) -> str:
+    """The name of an image's output files: without the extension (and .gz); page i of 'x.tif[i]' gives 'x_i'."""
+    page = re.fullmatch(r"(.*)\[(\d+)\]", name)
+    if page:
+        return f"{image_stem(page[1])}_{page[2]}"
+    return image_stem(name)
 
 
 def image_stem(name: str) -> str:
     """A file name without its extension, and without .gz first (STARE's im0001.ppm.gz gives im0001)."""
-    path = Path(name)
-    return Path(path.stem).stem if path.suffix.lower() == ".gz" else path.stem
+    return Path(_without_gz(name)).stem
+
+
+def _without_gz(name: str) -> str:
+    return name[:-3] if name.lower().endswith(".gz") else name
 
 
 def _input_files(path: Path) -> list[Path]:
+    """The image file, or every image file (gzipped too) in the folder, given to predict.py --input."""
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.is_file()
-                       and Path(p.name[:-3] if p.name.lower().endswith(".gz") else p.name).suffix.lower()
-                       in IMAGE_EXTENSIONS)
+                       and Path(_without_gz(p.name)).suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}, or gzipped) in {path}.")
         return files
@@ -1011,6 +1053,7 @@ def _input_files(path: Path) -> list[Path]:
 
 
 def _input_masks(files: list[Path], mask: Path | None) -> list[Path | None]:
+    """The FOV mask of each --input image: the mask file, or the file of the mask folder named as the image."""
     if mask is None or mask.is_file():
         return [mask] * len(files)
     if not mask.is_dir():

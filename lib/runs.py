@@ -1,13 +1,13 @@
 """Run folders: create, resume an unfinished run, refuse to overwrite a finished one."""
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 from lib.config import Config, load_run_config
 from lib.errors import UserError
 from lib.fingerprint import describe_differences, setting_differences
+from lib.outputs import LEFTOVER, is_prediction_output
 
 FINISHED = "training_summary.json"
 CONFIG_NAME = "configuration.txt"
@@ -15,36 +15,25 @@ CONFIG_NAME = "configuration.txt"
 RUN_CONTENTS = {CONFIG_NAME, FINISHED, "preprocessing.json", "best.keras", "last.keras", "checkpoint_state.json",
                 "log.csv", "learning_curves.png", "model_summary.txt", "model_info.json", "tensorboard", "backup",
                 "predictions"}
-# What predict.py writes into its output folder: per image <stem><suffix>, and once per prediction.
-OUTPUT_SUFFIXES = ("_probability.png", "_binary.png", "_compare.png", "_overlay.png", "_cells.png",
-                   "_classes.png", "_color.png")
-MANIFEST = "outputs.txt"  # the files one prediction wrote: what predict.py --overwrite replaces
-OUTPUT_FILES = ("summary.txt", "metrics.json", "per_image.csv", "roc.png", "pr.png", "legend.png",
-                "confusion_matrix.png", MANIFEST)
-MANIFEST_HEADER = "# predict.py wrote these files; predict.py --overwrite replaces them"
-# Hidden files a kill can leave: lib.atomic's temporary files and predict.py's unfinished output folders.
-_LEFTOVER = re.compile(r"\..*\.tmp(\.\w+)?|\.predicting-.*")
-
-
-def is_prediction_output(name: str) -> bool:
-    """Whether a file name is one predict.py writes (or a leftover of an interrupted write)."""
-    return name in OUTPUT_FILES or name.endswith(OUTPUT_SUFFIXES) or bool(_LEFTOVER.fullmatch(name))
-
-
+# Settings training never reads (predict.py takes them from the current configuration): a resume may change them.
+RESUMABLE_CHANGES = {f"testing settings.{key}" for key in ("checkpoint", "threshold", "watershed_seed", "batch_size")}
 def _foreign_files(folder: Path) -> list[str]:
     """Entries of a run folder that train.py and predict.py do not write (relative names)."""
     foreign = [p.name + ("/" if p.is_dir() else "") for p in sorted(folder.iterdir())
-               if p.name not in RUN_CONTENTS and not _LEFTOVER.fullmatch(p.name)]
+               if p.name not in RUN_CONTENTS and not LEFTOVER.fullmatch(p.name)]
+    tensorboard = folder / "tensorboard"
+    foreign += [f"tensorboard/{path.relative_to(tensorboard)}" for path in sorted(tensorboard.rglob("*"))
+                if path.is_file() and not path.name.startswith("events.out.tfevents.")]
     predictions = folder / "predictions"
-    if predictions.is_symlink():
-        return foreign + ["predictions (a link)"]
+    if predictions.is_symlink() or (predictions.exists() and not predictions.is_dir()):
+        return foreign + ["predictions (not a folder of predictions)"]
     for output in sorted(predictions.iterdir()) if predictions.is_dir() else []:  # a folder per prediction
         if output.is_symlink() or not output.is_dir():
-            foreign += [] if _LEFTOVER.fullmatch(output.name) else [f"predictions/{output.name}"]
+            foreign += [] if LEFTOVER.fullmatch(output.name) else [f"predictions/{output.name}"]
             continue
         foreign += [f"predictions/{output.name}/{path.name}" for path in sorted(output.iterdir())
                     if path.is_symlink() or not is_prediction_output(path.name)
-                    or (path.is_dir() and not _LEFTOVER.fullmatch(path.name))]
+                    or (path.is_dir() and not LEFTOVER.fullmatch(path.name))]
     return foreign
 
 
@@ -73,10 +62,8 @@ def prepare_run_folder(config: Config, overwrite: bool) -> tuple[Path, bool]:
         raise UserError(f"{folder} already holds a finished run. Use --overwrite to replace it, or "
                         "choose another name with --set experiment.name=NEW_NAME.")
     if saved.exists():
-        # [testing settings] only choose how the model is scored: a resume may change them.
-        earlier = {section: keys for section, keys in load_run_config(saved, config).items()
-                   if section != "testing settings"}
-        differences = setting_differences(earlier, {k: v for k, v in config.items() if k != "testing settings"})
+        differences = setting_differences(load_run_config(saved, config), config)
+        differences = {key: values for key, values in differences.items() if key not in RESUMABLE_CHANGES}
         if differences:
             raise UserError(f"{folder} holds an unfinished run made with another configuration: "
                             f"{describe_differences(differences)}. Rerun with the run's settings to resume it, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from skimage.transform import resize
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -78,3 +79,12 @@ def sliding_window(image: np.ndarray, predict: Predictor, window: int, stride: i
             total[y: y + win_h, x: x + win_w] += tile * weights[..., None]
             norm[y: y + win_h, x: x + win_w] += weights[..., None]
     return (total / norm)[:height, :width]
+
+
+def resize_map(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """An H x W x C map resized (bilinear) to shape's height and width, in its own dtype (rounded for integers);
+    unchanged when it has that size. Maps inferred at another scale go back to their image's size this way."""
+    if array.shape[:2] == tuple(shape[:2]):
+        return array
+    out = resize(array, (*shape[:2], array.shape[2]), order=1, preserve_range=True, anti_aliasing=False)
+    return (np.rint(out) if np.issubdtype(array.dtype, np.integer) else out).astype(array.dtype)

@@ -186,7 +186,8 @@ def case_input_images_with_the_same_name(tmp, drive, trained):
     first = sorted((drive / "test" / "images").iterdir())[0]
     (images / first.name).write_bytes(first.read_bytes())
     (images / f"{first.stem}.png").write_bytes(first.read_bytes())  # the same stem: the outputs would clash
-    return "predict.py", tiny_settings(tmp, drive) + ["--input", str(images)], "images whose outputs would have the same name"
+    args = tiny_settings(tmp, drive) + ["--input", str(images)]
+    return "predict.py", args, "images whose outputs would have the same name"
 
 
 def case_output_folder_of_the_input_images(tmp, drive, trained):

@@ -266,6 +266,7 @@ def test_run_names_cannot_reach_outside_runs_dir(name: str) -> None:
     # Would be cut at the comment when the run's saved configuration is read back.
     ("prepared_dir=data/prep #2", "cannot hold a line break, ' #' or ' ;'"),
     ("name=a\nb", "cannot hold a line break"),
+    ("data_paths.dataset_dir=;data", "cannot hold a line break, ' #' or ' ;'"),
 ])
 def test_bad_override_is_a_user_error_with_a_suggestion(override: str, expected: str) -> None:
     with pytest.raises(UserError) as info:
@@ -370,8 +371,9 @@ def test_sections_taken_from_the_current_configuration_are_not_read_from_the_run
 def _reference() -> str:
     labels = {"configuration": "DRIVE", "configuration_gpu": "GPU", "configuration_isbi": "ISBI",
               "configuration_camvid": "CamVid", "configuration_sample": "sample"}
-    files = {labels[path.stem]: path.name for path in CONFIG_FILES}
-    return config_reference({labels[path.stem]: load_config(path) for path in CONFIG_FILES}, files) + "\n"
+    files = {labels.get(path.stem, path.stem): path.name for path in CONFIG_FILES}
+    return config_reference({labels.get(path.stem, path.stem): load_config(path) for path in CONFIG_FILES},
+                            files) + "\n"
 
 
 def test_the_key_reference_in_docs_is_up_to_date() -> None:

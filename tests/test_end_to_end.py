@@ -259,7 +259,8 @@ def test_a_run_trained_at_half_size_resizes_input_files_before_preprocessing_the
     config = (half / "configuration.txt").read_text()
     (half / "configuration.txt").write_text(config.replace("resize = 1.0", "resize = 0.5", 1))
     source = sorted((small_drive / "test" / "images").iterdir())[0]
-    result = run_script("predict.py", *args, "--run", str(half), "--input", str(source), "--output", str(tmp_path / "a"))
+    result = run_script("predict.py", *args, "--run", str(half), "--input", str(source),
+                        "--output", str(tmp_path / "a"))
     assert "resized by 0.5" in result.stdout
     # The same image resized by hand, segmented by the full-size run: the half-size map, before it is enlarged.
     image = read_image(source)

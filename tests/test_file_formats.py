@@ -326,6 +326,20 @@ def test_a_label_of_several_frames_is_refused_but_a_tiff_thumbnail_page_is_not(t
     thumbnail = Image.fromarray(label[::4, ::4].copy())
     Image.fromarray(label).save(tmp_path / "thumb.tif", save_all=True, append_images=[thumbnail])
     np.testing.assert_array_equal(to_binary(read_label(tmp_path / "thumb.tif"), "thumb"), label > 0)
+    # Images too: a stack in a dataset is refused (only its first page would be read), a thumbnail page is
+    # not a page, and predict.py --input takes every page of a stack.
+    root = tmp_path / "mine"
+    _folders(root, [(H, W)])
+    image = Image.open(root / "images" / "case01.png")
+    image.save(root / "images" / "case01.tif", save_all=True, append_images=[image.copy(), image.copy()])
+    (root / "images" / "case01.png").unlink()
+    with pytest.raises(UserError, match="case01.tif holds 3 pages"):
+        read_split("folders", root, "train")
+    assert [entry.key for entry in input_entries(root / "images", None)] == ["case01_0", "case01_1", "case01_2"]
+    image.save(root / "images" / "case01.tif", save_all=True, append_images=[image.resize((W // 4, H // 4))])
+    (sample,) = read_split("folders", root, "train")
+    assert sample.image.shape == (H, W, 1)
+    assert [(entry.name, entry.key) for entry in input_entries(root / "images", None)] == [("case01.tif", "case01")]
 
 
 def test_a_jpeg_label_is_refused_with_the_reason() -> None:

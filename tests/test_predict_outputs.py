@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 import predict
+from lib import outputs
+from lib.errors import UserError
 
 
 def _dark_is_vessel(image: np.ndarray) -> np.ndarray:
@@ -63,36 +65,37 @@ def test_overwrite_clears_the_earlier_outputs_and_keeps_other_files(tmp_path):
                  "old_probability.png.bak"):
         (tmp_path / name).write_text("x")
     (tmp_path / "summary.txt").write_text("run: runs/drive\nimages: 1 (test)\n")
+    (tmp_path / "outputs.txt").write_text("a user's list, not predict.py's\n")
     (tmp_path / "sub").mkdir()
-    assert predict.clear_outputs(tmp_path) == 5
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "old_probability.png.bak", "sub"]
+    assert outputs.clear_outputs(tmp_path) == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "old_probability.png.bak", "outputs.txt", "sub"]
 
 
 def test_overwrite_replaces_what_the_earlier_prediction_listed_and_never_a_stranger_s_files(tmp_path):
     (tmp_path / "a_probability.png").write_text("x")
     (tmp_path / "notes.txt").write_text("x")
-    (tmp_path / "outputs.txt").write_text(f"{predict.MANIFEST_HEADER}\na_probability.png\nsummary.txt\n"
+    (tmp_path / "outputs.txt").write_text(f"{outputs.MANIFEST_HEADER}\na_probability.png\nsummary.txt\n"
                                           "../escape_overlay.png\nnotes.txt\n")
     (tmp_path / "summary.txt").write_text("x")
-    assert predict.clear_outputs(tmp_path) == 3
+    assert outputs.clear_outputs(tmp_path) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     # A user's own outputs.txt or summary.txt is no earlier prediction: nothing it names is deleted.
     (tmp_path / "outputs.txt").write_text("notes.txt\n")
     (tmp_path / "summary.txt").write_text("my summary\n")
-    assert predict.earlier_outputs(tmp_path) is None and predict.clear_outputs(tmp_path) == 0
-    with pytest.raises(predict.UserError, match="named as predictions are \\(outputs.txt, summary.txt\\)"):
-        predict.check_output_folder(tmp_path, True, None)  # the new ones would replace them
+    assert outputs.earlier_outputs(tmp_path) is None and outputs.clear_outputs(tmp_path) == 0
+    with pytest.raises(UserError, match="named as predictions are \\(outputs.txt, summary.txt\\)"):
+        outputs.check_output_folder(tmp_path, True, None)  # the new ones would replace them
     (tmp_path / "summary.txt").unlink()
     (tmp_path / "outputs.txt").unlink()
     # Files named as outputs that no earlier prediction listed: refused, --overwrite or not.
     (tmp_path / "b_binary.png").write_text("hand-corrected")
     for overwrite in (False, True):
-        with pytest.raises(predict.UserError, match="holds files named as predictions are \\(b_binary.png\\)"):
-            predict.check_output_folder(tmp_path, overwrite, None)
-    (tmp_path / "outputs.txt").write_text(f"{predict.MANIFEST_HEADER}\nsummary.txt\n")
-    with pytest.raises(predict.UserError, match="holds files named as predictions are \\(b_binary.png\\)"):
-        predict.check_output_folder(tmp_path, True, None)
-    predict.check_output_folder(tmp_path / "new", False, None)
+        with pytest.raises(UserError, match="holds files named as predictions are \\(b_binary.png\\)"):
+            outputs.check_output_folder(tmp_path, overwrite, None)
+    (tmp_path / "outputs.txt").write_text(f"{outputs.MANIFEST_HEADER}\nsummary.txt\n")
+    with pytest.raises(UserError, match="holds files named as predictions are \\(b_binary.png\\)"):
+        outputs.check_output_folder(tmp_path, True, None)
+    outputs.check_output_folder(tmp_path / "new", False, None)
     assert (tmp_path / "new").is_dir()
 
 
@@ -100,12 +103,12 @@ def test_a_prediction_finished_meanwhile_in_the_same_folder_is_kept(tmp_path):
     out, staging = tmp_path / "out", tmp_path / "staging"
     out.mkdir()
     staging.mkdir()
-    earlier = predict.check_output_folder(out, False, None)
+    earlier = outputs.check_output_folder(out, False, None)
     (out / "a_probability.png").write_text("the other run's")
-    (out / "outputs.txt").write_text(f"{predict.MANIFEST_HEADER}\na_probability.png\nsummary.txt\n")
+    (out / "outputs.txt").write_text(f"{outputs.MANIFEST_HEADER}\na_probability.png\nsummary.txt\n")
     (staging / "summary.txt").write_text("run: mine\n")
-    with pytest.raises(predict.UserError, match="another prediction wrote into"):
-        predict.publish(staging, out, earlier)
+    with pytest.raises(UserError, match="another prediction wrote into"):
+        outputs.publish(staging, out, earlier)
     assert (out / "a_probability.png").read_text() == "the other run's"
 
 

@@ -56,10 +56,16 @@ def test_overwrite_refuses_user_files_among_the_predictions_and_a_linked_run(tmp
     (run / ".last.abcd1234.tmp.keras").write_text("x")  # a write a kill interrupted: the run's own
     (run / "predictions" / "mywork").mkdir()
     (run / "predictions" / "mywork" / "notes.txt").write_text("keep me")
+    (run / "tensorboard" / "train").mkdir(parents=True)
+    (run / "tensorboard" / "train" / "events.out.tfevents.1.vm.1.0.v2").write_text("x")
+    (run / "tensorboard" / "analysis.ipynb").write_text("keep me")
     with pytest.raises(UserError, match="predictions/mywork/notes.txt"):
         prepare_run_folder(_config(tmp_path), overwrite=True)
     (run / "predictions" / "mywork" / "notes.txt").unlink()
     (run / "predictions" / "mywork").rmdir()
+    with pytest.raises(UserError, match="tensorboard/analysis.ipynb"):
+        prepare_run_folder(_config(tmp_path), overwrite=True)
+    (run / "tensorboard" / "analysis.ipynb").unlink()
     prepare_run_folder(_config(tmp_path), overwrite=True)
     assert list(run.iterdir()) == []
     elsewhere = tmp_path / "elsewhere"
@@ -80,5 +86,9 @@ def test_a_resume_with_other_settings_names_them_and_other_testing_settings_are_
     changed = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "N_epochs=3"])
     with pytest.raises(UserError, match=r"another configuration: training settings.N_epochs = 16 \(now 3\)"):
         prepare_run_folder(changed, overwrite=False)
-    scored = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "stride=100"])
+    # Settings training never reads may change; those its holdout scoring uses may not.
+    scored = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "threshold=auto"])
     assert prepare_run_folder(scored, overwrite=False) == (tmp_path / "r", True)
+    windows = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "stride=100"])
+    with pytest.raises(UserError, match="testing settings.stride = 768 \\(now 100\\)"):
+        prepare_run_folder(windows, overwrite=False)

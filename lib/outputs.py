@@ -1,0 +1,94 @@
+"""predict.py's output folder: what a prediction wrote there (outputs.txt), and replacing it only when asked."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from lib.atomic import write_text
+from lib.errors import UserError
+
+# What predict.py writes into its output folder: per image <stem><suffix>, and once per prediction.
+OUTPUT_SUFFIXES = ("_probability.png", "_binary.png", "_compare.png", "_overlay.png", "_cells.png",
+                   "_classes.png", "_color.png")
+MANIFEST = "outputs.txt"  # the files one prediction wrote: what predict.py --overwrite replaces
+OUTPUT_FILES = ("summary.txt", "metrics.json", "per_image.csv", "roc.png", "pr.png", "legend.png",
+                "confusion_matrix.png", MANIFEST)
+MANIFEST_HEADER = "# predict.py wrote these files; predict.py --overwrite replaces them"
+# Hidden files a kill can leave: lib.atomic's temporary files and predict.py's unfinished output folders.
+LEFTOVER = re.compile(r"\..*\.tmp(\.\w+)?|\.predicting-.*")
+
+
+def is_prediction_output(name: str) -> bool:
+    """Whether a file name is one predict.py writes (or a leftover of an interrupted write)."""
+    return name in OUTPUT_FILES or name.endswith(OUTPUT_SUFFIXES) or bool(LEFTOVER.fullmatch(name))
+
+
+def earlier_outputs(out: Path) -> list[str] | None:
+    """The files of the prediction in out, as its outputs.txt lists them (summary.txt first), or None when
+    out holds none. Only names predict.py writes count: a file a user named outputs.txt lists nothing."""
+    summary, manifest = out / "summary.txt", out / MANIFEST
+    if manifest.is_file():
+        lines = manifest.read_text(errors="replace").splitlines()
+        if lines[:1] == [MANIFEST_HEADER]:
+            return ["summary.txt", *(name for name in lines[1:] if is_prediction_output(name)
+                                     and Path(name).name == name and name != "summary.txt"), MANIFEST]
+    if summary.is_file() and summary.read_text(errors="replace").startswith("run: "):
+        # Written before outputs.txt existed: every file named as predict.py names its files.
+        return ["summary.txt"] + [path.name for path in sorted(out.iterdir()) if path.is_file()
+                                  and is_prediction_output(path.name) and path.name not in ("summary.txt", MANIFEST)]
+    return None
+
+
+def clear_outputs(out: Path) -> int:
+    """Delete the files of the earlier prediction in out (see earlier_outputs), summary first; keep anything
+    else. Returns how many were deleted."""
+    earlier = [out / name for name in earlier_outputs(out) or []]
+    earlier = list(dict.fromkeys(path for path in earlier if path.is_file()))
+    for path in earlier:
+        path.unlink()
+    return len(earlier)
+
+
+def publish(staging: Path, out: Path, earlier: list[str] | None) -> int:
+    """Move a finished prediction from staging into out, replacing the earlier one (clear_outputs); summary.txt
+    last, so a folder with a summary holds a complete set. earlier: what out held when the run began; another
+    prediction finished there since is kept. Returns how many earlier files were deleted."""
+    if earlier_outputs(out) != earlier:
+        raise UserError(f"another prediction wrote into {out} while this one ran; its files are kept and this "
+                        "one's are not written. Run again with another --output.")
+    removed = clear_outputs(out)
+    names = sorted(path.name for path in staging.iterdir() if path.name != "summary.txt")
+    write_text(out / MANIFEST, "".join(f"{line}\n" for line in [MANIFEST_HEADER, *names, "summary.txt"]))
+    for name in [*names, "summary.txt"]:
+        os.replace(staging / name, out / name)
+    return removed
+
+
+def check_output_folder(out: Path, overwrite: bool, input_path: Path | None) -> list[str] | None:
+    """Refuse an output folder that holds earlier predictions (without --overwrite), files named as predictions
+    that no earlier prediction wrote, the --input images (the next run would read the maps as images), or that
+    cannot be written. Returns the earlier prediction's files (earlier_outputs)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {out} is a file, not a folder: choose another --output.")
+    folder = None if input_path is None else input_path if input_path.is_dir() else input_path.parent
+    if folder is not None and folder.resolve() == out.resolve():
+        raise UserError(f"--output {out} is the folder of the --input images: write the predictions to another "
+                        "folder, so that they are never read, or deleted, as images.")
+    earlier = earlier_outputs(out) if out.is_dir() else None
+    if earlier is not None and not overwrite:
+        raise UserError(f"{out} already holds predictions. Use --overwrite to replace them, "
+                        "or --output NEW_FOLDER.")
+    if out.is_dir():
+        # --overwrite replaces an earlier prediction's files, never others that only share their names.
+        theirs = [path.name for path in sorted(out.iterdir()) if path.is_file() and not path.name.startswith(".")
+                  and is_prediction_output(path.name) and path.name not in (earlier or [])]
+        if theirs:
+            raise UserError(f"{out} holds files named as predictions are ({', '.join(theirs[:4])}"
+                            f"{', ...' if len(theirs) > 4 else ''}) that no earlier prediction there wrote (its "
+                            "outputs.txt lists them): choose another --output, or move those files away.")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"{out} cannot be written: no permission. Choose another --output, or fix its "
+                        "permissions (chmod u+w).")
+    return earlier
