@@ -1013,7 +1013,7 @@ def input_entries(path: Path, mask: Path | None) -> list[Entry]:
     if clashes:
         raise UserError(f"images whose outputs would have the same name ({', '.join(clashes)}): "
                         f"{'; '.join(' and '.join(names) for names in clashes.values())}. Outputs are named by the "
-                        "image without its extension, and page i of a stack as <name>_i: rename or move one of each.")
+                        "image without its extension, and page i of a stack x.tif as x_i: rename or move one of each.")
     return entries
 
 
