@@ -383,7 +383,8 @@ def main() -> int:
                    f"tta_flips {tta_flips(testing, flips) or False}, "
                    f"tta_scales {', '.join(map(format, testing['tta_scales']))}, "
                    f"mirror_margin {testing['mirror_margin']}, compute dtype {compute_dtype(model)}")
-        settings = {**testing, "run": str(run), "split": where}
+        # The views TTA averaged, as printed above (False, "all", "horizontal" or "rotations").
+        settings = {**testing, "tta_flips": tta_flips(testing, flips) or False, "run": str(run), "split": where}
 
         def infer(image: np.ndarray) -> np.ndarray:
             return predict_image(model, image, testing, depth, flips)

@@ -126,7 +126,13 @@ def _read(path: Path, convert: Callable[[Image.Image, Path], Any], turn: bool = 
                 if pages > 1:  # only the first would be read, without a word
                     raise several(path, pages)
             img.seek(page or 0)
+            colour16 = img.mode in ("RGB", "RGBA") and any(";16" in str(tile[3]) for tile in img.tile)
             img.load()
+            if colour16 and np.asarray(img).max() < 64:
+                # Pillow keeps the top 8 of 16 bits per colour: 12-bit camera data would keep 16 levels.
+                raise UserError(f"{path} holds 16-bit colour of which only the top 8 bits can be read, leaving "
+                                f"{int(np.asarray(img).max()) + 1} levels. Convert it to 8-bit colour first (e.g. "
+                                "divided by 16 for 12-bit data), the same way for all images, or to 16-bit gray.")
             if turn:
                 # Phone and camera JPEGs are often stored sideways with an orientation tag that viewers
                 # apply: labels are drawn on the turned image. In place: no copy of an untagged image.
@@ -483,14 +489,15 @@ def key_by_image_name(images: Iterable[str], others: dict[str, Path]) -> dict[st
     """others (labels or masks, by file stem) keyed by the image name they belong to: an image's own name,
     else its name plus the suffix most of the other files end with, from a separator on (case01_mask.png
     for case01.jpg), or its name less the suffix most of the images end with (nnU-Net's case01_0000.png
-    with case01.png); letter case aside unless two files differ only by it. Files that fit no image keep
-    their own stem."""
+    with case01.png); letter case aside, except for files that differ only by it. Files that fit no image
+    keep their own stem."""
     names = set(images)
     keyed = dict(others)
     free = [stem for stem in others if stem not in names]  # a file named as an image is that image's
-    # Letter case aside, unless two files differ only by it (then str leaves names as they are).
-    fold = str.casefold if len({stem.casefold() for stem in free}) == len(free) else str
-    by_fold = {fold(stem): stem for stem in free}
+    # Letter case aside, except for files that differ only by it: those pair with no image, and are named.
+    fold = str.casefold
+    folds = collections.Counter(fold(stem) for stem in free)
+    by_fold = {fold(stem): stem for stem in free if folds[fold(stem)] == 1}
     unpaired = []
     for name in sorted(names - set(others)):
         if fold(name) in by_fold:  # Case01.png with case01.png

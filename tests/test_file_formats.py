@@ -188,6 +188,13 @@ def test_wide_gray_images_are_stretched_to_8_bits_and_wide_labels_are_not(tmp_pa
     Image.fromarray(np.where(_strokes(), 0.5, 0).astype(np.float32), "F").save(tmp_path / "soft.tif")
     with pytest.raises(LabelError, match="the values 0.0, 0.5, which are not whole numbers"):
         read_label(tmp_path / "soft.tif")
+    # 16-bit colour: Pillow reads its top 8 bits, which 12-bit data barely reach. Refused, not read as 16 levels.
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "rgb12.tif", np.dstack([ramp * 4095] * 3).astype(np.uint16), photometric="rgb")
+    with pytest.raises(UserError, match="rgb12.tif holds 16-bit colour of which only the top 8 bits"):
+        read_image(tmp_path / "rgb12.tif")
+    tifffile.imwrite(tmp_path / "rgb16.tif", np.dstack([ramp * 65535] * 3).astype(np.uint16), photometric="rgb")
+    np.testing.assert_allclose(read_image(tmp_path / "rgb16.tif")[..., 0], ramp * 255, atol=1.5)
 
 
 def test_a_jpeg_stored_sideways_is_turned_as_its_orientation_tag_says(tmp_path: Path) -> None:
@@ -277,9 +284,11 @@ def test_images_named_with_a_suffix_or_in_another_letter_case_pair_with_their_la
     assert [s.key for s in samples] == ["CASE01", "CASE02"]
     for sample in samples:
         np.testing.assert_array_equal(sample.label, labels[sample.key.lower()])
-    # Two files that differ only by case: letter case counts again, and the odd one is named.
-    keyed = key_by_image_name(["a", "b"], {"A": Path("A.png"), "a": Path("a.png"), "B": Path("B.png")})
-    assert {name: path.stem for name, path in keyed.items()} == {"a": "a", "b": "B", "A": "A"}
+    # Two files that differ only by case pair with no image, and are named; the others still pair.
+    keyed = key_by_image_name(["a", "b", "c"], {"A": Path("A.png"), "a": Path("a.png"), "B_x": Path("B_x.png"),
+                                                "C_x": Path("C_x.png"), "c_X": Path("c_X.png")})
+    assert {name: path.stem for name, path in keyed.items()} == {"a": "a", "b": "B_x", "A": "A", "C_x": "C_x",
+                                                                 "c_X": "c_X"}
 
 
 def test_predict_pairs_input_images_with_masks_named_with_a_suffix(tmp_path: Path) -> None:
