@@ -77,11 +77,12 @@ def preprocessing_differences(theirs: Mapping[str, Any], ours: Mapping[str, Any]
     return [f"{key} {theirs.get(key)} (model: {value})" for key, value in ours.items() if theirs.get(key) != value]
 
 
-def check_same_preparation(h5, path: Path, run: Path, preprocessing: dict, resize: float) -> None:
-    """Refuse the run's own prepared dataset when it was prepared again, differently, after training."""
+def check_same_preparation(h5, path: Path, run: Path, preprocessing: dict, resize: float,
+                           their_resize: float) -> None:
+    """Refuse the run's own prepared dataset when it was prepared again, differently (preprocessing, or
+    resize: the run's against their_resize, the file's), after training."""
     theirs = {"settings": read_attr_json(h5, "preprocessing"), "statistics": read_attr_json(h5, "statistics")}
     ours = {key: preprocessing[key] for key in theirs}
-    their_resize = float(read_attr_json(h5, "fingerprint")["data paths"].get("resize", 1.0))
     if theirs != ours or their_resize != resize:
         differ = preprocessing_differences({**theirs["settings"], "resize": their_resize},
                                            {**ours["settings"], "resize": resize})
@@ -356,11 +357,12 @@ def main() -> int:
             else:
                 data_path = Path(config["data paths"]["prepared_dir"]) / FILE_NAME
             h5 = stack.enter_context(open_prepared(data_path))
+            source_scale = float(read_attr_json(h5, "fingerprint")["data paths"].get("resize", 1.0))
             if args.data:
                 check_other_dataset(h5, data_path, run, preprocessing, classes)
             else:
-                check_same_preparation(h5, data_path, run, preprocessing, config["data paths"]["resize"])
-            source_scale = float(read_attr_json(h5, "fingerprint")["data paths"].get("resize", 1.0))
+                check_same_preparation(h5, data_path, run, preprocessing, config["data paths"]["resize"],
+                                       source_scale)
             dataset = str(h5.attrs["dataset"])
             split = args.split or ("test" if split_size(h5, "test") else "val")
             count = split_size(h5, split)

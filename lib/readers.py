@@ -1010,9 +1010,10 @@ def input_entries(path: Path, mask: Path | None) -> list[Entry]:
                             "mask for every page, or a single-page mask for all of them.")
         for page in range(pages) if pages > 1 else [None]:
             number, name = len(entries) + 1, page_name(file.name, page)
-            load = functools.partial(_load_files, number, output_stem(name), file, None, mask_file, False,
-                                     page=page, mask_page=page if mask_pages > 1 else None)
-            entries.append(Entry(name, number, output_stem(name), load))
+            key = output_stem(name)
+            load = functools.partial(_load_files, number, key, file, None, mask_file, False, page=page,
+                                     mask_page=page if mask_pages > 1 else None)
+            entries.append(Entry(name, number, key, load))
     clashes = collections.defaultdict(list)
     for entry in entries:
         clashes[entry.key.casefold()].append(entry.name)

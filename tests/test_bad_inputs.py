@@ -179,23 +179,25 @@ def case_input_folder_with_a_mask_missing(tmp, drive, trained):
     return "predict.py", tiny_settings(tmp, drive) + args, f"no FOV mask for {last.name}"
 
 
-def case_input_images_with_the_same_name(tmp, drive, trained):
+def _one_input_image(tmp, drive, trained) -> Path:
+    """The trained run copied into tmp, and a folder tmp/images holding the first test image."""
     _copy_run(tmp, trained)
     images = tmp / "images"
     images.mkdir()
     first = sorted((drive / "test" / "images").iterdir())[0]
     (images / first.name).write_bytes(first.read_bytes())
-    (images / f"{first.stem}.png").write_bytes(first.read_bytes())  # the same stem: the outputs would clash
-    args = tiny_settings(tmp, drive) + ["--input", str(images)]
+    return images / first.name
+
+
+def case_input_images_with_the_same_name(tmp, drive, trained):
+    first = _one_input_image(tmp, drive, trained)
+    first.with_suffix(".png").write_bytes(first.read_bytes())  # the same stem: the outputs would clash
+    args = tiny_settings(tmp, drive) + ["--input", str(first.parent)]
     return "predict.py", args, "images whose outputs would have the same name"
 
 
 def case_output_folder_of_the_input_images(tmp, drive, trained):
-    _copy_run(tmp, trained)
-    images = tmp / "images"
-    images.mkdir()
-    first = sorted((drive / "test" / "images").iterdir())[0]
-    (images / first.name).write_bytes(first.read_bytes())
+    images = _one_input_image(tmp, drive, trained).parent
     args = ["--input", str(images), "--output", str(images)]
     return "predict.py", tiny_settings(tmp, drive) + args, "is the folder of the --input images"
 
