@@ -24,7 +24,7 @@ from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend
 from lib.preprocessing import preprocess
 from lib.progress import progress
 from lib.readers import ClassSpec, Entry, image_stem, input_entries, output_stem, scale_sample
-from lib.runs import CONFIG_NAME, find_run_folder
+from lib.runs import CONFIG_NAME, FINISHED, find_run_folder
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, split_size
 from lib.tiling import resize_map
 
@@ -58,6 +58,20 @@ def load_run(run: Path, current: dict):
     info_path = run / "model_info.json"
     info = read_run_json(info_path) if info_path.exists() else {}
     return config, model, preprocessing, info
+
+
+def saved_threshold(info: Mapping[str, Any], checkpoint: str) -> tuple[float, str]:
+    """The binary threshold train.py chose for this checkpoint (threshold = auto), and where it came from."""
+    if not info:
+        return 0.5, "default: training has not finished, so no threshold was chosen yet"
+    source = info.get("threshold_source", "default: no holdout images")
+    thresholds = info.get("thresholds")
+    if thresholds is not None and checkpoint in thresholds:
+        return float(thresholds[checkpoint]), f"{source}, for {checkpoint}.keras"
+    if checkpoint == "best" or not source.startswith("best F1"):
+        return float(info.get("threshold", 0.5)), source
+    # Runs trained before thresholds were chosen per checkpoint chose one for best.keras only.
+    return 0.5, "default: this run chose its threshold for best.keras only; give a number for last.keras"
 
 
 def read_run_json(path: Path) -> dict:
@@ -333,9 +347,13 @@ def main() -> int:
     flips = config["augmentation"]["flips"]  # TTA averages only the flips the model was trained with
     threshold = testing["threshold"]
     classes = ClassSpec.from_config(config)
+    if not (run / FINISHED).exists():
+        print(f"warning: {run} has not finished training (no {FINISHED} in it), so this uses its "
+              f"{testing['checkpoint']}.keras as it is now. Rerun train.py with the run's settings to finish it.")
+    threshold_source = None
     if threshold == "auto" and classes is None:
-        threshold = float(info.get("threshold", 0.5))
-        print(f"Threshold {threshold:.3f} ({info.get('threshold_source', 'default: no holdout images')})")
+        threshold, threshold_source = saved_threshold(info, testing["checkpoint"])
+        print(f"Threshold {threshold:.3f} ({threshold_source})")
 
     with contextlib.ExitStack() as stack:
         if args.input:
@@ -397,8 +415,8 @@ def main() -> int:
             lines += predict_multiclass(infer, samples, count, classes, staging, settings)
         else:
             lines = [*header, f"threshold: {threshold:.3f}", windows]
-            lines += predict_binary(infer, samples, count, threshold, staging, {"threshold": threshold, **settings},
-                                    dataset, config)
+            chosen = {"threshold": threshold, **({"threshold_source": threshold_source} if threshold_source else {})}
+            lines += predict_binary(infer, samples, count, threshold, staging, {**settings, **chosen}, dataset, config)
         summary = "\n".join(lines) + f"\noutputs: {out}\n"
         write_text(staging / "summary.txt", summary)
         removed = publish(staging, out, earlier)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import shlex
@@ -20,7 +21,7 @@ from lib.errors import UserError, run_cli
 from lib.fingerprint import describe_differences, fingerprint, matters_for_training, setting_differences
 from lib.metrics import best_f1_threshold
 from lib.plots import save_learning_curves
-from lib.runs import CONFIG_NAME, FINISHED, prepare_run_folder
+from lib.runs import CONFIG_NAME, FINISHED, prepare_run_folder, run_lock
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes
 
 
@@ -47,7 +48,7 @@ def check_prepared_settings(differences: dict, data_path: Path) -> None:
                         "rerun prepare_datasets.py with these (with --overwrite, or another prepared_dir).")
     if differences:
         print(f"note: {data_path} was prepared with {describe_differences(differences)}; training uses its "
-              "patches and images as they are.")
+              "patches and images as they are, and the run's configuration.txt records the patch settings it used.")
 
 
 def check_holdout(holdout: list[dict], multiclass: bool, ignore_index: int | None, data_path: Path) -> None:
@@ -76,7 +77,8 @@ def main() -> int:
                         help="delete a run of the same name (checkpoints, logs and its predictions/) and start over")
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
-    return train(config, read_prepared(config), args.overwrite)
+    prepared = read_prepared(config)
+    return train(with_prepared_patches(config, prepared.differences), prepared, args.overwrite)
 
 
 class Prepared(NamedTuple):
@@ -87,6 +89,7 @@ class Prepared(NamedTuple):
     holdout: list[dict]
     classes: dict | None  # None for a binary task
     ignore_index: int | None
+    differences: dict  # settings the file was prepared with that differ from the configuration (all neutral)
 
 
 def read_prepared(config: Config) -> Prepared:
@@ -111,7 +114,30 @@ def read_prepared(config: Config) -> Prepared:
                         f"ignore_index = {ignore_index}; rerun prepare_datasets.py with this configuration.")
     if holdout:
         check_holdout(holdout, n_classes > 1, ignore_index, data_path)
-    return Prepared(data_path, n_patches, preprocessing, holdout, classes, ignore_index)
+    return Prepared(data_path, n_patches, preprocessing, holdout, classes, ignore_index, differences)
+
+
+def with_prepared_patches(config: Config, differences: dict) -> Config:
+    """The configuration with the patch settings dataset.h5 was made with, which are the ones training uses: the
+    run's configuration.txt records them."""
+    training = dict(config["training settings"])
+    for setting, (prepared, _) in differences.items():
+        section, _, key = setting.partition(".")
+        if section == "patches":
+            training[key] = 0 if prepared is None else prepared  # absent: foreground sampling was off
+    return {**config, "training settings": training}
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that resumes this run: the interpreter in full (a virtual environment's), quoted so it pastes
+    back as typed, and without --overwrite (or an abbreviation of it), which would delete the run instead."""
+    kept = [arg for arg in argv[1:] if not (len(arg) > 2 and "--overwrite".startswith(arg))]
+    return shlex.join([sys.executable, argv[0], *kept])
+
+
+def plural(count: int, word: str) -> str:
+    """'1 epoch', '3 epochs'."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
@@ -121,57 +147,94 @@ def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
     # the prepared data answer at once.
     import keras
 
+    from lib.backend import configure_precision
+    from lib.callbacks import TimeLimit
+    from lib.distribute import check_global_batch, make_distribution
+
+    training = config["training settings"]
+    time_limit = TimeLimit(training["max_train_minutes"])  # the budget covers building the model too
+    # First of all: MultiWorkerMirroredStrategy must exist before TensorFlow starts its runtime.
+    distribution = make_distribution(training["strategy"])
+    policy = configure_precision(training["mixed_precision"])
+    # Every check that can refuse the run comes before the run folder is touched (--overwrite empties it).
+    n_val = int(round(prepared.n_patches * training["validation_fraction"]))
+    n_train = prepared.n_patches - n_val
+    batch = training["batch_size"]
+    check_global_batch(batch, distribution)
+    if n_train < batch:
+        raise UserError(f"only {n_train} training patches for a batch size of {batch}; raise "
+                        "[training settings] N_subimgs (and rerun prepare_datasets.py) or lower batch_size.")
+    use_holdout = bool(prepared.holdout) and training["validate_every"] > 0
+    holdout_score = "holdout_auc_roc" if config["model"]["n_classes"] == 1 else "holdout_mean_iou"
+    monitor = holdout_score if use_holdout else "val_loss" if n_val else "loss"
+
+    command = resume_command(sys.argv)
+    with contextlib.ExitStack() as stack:
+        if distribution.is_chief:
+            run, resuming = prepare_run_folder(config, overwrite)
+            stack.enter_context(run_lock(run, time.strftime("%Y-%m-%d %H:%M:%S")))
+            ended = resuming and distribution.workers == 1 and read_state(run).get("ended")
+            print(f"{'Resuming' if resuming else 'Starting'} run {run}")
+            write_config(config, run / CONFIG_NAME)
+            write_json(run / "preprocessing.json", prepared.preprocessing)
+        else:
+            # Only the chief writes the run folder; this worker takes the chief's state when training starts.
+            run, ended = Path(config["experiment"]["runs_dir"]) / config["experiment"]["name"], False
+            print(f"Training as {distribution.task}: the chief writes the run folder {run}")
+        print(f"Devices: {distribution.describe()}; dtype policy {policy}; backend {keras.backend.backend()}")
+        if ended:
+            # Stopped early or by the time budget, or all epochs done: what remained were the final files.
+            print(f"Its training had ended ({ended}); writing its final files.")
+            minutes = 0.0
+        else:
+            minutes = fit(config, prepared, run, distribution, time_limit, monitor, n_train, n_val, command)
+            if minutes is None or not distribution.is_chief:
+                return 130 if minutes is None else 0
+        try:
+            return finish(config, prepared, run, monitor, minutes, command)
+        except KeyboardInterrupt:
+            print(f"\nInterrupted while writing the final files. Run the same command to write them (training is "
+                  f"not repeated):\n  {command}", file=sys.stderr)
+            return 130
+
+
+def read_state(run: Path) -> dict:
+    """The run's checkpoint state (Checkpoints): best score and epoch, and whether training ended."""
+    path = run / "checkpoint_state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def fit(config: Config, prepared: Prepared, run: Path, distribution, time_limit, monitor: str, n_train: int,
+        n_val: int, command: str) -> float | None:
+    """Build the model and train it, resuming from the run's backup; return the minutes it took, None when
+    interrupted. On the chief, mark the run's training as ended when fit returns normally."""
+    import keras
+
     from lib.averaging import AveragedWeights
-    from lib.backend import configure_precision, jit_setting
+    from lib.backend import jit_setting
     from lib.callbacks import (Checkpoints, CosineSchedule, CtrlC, EpochSetter, HoldoutScore, LogProgress,
-                               NaNGuard, SafeBackupAndRestore, TimeLimit)
-    from lib.distribute import AgreeToStop, SyncFromChief, check_global_batch, make_distribution
-    from lib.folding import load_for_inference
-    from lib.inference import predict_image, resolve_tta
+                               NaNGuard, SafeBackupAndRestore)
+    from lib.distribute import AgreeToStop, SyncFromChief
+    from lib.inference import predict_image
     from lib.losses import loss_and_metrics
     from lib.optimizer import build_optimizer
     from lib.pipeline import PatchStream
     from lib.unet import unet_from_config
 
     training, testing = config["training settings"], config["testing settings"]
-    flips = config["augmentation"]["flips"]
-    time_limit = TimeLimit(training["max_train_minutes"])  # the budget covers building the model too
-    # First of all: MultiWorkerMirroredStrategy must exist before TensorFlow starts its runtime.
-    distribution = make_distribution(training["strategy"])
-    policy = configure_precision(training["mixed_precision"])
-    depth = config["model"]["depth"]
-    data_path, n_patches, preprocessing, holdout, classes, ignore_index = prepared
-    n_classes = config["model"]["n_classes"]
-    # Every check that can refuse the run comes before the run folder is touched (--overwrite empties it).
-    n_val = int(round(n_patches * training["validation_fraction"]))
-    n_train = n_patches - n_val
-    batch = training["batch_size"]
-    check_global_batch(batch, distribution)
-    if n_train < batch:
-        raise UserError(f"only {n_train} training patches for a batch size of {batch}; raise "
-                        "[training settings] N_subimgs (and rerun prepare_datasets.py) or lower batch_size.")
-
-    # The interpreter in full (a virtual environment's) and quoted: pasted back, it runs as typed.
-    command = shlex.join([sys.executable, *sys.argv])
-    if distribution.is_chief:
-        run, resuming = prepare_run_folder(config, overwrite)
-        print(f"{'Resuming' if resuming else 'Starting'} run {run}")
-        write_config(config, run / CONFIG_NAME)
-        write_json(run / "preprocessing.json", preprocessing)
-    else:
-        # Only the chief writes the run folder; this worker takes the chief's state when training starts.
-        run = Path(config["experiment"]["runs_dir"]) / config["experiment"]["name"]
-        print(f"Training as {distribution.task}: the chief writes the run folder {run}")
-    print(f"Devices: {distribution.describe()}; dtype policy {policy}; backend {keras.backend.backend()}")
-
-    keras.utils.set_random_seed(config["experiment"]["seed"])
-    train_data = PatchStream(data_path, 0, n_train, batch, steps=training["steps_per_epoch"], shuffle=True,
-                             augment=config["augmentation"], seed=config["experiment"]["seed"], workers=2)
-    val_data = PatchStream(data_path, n_train, n_patches, batch, shuffle=False) if n_val >= batch else None
+    flips, depth, n_classes = config["augmentation"]["flips"], config["model"]["depth"], config["model"]["n_classes"]
+    batch, seed = training["batch_size"], config["experiment"]["seed"]
+    keras.utils.set_random_seed(seed)
+    train_data = PatchStream(prepared.path, 0, n_train, batch, steps=training["steps_per_epoch"], shuffle=True,
+                             augment=config["augmentation"], seed=seed, workers=2)
+    # Fewer validation patches than a batch still make one (smaller) batch.
+    val_data = (PatchStream(prepared.path, n_train, prepared.n_patches, min(batch, n_val), shuffle=False)
+                if n_val else None)
 
     steps = len(train_data)
-    weights = classes["median_frequency_weights"] if n_classes > 1 and training["class_weighting"] != "none" else None
-    loss, metrics = loss_and_metrics(training["loss"], n_classes, ignore_index, weights)
+    weights = (prepared.classes["median_frequency_weights"]
+               if n_classes > 1 and training["class_weighting"] != "none" else None)
+    loss, metrics = loss_and_metrics(training["loss"], n_classes, prepared.ignore_index, weights)
     ema = training["ema_momentum"]
     with distribution.scope():
         model = unet_from_config(config)
@@ -185,9 +248,7 @@ def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
         model.summary(print_fn=lambda line, **_: lines.append(line + "\n"))
         write_text(run / "model_summary.txt", "".join(lines))
 
-    use_holdout = bool(holdout) and training["validate_every"] > 0
-    holdout_score = "holdout_auc_roc" if n_classes == 1 else "holdout_mean_iou"
-    monitor, mode = (holdout_score, "max") if use_holdout else (("val_loss", "min") if val_data else ("loss", "min"))
+    mode = "max" if monitor.startswith("holdout_") else "min"
     nan_guard = NaNGuard()
     callbacks = [nan_guard, EpochSetter([train_data])]
     if training["lr_schedule"] == "cosine":
@@ -198,11 +259,12 @@ def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
     if average:
         callbacks.append(average)
     if distribution.is_chief:
-        if use_holdout:
+        if monitor.startswith("holdout_"):
             # Model selection needs no flip or scale TTA; they would multiply the time each epoch's scoring takes.
             scoring = {**testing, "tta_flips": False, "tta_scales": [1.0]}
-            callbacks.append(HoldoutScore(holdout, lambda m, image: predict_image(m, image, scoring, depth, flips),
-                                          training["validate_every"], n_classes, ignore_index))
+            callbacks.append(HoldoutScore(prepared.holdout,
+                                          lambda m, image: predict_image(m, image, scoring, depth, flips),
+                                          training["validate_every"], n_classes, prepared.ignore_index))
         callbacks += [
             Checkpoints(run, monitor, mode, training["early_stopping_patience"]),
             keras.callbacks.CSVLogger(str(run / "log.csv"), append=True),
@@ -221,19 +283,19 @@ def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
     callbacks += [time_limit, SyncFromChief(distribution), AgreeToStop(distribution), ctrl_c]
 
     print(f"{n_train} training and {n_val} validation patches of {config['data attributes']['patch_size']} px; "
-          f"{steps} steps of {batch} per epoch, {training['N_epochs']} epochs; monitoring {monitor}")
+          f"{steps} steps of {batch} per epoch, {plural(training['N_epochs'], 'epoch')}; monitoring {monitor}")
     started = time.monotonic()
     try:
         with ctrl_c:
-            model.fit(train_data, validation_data=val_data, epochs=training["N_epochs"], callbacks=callbacks,
-                      verbose=1 if sys.stdout.isatty() else 2)
+            model.fit(train_data, validation_data=val_data, epochs=training["N_epochs"],
+                      callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:
         kept = (f"Checkpoints are kept in {run}" if (run / "last.keras").exists() else
                 "No epoch had finished, so there is no checkpoint yet")
         print(f"\nInterrupted. {kept}; run the same command to resume:\n  {command}", file=sys.stderr)
         if distribution.strategy is not None:
             distribution.abort(130)
-        return 130
+        return None
     except Exception as exc:
         if distribution.strategy is None:
             raise
@@ -252,7 +314,9 @@ def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
     minutes = (time.monotonic() - started) / 60
     if not distribution.is_chief:
         print(f"\n{distribution.task} finished its part in {minutes:.1f} min; the chief writes the results.")
-        return 0 if not nan_guard.where else 1
+        if nan_guard.where:
+            raise SystemExit(1)
+        return minutes
     if nan_guard.where:
         epoch, step = nan_guard.where
         kept = (f"The last good checkpoints are kept in {run}. Run the same command to retry from the last "
@@ -260,29 +324,55 @@ def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
                 "No epoch finished before it, so no checkpoint was written. Check the input data, or")
         raise UserError(f"the training loss became NaN at epoch {epoch}, step {step}. {kept} lower "
                         "[training settings] learning_rate (e.g. by 10x) and start over with --overwrite.")
+    # From here a rerun writes the final files without training more: an early stop or the time budget
+    # would otherwise be forgotten, and the rerun would train on.
+    epochs = len(read_log(run / "log.csv").get("epoch", []))
+    reason = "all epochs done" if epochs >= training["N_epochs"] else "stopped early, after " + plural(epochs, "epoch")
+    write_json(run / "checkpoint_state.json", {**read_state(run), "ended": reason})
+    return minutes
+
+
+def finish(config: Config, prepared: Prepared, run: Path, monitor: str, minutes: float, command: str) -> int:
+    """Write the run's final files: learning curves, the binary thresholds, model_info.json and the summary."""
+    from lib.folding import load_for_inference
+    from lib.inference import predict_image, resolve_tta
 
     history = read_log(run / "log.csv")
-    state = json.loads((run / "checkpoint_state.json").read_text())
+    state = read_state(run)
     save_learning_curves(history, run / "learning_curves.png",
                          None if state["best_epoch"] is None else (monitor, state["best_epoch"]))
-    info = {"monitor": monitor, "best": state["best"], "best_epoch": state["best_epoch"],
-            "epochs_run": len(history.get("epoch", [])), "minutes_this_session": round(minutes, 2),
-            "threshold": 0.5, "threshold_source": "default" if holdout else "default: no holdout images"}
-    if holdout and n_classes == 1:  # the binary threshold; several classes take the argmax
-        best = load_for_inference(run / "best.keras")
-        chosen_with = resolve_tta(testing, best)  # the probabilities predict.py will threshold
-        probs = np.concatenate([predict_image(best, s["image"], chosen_with, depth, flips)[..., 0][s["fov"]]
-                                for s in holdout])
-        labels = np.concatenate([s["label"][s["fov"]] for s in holdout])
-        threshold, f1 = best_f1_threshold(probs, labels)
-        info.update(threshold=float(threshold), threshold_source="best F1 on the holdout images",
-                    holdout_best_f1=float(f1))
+    epochs_run = len(history.get("epoch", []))
+    info = {"monitor": monitor, "best": state["best"], "best_epoch": state["best_epoch"], "epochs_run": epochs_run,
+            "minutes_this_session": round(minutes, 2)}
+    if config["model"]["n_classes"] == 1:  # several classes take the argmax
+        thresholds, source, best_f1 = {"best": 0.5, "last": 0.5}, "default: no holdout images", None
+        if prepared.holdout:
+            # For each checkpoint predict.py may load: the best epoch's threshold need not suit the last.
+            testing, depth = config["testing settings"], config["model"]["depth"]
+            flips = config["augmentation"]["flips"]
+            labels = np.concatenate([s["label"][s["fov"]] for s in prepared.holdout])
+            same = state["best_epoch"] in (None, epochs_run)
+            for name in ("best",) if same else ("best", "last"):
+                model = load_for_inference(run / f"{name}.keras")
+                chosen_with = resolve_tta(testing, model)  # the probabilities predict.py will threshold
+                probs = np.concatenate([predict_image(model, s["image"], chosen_with, depth, flips)[..., 0][s["fov"]]
+                                        for s in prepared.holdout])
+                threshold, f1 = best_f1_threshold(probs, labels)
+                thresholds[name] = float(threshold)
+                best_f1 = float(f1) if name == "best" else best_f1
+            if same:
+                thresholds["last"] = thresholds["best"]
+            source = "best F1 on the holdout images"
+        info.update(threshold=thresholds["best"], thresholds=thresholds, threshold_source=source)
+        if best_f1 is not None:
+            info["holdout_best_f1"] = best_f1
     write_json(run / "model_info.json", info)
     write_json(run / FINISHED, {**info, "command": command})
     shutil.rmtree(run / "backup", ignore_errors=True)  # kept until now: a kill before FINISHED resumes at the end
     outcome = (f"no epoch was scored on {monitor}, so best.keras is the last epoch" if state["best"] is None else
                f"best {monitor} = {state['best']:.4f} at epoch {state['best_epoch']}")
-    print(f"\nFinished in {minutes:.1f} min; {outcome}."
+    took = f"in {minutes:.1f} min" if minutes else "(training had ended before)"
+    print(f"\nFinished {took}; {outcome}."
           f"\nRun folder: {run} (best.keras, last.keras, log.csv, learning_curves.png)")
     return 0
 

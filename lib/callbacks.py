@@ -121,7 +121,8 @@ class Checkpoints(keras.callbacks.Callback):
         else:
             self.state["wait"] += 1
             if self.patience and self.state["wait"] >= self.patience:
-                print(f"\nNo improvement of {self.monitor} for {self.patience} scored epochs: stopping early.")
+                scored = f"{self.patience} scored epoch{'' if self.patience == 1 else 's'}"
+                print(f"\nNo improvement of {self.monitor} for {scored}: stopping early.")
                 self.model.stop_training = True
         write_json(self.state_path, self.state)
 

@@ -148,6 +148,13 @@ def _name_list(text: str) -> list[str]:
     return names
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2 ** 32:
+        raise ValueError("must be 0 to 4294967295 (2^32 - 1)")
+    return value
+
+
 def _ignore_index(text: str) -> int:
     value = int(text)
     if not -1 <= value <= 255:
@@ -187,6 +194,7 @@ _threshold.__name__ = "auto or a number in (0, 1)"
 _scale_list.__name__ = "comma-separated positive factors"
 _name_list.__name__ = "comma-separated unique names"
 _ignore_index.__name__ = "-1 or an integer 0..255"
+_seed.__name__ = "an integer 0..4294967295"
 _palette.__name__ = "'R G B' triples separated by commas"
 
 # section -> key -> (parser, one-line comment). The order here is the order of the written file.
@@ -204,7 +212,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
     "experiment": {
         "name": (_run_name, "run name: the run folder is <runs_dir>/<name>"),
         "runs_dir": (str, "folder holding all run folders"),
-        "seed": (int, "random seed for patch sampling, weight initialization and augmentation"),
+        "seed": (_seed, "random seed for patch sampling, weight initialization and augmentation"),
     },
     "data attributes": {
         "patch_size": (_positive(int), "side of the square training patches in pixels (divisible by 2^depth)"),
@@ -407,43 +415,56 @@ def _typed(raw: dict[str, dict[str, str]], source: str, fallback: Config | None 
             config[section][key] = value
     if filled:
         print(f"note: {source} predates the keys {', '.join(filled)}; using their current values.")
-    check_consistency(config, source + "".join(f" with the current [{section}]" for section in from_current))
+    check_consistency(config, source + "".join(f" with the current [{section}]" for section in from_current),
+                      overridden)
     return config
 
 
 MAX_DEPTH = 16
 
 
-def check_consistency(config: Config, source: str) -> None:
+def check_consistency(config: Config, source: str,
+                      overridden: AbstractSet[tuple[str, str]] = frozenset()) -> None:
     """Raise UserError for values that are valid alone but not together (sizes vs depth, loss vs classes)."""
+    def origin(*keys: tuple[str, str]) -> str:
+        # Name the --set options involved, so the user looks where the value came from.
+        given = [f"{section.replace(' ', '_')}.{key}" for section, key in keys if (section, key) in overridden]
+        return f"{source} with --set {', '.join(given)}" if given else source
+
     depth = config["model"]["depth"]
     if depth > MAX_DEPTH:
         # Checked before 2 ** depth: a huge depth would hang, or overflow the message's digits.
-        raise UserError(f"{source}: [model] depth = {depth} is too large: each level halves the "
+        raise UserError(f"{origin(('model', 'depth'))}: [model] depth = {depth} is too large: each level halves the "
                         f"patch, so use at most {MAX_DEPTH} (typically 3 to 5).")
     factor = 2 ** depth
     for section, key in (("data attributes", "patch_size"), ("testing settings", "window")):
         size = config[section][key]
         if size % factor:
-            raise UserError(f"{source}: [{section}] {key} = {size} is not divisible by 2^depth = {factor} "
-                            f"(depth = {depth}). Use a multiple of {factor}, e.g. {max(factor, size // factor * factor)}.")
-    if config["testing settings"]["stride"] > config["testing settings"]["window"]:
-        raise UserError(f"{source}: [testing settings] stride = {config['testing settings']['stride']} is larger "
-                        f"than window = {config['testing settings']['window']}, which would leave gaps. "
-                        "Use a stride no larger than the window.")
+            raise UserError(f"{origin((section, key), ('model', 'depth'))}: [{section}] {key} = {size} is not "
+                            f"divisible by 2^depth = {factor} (depth = {depth}). Use a multiple of {factor}, e.g. "
+                            f"{max(factor, size // factor * factor)}.")
+    testing = config["testing settings"]
+    if testing["stride"] > testing["window"]:
+        raise UserError(f"{origin(('testing settings', 'stride'), ('testing settings', 'window'))}: [testing "
+                        f"settings] stride = {testing['stride']} is larger than window = {testing['window']}, which "
+                        "would leave gaps. Use a stride no larger than the window.")
     if config["augmentation"]["intensity"] and not config["preprocessing"]["rescale"]:
         # The jitter's gamma needs [0, 1] images: it would clip every negative standardized value to 0.
-        raise UserError(f"{source}: [augmentation] intensity = {config['augmentation']['intensity']} needs "
-                        "[preprocessing] rescale = true (images in [0, 1]); set rescale = true or intensity = 0.")
+        raise UserError(f"{origin(('augmentation', 'intensity'), ('preprocessing', 'rescale'))}: [augmentation] "
+                        f"intensity = {config['augmentation']['intensity']} needs [preprocessing] rescale = true "
+                        "(images in [0, 1]); set rescale = true or intensity = 0.")
     n_classes = config["model"]["n_classes"]
     loss = config["training settings"]["loss"]
+    where = origin(("training settings", "loss"), ("model", "n_classes"))
     if n_classes > 1 and loss not in ("cce", "cce_dice"):
-        raise UserError(f"{source}: [training settings] loss = {loss} is for one class, but n_classes = "
+        raise UserError(f"{where}: [training settings] loss = {loss} is for one class, but n_classes = "
                         f"{n_classes}. Use loss = cce or cce_dice for several classes.")
-    if n_classes == 1 and loss == "cce_dice":
-        raise UserError(f"{source}: [training settings] loss = cce_dice is for several classes, but n_classes = 1. "
-                        "Use bce, dice or bce_dice for a binary task.")
-    _check_classes(config["data attributes"], n_classes, source)
+    if n_classes == 1 and loss in ("cce", "cce_dice"):
+        raise UserError(f"{where}: [training settings] loss = {loss} is for several classes, but n_classes = 1. "
+                        "Use bce, dice, bce_dice or bce_cldice for a binary task.")
+    _check_classes(config["data attributes"], n_classes,
+                   origin(*[("data attributes", key) for key in ("class_names", "ignore_index", "palette")],
+                          ("model", "n_classes")))
 
 
 def _check_classes(attributes: dict[str, Any], n_classes: int, source: str) -> None:

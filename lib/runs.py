@@ -1,8 +1,13 @@
 """Run folders: create, resume an unfinished run, refuse to overwrite a finished one."""
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import socket
 from pathlib import Path
+from typing import Iterator
 
 from lib.config import Config, load_run_config
 from lib.errors import UserError
@@ -11,12 +16,64 @@ from lib.outputs import LEFTOVER, is_prediction_output
 
 FINISHED = "training_summary.json"
 CONFIG_NAME = "configuration.txt"
+LOCK = ".training.lock"  # held by the train.py training the run
 # Everything train.py and predict.py write into a run folder: --overwrite deletes a folder that holds nothing else.
 RUN_CONTENTS = {CONFIG_NAME, FINISHED, "preprocessing.json", "best.keras", "last.keras", "checkpoint_state.json",
                 "log.csv", "learning_curves.png", "model_summary.txt", "model_info.json", "tensorboard", "backup",
-                "predictions"}
+                "predictions", LOCK}
 # Settings training never reads (predict.py takes them from the current configuration): a resume may change them.
 RESUMABLE_CHANGES = {f"testing settings.{key}" for key in ("checkpoint", "threshold", "watershed_seed", "batch_size")}
+
+
+def _lock_holder(folder: Path) -> str | None:
+    """'process PID on HOST since TIME' when a train.py that may still run holds the folder's lock, else None."""
+    try:
+        holder = json.loads((folder / LOCK).read_text())
+        pid, host = int(holder["pid"]), str(holder["host"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a lock cut short by a kill: its process never started training
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # killed without releasing it
+        except PermissionError:
+            pass  # another user's process
+    return f"process {pid} on {host} since {holder.get('started', '?')}"
+
+
+def _refuse_if_in_use(folder: Path) -> None:
+    holder = _lock_holder(folder)
+    if holder:
+        raise UserError(f"{folder} is being trained now by {holder}. Wait for it to finish (or stop it), or choose "
+                        "another name with --set experiment.name=NEW_NAME. If no such training runs, delete "
+                        f"{folder / LOCK}.")
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path, started: str) -> Iterator[None]:
+    """Hold the run folder's lock while training, so a second train.py of the same run is refused."""
+    path = folder / LOCK
+    text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started})
+    for _ in range(2):
+        try:
+            with open(path, "x") as handle:  # exclusive: of two processes starting together, one gets it
+                handle.write(text)
+            break
+        except FileExistsError:
+            _refuse_if_in_use(folder)
+            path.unlink(missing_ok=True)  # left by a process that no longer runs
+    else:
+        raise UserError(f"{path} keeps being taken by other processes: check that no other train.py uses "
+                        f"{folder}, then run the same command again.")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def _foreign_files(folder: Path) -> list[str]:
     """Entries of a run folder that train.py and predict.py do not write (relative names)."""
     foreign = [p.name + ("/" if p.is_dir() else "") for p in sorted(folder.iterdir())
@@ -41,6 +98,8 @@ def prepare_run_folder(config: Config, overwrite: bool) -> tuple[Path, bool]:
     """Return (run folder, resuming); a finished run is kept unless overwrite is asked for."""
     folder = Path(config["experiment"]["runs_dir"]) / config["experiment"]["name"]
     saved = folder / CONFIG_NAME
+    if folder.is_dir():
+        _refuse_if_in_use(folder)  # before --overwrite deletes it under the other process
     if folder.exists() and overwrite:
         if folder.is_symlink():
             raise UserError(f"{folder} is a link, so --overwrite will not delete it or what it points to. Remove "

@@ -147,6 +147,8 @@ def test_missing_key_is_a_user_error_naming_it(tmp_path: Path) -> None:
     ("testing settings", "tta_scales", "1.0, 0"),
     ("testing settings", "tta_scales", "1.0, 1.0"),
     ("testing settings", "tta_scales", ""),
+    ("experiment", "seed", "-1"),
+    ("experiment", "seed", "4294967296"),
 ])
 def test_wrong_value_is_a_user_error_naming_key_and_value(tmp_path: Path, section: str, key: str,
                                                          bad: str) -> None:
@@ -167,6 +169,18 @@ def test_patch_size_not_divisible_by_two_to_the_depth_is_rejected(tmp_path: Path
     with pytest.raises(UserError, match="patch_size"):
         load_config(REPO / "configuration.txt", ["model.depth=7", "window=256"])
     assert load_config(REPO / "configuration.txt", ["model.depth=6"])["model"]["depth"] == 6
+
+
+def test_a_conflict_names_the_set_options_it_comes_from_and_not_only_the_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as info:
+        load_config(REPO / "configuration.txt", ["depth=7", "window=256"])
+    assert str(info.value).startswith(f"{REPO / 'configuration.txt'} with --set model.depth: ")
+    path = _edited(tmp_path, "patch_size = 64", "patch_size = 60")
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: [data attributes] patch_size = 60")  # the file's own value
+    with pytest.raises(UserError, match="--set training_settings.loss: .*loss = cce is for several classes"):
+        load_config(REPO / "configuration.txt", ["loss=cce"])
 
 
 def test_huge_depth_is_a_user_error_not_a_hang(tmp_path: Path) -> None:

@@ -357,8 +357,9 @@ def test_ctrl_c_stops_cleanly_keeps_checkpoints_and_prints_the_resume_command(sm
     # A setting with a space, as the README writes section.key: the printed command must keep it one argument.
     args = tiny_settings(tmp, small_drive, name="interrupted", extra=["training settings.N_epochs=4"])
     # A shell starts background jobs with SIGINT ignored; the child must get Ctrl-C as a terminal would.
-    child = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=script_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    # Started with --overwrite: the printed command must leave it out, or pasting it would delete the run.
+    child = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args, "--overwrite"], cwd=REPO,
+                             env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     backup = tmp / "runs" / "interrupted" / "backup" / "training_metadata.json"
     deadline = time.monotonic() + 300
@@ -374,7 +375,33 @@ def test_ctrl_c_stops_cleanly_keeps_checkpoints_and_prints_the_resume_command(sm
     run = tmp / "runs" / "interrupted"
     assert (run / "last.keras").is_file() and (run / "backup").is_dir()
     assert not (run / "training_summary.json").exists()  # not finished: the same command resumes
+    early = run_script("predict.py", *args, "--split", "val", "--set", "threshold=auto")
+    assert "has not finished training" in early.stdout and "no threshold was chosen yet" in early.stdout
     assert "Resuming run" in run_script("train.py", *args).stdout
+
+
+def test_a_run_that_ended_early_trains_no_more_when_rerun_before_its_final_files(tmp_path, small_drive, trained):
+    """Stopped by its time budget and killed before writing its final files, a run reruns to those files only;
+    it also records the patch settings of dataset.h5 and validates on fewer patches than a batch."""
+    tmp, _, _, _ = trained
+    shutil.copytree(tmp / "prepared", tmp_path / "prepared")  # prepared with N_subimgs=2400
+    args = tiny_settings(tmp_path, small_drive, name="budget",
+                         extra=["max_train_minutes=0.01", "N_subimgs=999", "validation_fraction=0.004"])
+    first = run_script("train.py", *args)
+    assert "stopping after epoch 1" in first.stdout and "2390 training and 10 validation patches" in first.stdout
+    run = tmp_path / "runs" / "budget"
+    log = list(csv.DictReader(open(run / "log.csv")))
+    assert len(log) == 1 and float(log[0]["val_loss"]) > 0  # 10 patches, batch 16: validated all the same
+    assert "N_subimgs = 2400" in (run / "configuration.txt").read_text().splitlines()
+    info = json.loads((run / "model_info.json").read_text())
+    assert info["thresholds"]["best"] == info["thresholds"]["last"] == info["threshold"]  # one epoch: one model
+    for name in ("training_summary.json", "model_info.json"):
+        (run / name).unlink()  # as after a kill between the end of training and the final files
+
+    again = run_script("train.py", *args)
+    assert "Its training had ended (stopped early, after 1 epoch)" in again.stdout
+    assert "Epoch" not in again.stdout and len(list(csv.DictReader(open(run / "log.csv")))) == 1
+    assert json.loads((run / "model_info.json").read_text()) == {**info, "minutes_this_session": 0.0}
 
 
 def test_nan_loss_stops_with_a_clear_message_and_writes_no_bad_checkpoint(tmp_path, small_drive, trained):

@@ -136,3 +136,17 @@ def test_maps_are_written_at_the_size_of_the_fov_and_multiclass_maps_are_void_ou
     with Image.open(tmp_path / "novoid" / "a_classes.png") as classes_png:
         assert (np.asarray(classes_png)[:, :5] == 255).all()
     assert lines == [predict.unscored(1, 1)]
+
+
+def test_threshold_auto_takes_the_threshold_chosen_for_the_checkpoint_used():
+    info = {"threshold": 0.6, "thresholds": {"best": 0.6, "last": 0.8}, "threshold_source": "best F1 on the holdout images"}
+    assert predict.saved_threshold(info, "best") == (0.6, "best F1 on the holdout images, for best.keras")
+    assert predict.saved_threshold(info, "last") == (0.8, "best F1 on the holdout images, for last.keras")
+    # A run trained before thresholds were chosen per checkpoint: best.keras's does not hold for last.keras.
+    older = {"threshold": 0.6, "threshold_source": "best F1 on the holdout images"}
+    assert predict.saved_threshold(older, "best")[0] == 0.6
+    value, source = predict.saved_threshold(older, "last")
+    assert value == 0.5 and "best.keras only" in source
+    assert predict.saved_threshold({"threshold": 0.5, "threshold_source": "default: no holdout images"}, "last") \
+        == (0.5, "default: no holdout images")
+    assert predict.saved_threshold({}, "best")[1].startswith("default: training has not finished")

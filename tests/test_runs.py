@@ -7,7 +7,7 @@ import pytest
 
 from lib.config import load_config
 from lib.errors import UserError
-from lib.runs import CONFIG_NAME, FINISHED, prepare_run_folder
+from lib.runs import CONFIG_NAME, FINISHED, LOCK, prepare_run_folder, run_lock
 
 from conftest import REPO
 
@@ -92,3 +92,45 @@ def test_a_resume_with_other_settings_names_them_and_other_testing_settings_are_
     windows = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "stride=100"])
     with pytest.raises(UserError, match="testing settings.stride = 768 \\(now 100\\)"):
         prepare_run_folder(windows, overwrite=False)
+
+
+def _lock(folder, pid: int, host: str | None = None) -> None:
+    import socket
+    (folder / LOCK).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "started": "then"}))
+
+
+def test_a_run_another_train_py_is_training_is_refused_and_overwrite_deletes_nothing(tmp_path):
+    import os
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / CONFIG_NAME).write_text("x")
+    (run / "last.keras").write_text("weights")
+    _lock(run, os.getpid())  # this process is alive, as the other train.py would be
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match=f"is being trained now by process {os.getpid()}"):
+            prepare_run_folder(_config(tmp_path), overwrite=overwrite)
+    assert (run / "last.keras").read_text() == "weights"
+    with pytest.raises(UserError, match="being trained now"):
+        with run_lock(run, "now"):
+            pass
+    _lock(run, os.getpid(), host="another-machine")  # its process cannot be checked from here: kept
+    with pytest.raises(UserError, match="on another-machine"):
+        prepare_run_folder(_config(tmp_path), overwrite=True)
+
+
+def test_the_lock_of_a_killed_train_py_is_taken_over_and_released_at_the_end(tmp_path):
+    import subprocess
+    import sys
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    run = tmp_path / "r"
+    run.mkdir()
+    _lock(run, int(finished.stdout))  # that process has exited, as after a kill -9
+    with run_lock(run, "now"):
+        holder = json.loads((run / LOCK).read_text())
+        assert holder["pid"] != int(finished.stdout) and holder["started"] == "now"
+    assert not (run / LOCK).exists()
+    (run / LOCK).write_text("")  # cut short by a kill before its process wrote it
+    with run_lock(run, "now"):
+        pass
+    assert not (run / LOCK).exists()
