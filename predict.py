@@ -19,7 +19,7 @@ from lib.config import add_config_arguments, load_config, load_run_config
 from lib.cells import cell_colours, watershed_cells
 from lib.errors import UserError, run_cli
 from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores
-from lib.outputs import check_output_folder, publish
+from lib.outputs import check_output_folder, publish, remove_abandoned, staging_prefix
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
 from lib.preprocessing import preprocess
 from lib.progress import progress
@@ -397,7 +397,11 @@ def main() -> int:
             stack.callback(lambda: out.rmdir() if out.is_dir() and not any(out.iterdir()) else None)
         # Written into a hidden folder and moved into out when all is done: a run that fails or is interrupted
         # leaves out as it was.
-        staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".predicting-", dir=out)))
+        abandoned = remove_abandoned(out)
+        if abandoned:
+            print(f"note: removed {', '.join(abandoned)} from {out}: the unfinished outputs of a prediction that "
+                  "was killed.")
+        staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=staging_prefix(), dir=out)))
         header = [f"run: {run}", f"images: {count} ({where})"]
         windows = (f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "
                    f"tta_flips {tta_flips(testing, flips) or False}, "

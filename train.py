@@ -282,8 +282,11 @@ def fit(config: Config, prepared: Prepared, run: Path, distribution, time_limit,
     ctrl_c = CtrlC()
     callbacks += [time_limit, SyncFromChief(distribution), AgreeToStop(distribution), ctrl_c]
 
+    limit = training["max_train_minutes"]
+    budget = f" within a time budget of {limit:g} min from the start of train.py" if limit else ""
     print(f"{n_train} training and {n_val} validation patches of {config['data attributes']['patch_size']} px; "
-          f"{steps} steps of {batch} per epoch, {plural(training['N_epochs'], 'epoch')}; monitoring {monitor}")
+          f"{steps} steps of {batch} per epoch, {plural(training['N_epochs'], 'epoch')}"
+          f"{budget}; monitoring {monitor}")
     started = time.monotonic()
     try:
         with ctrl_c:

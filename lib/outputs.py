@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from lib.atomic import write_text
 from lib.errors import UserError
+from lib.processes import may_be_running, this_host
 
 # What predict.py writes into its output folder: per image <stem><suffix>, and once per prediction.
 OUTPUT_SUFFIXES = ("_probability.png", "_binary.png", "_compare.png", "_overlay.png", "_cells.png",
@@ -17,6 +19,25 @@ OUTPUT_FILES = ("summary.txt", "metrics.json", "per_image.csv", "roc.png", "pr.p
 MANIFEST_HEADER = "# predict.py wrote these files; predict.py --overwrite replaces them"
 # Hidden files a kill can leave: lib.atomic's temporary files and predict.py's unfinished output folders.
 LEFTOVER = re.compile(r"\..*\.tmp(\.\w+)?|\.predicting-.*")
+# predict.py's unfinished output folder: .predicting-PID@HOST-RANDOM (tempfile's random part has no "-").
+STAGING = re.compile(r"\.predicting-(\d+)@(.+)-[^-]+")
+
+
+def staging_prefix() -> str:
+    """The name start of this process's hidden folder of unfinished outputs, which names the process."""
+    return f".predicting-{os.getpid()}@{this_host()}-"
+
+
+def remove_abandoned(out: Path) -> list[str]:
+    """Delete the hidden folders that predictions killed before they finished left in out (their process is gone);
+    return their names. Those of predictions that may still run are kept."""
+    removed = []
+    for path in sorted(out.iterdir()) if out.is_dir() else []:
+        match = STAGING.fullmatch(path.name)
+        if match and path.is_dir() and not path.is_symlink() and not may_be_running(int(match[1]), match[2]):
+            shutil.rmtree(path)
+            removed.append(path.name)
+    return removed
 
 
 def is_prediction_output(name: str) -> bool:

@@ -5,7 +5,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 from typing import Iterator
 
@@ -13,6 +12,7 @@ from lib.config import Config, load_run_config
 from lib.errors import UserError
 from lib.fingerprint import describe_differences, setting_differences
 from lib.outputs import LEFTOVER, is_prediction_output
+from lib.processes import may_be_running, this_host
 
 FINISHED = "training_summary.json"
 CONFIG_NAME = "configuration.txt"
@@ -34,13 +34,8 @@ def _lock_holder(folder: Path) -> str | None:
         return None
     except (OSError, ValueError, KeyError, TypeError):
         return None  # a lock cut short by a kill: its process never started training
-    if host == socket.gethostname():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None  # killed without releasing it
-        except PermissionError:
-            pass  # another user's process
+    if not may_be_running(pid, host):
+        return None  # killed without releasing it
     return f"process {pid} on {host} since {holder.get('started', '?')}"
 
 
@@ -56,7 +51,7 @@ def _refuse_if_in_use(folder: Path) -> None:
 def run_lock(folder: Path, started: str) -> Iterator[None]:
     """Hold the run folder's lock while training, so a second train.py of the same run is refused."""
     path = folder / LOCK
-    text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started})
+    text = json.dumps({"pid": os.getpid(), "host": this_host(), "started": started})
     for _ in range(2):
         try:
             with open(path, "x") as handle:  # exclusive: of two processes starting together, one gets it

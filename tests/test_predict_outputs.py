@@ -150,3 +150,20 @@ def test_threshold_auto_takes_the_threshold_chosen_for_the_checkpoint_used():
     assert predict.saved_threshold({"threshold": 0.5, "threshold_source": "default: no holdout images"}, "last") \
         == (0.5, "default: no holdout images")
     assert predict.saved_threshold({}, "best")[1].startswith("default: training has not finished")
+
+
+def test_the_unfinished_outputs_of_a_killed_prediction_are_removed_and_a_running_ones_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from lib.processes import this_host
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    names = {"killed": f".predicting-{gone}@{this_host()}-k3x_9", "running": f".predicting-{os.getpid()}@{this_host()}-a1",
+             "elsewhere": f".predicting-{gone}@other-host.lab-b2", "older": ".predicting-q8w7e6"}
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "01_probability.png").write_bytes(b"png")
+    assert outputs.remove_abandoned(tmp_path) == [names["killed"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for k, n in names.items() if k != "killed")
+    assert outputs.STAGING.fullmatch(outputs.staging_prefix() + "x_1") is not None  # what predict.py creates
