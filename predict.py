@@ -24,7 +24,7 @@ from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend
 from lib.preprocessing import preprocess
 from lib.progress import progress
 from lib.readers import ClassSpec, Entry, image_stem, input_entries, output_stem, scale_sample
-from lib.runs import CONFIG_NAME, FINISHED, find_run_folder
+from lib.runs import CONFIG_NAME, FINISHED, find_run_folder, training_now
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, split_size
 from lib.tiling import resize_map
 
@@ -68,7 +68,8 @@ def saved_threshold(info: Mapping[str, Any], checkpoint: str) -> tuple[float, st
     thresholds = info.get("thresholds")
     if thresholds is not None and checkpoint in thresholds:
         return float(thresholds[checkpoint]), f"{source}, for {checkpoint}.keras"
-    if checkpoint == "best" or not source.startswith("best F1"):
+    one_model = info.get("best_epoch") is not None and info.get("best_epoch") == info.get("epochs_run")
+    if checkpoint == "best" or not source.startswith("best F1") or one_model:  # one model: its best epoch was last
         return float(info.get("threshold", 0.5)), source
     # Runs trained before thresholds were chosen per checkpoint chose one for best.keras only.
     return 0.5, "default: this run chose its threshold for best.keras only; give a number for last.keras"
@@ -347,7 +348,11 @@ def main() -> int:
     flips = config["augmentation"]["flips"]  # TTA averages only the flips the model was trained with
     threshold = testing["threshold"]
     classes = ClassSpec.from_config(config)
-    if not (run / FINISHED).exists():
+    trainer = training_now(run)
+    if trainer:
+        print(f"warning: {run} is being trained now by {trainer}, so its {testing['checkpoint']}.keras may still "
+              "change; this uses it as it is now.")
+    elif not (run / FINISHED).exists():
         print(f"warning: {run} has not finished training (no {FINISHED} in it), so this uses its "
               f"{testing['checkpoint']}.keras as it is now. Rerun train.py with the run's settings to finish it.")
     threshold_source = None

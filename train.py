@@ -11,18 +11,24 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from lib.atomic import write_json, write_text
 from lib.config import Config, add_config_arguments, load_config, write_config
 from lib.errors import UserError, run_cli
-from lib.fingerprint import describe_differences, fingerprint, matters_for_training, setting_differences
+from lib.fingerprint import (describe_differences, fingerprint, matters_for_training, setting_differences,
+                             with_prepared_patches)
 from lib.metrics import best_f1_threshold
 from lib.plots import save_learning_curves
+from lib.progress import plural
 from lib.runs import CONFIG_NAME, FINISHED, prepare_run_folder, run_lock
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes
+
+if TYPE_CHECKING:  # these import Keras, which train.py loads only once the configuration and data are checked
+    from lib.callbacks import TimeLimit
+    from lib.distribute import Distribution
 
 
 def read_log(path: Path) -> dict[str, list[float]]:
@@ -47,8 +53,10 @@ def check_prepared_settings(differences: dict, data_path: Path) -> None:
                         "Give prepare_datasets.py and train.py the same configuration and --set options, or "
                         "rerun prepare_datasets.py with these (with --overwrite, or another prepared_dir).")
     if differences:
+        recorded = (", and the run's configuration.txt records the patch settings it used"
+                    if any(key.startswith("patches.") for key in differences) else "")
         print(f"note: {data_path} was prepared with {describe_differences(differences)}; training uses its "
-              "patches and images as they are, and the run's configuration.txt records the patch settings it used.")
+              f"patches and images as they are{recorded}.")
 
 
 def check_holdout(holdout: list[dict], multiclass: bool, ignore_index: int | None, data_path: Path) -> None:
@@ -117,27 +125,11 @@ def read_prepared(config: Config) -> Prepared:
     return Prepared(data_path, n_patches, preprocessing, holdout, classes, ignore_index, differences)
 
 
-def with_prepared_patches(config: Config, differences: dict) -> Config:
-    """The configuration with the patch settings dataset.h5 was made with, which are the ones training uses: the
-    run's configuration.txt records them."""
-    training = dict(config["training settings"])
-    for setting, (prepared, _) in differences.items():
-        section, _, key = setting.partition(".")
-        if section == "patches":
-            training[key] = 0 if prepared is None else prepared  # absent: foreground sampling was off
-    return {**config, "training settings": training}
-
-
 def resume_command(argv: list[str]) -> str:
     """The command that resumes this run: the interpreter in full (a virtual environment's), quoted so it pastes
     back as typed, and without --overwrite (or an abbreviation of it), which would delete the run instead."""
     kept = [arg for arg in argv[1:] if not (len(arg) > 2 and "--overwrite".startswith(arg))]
     return shlex.join([sys.executable, argv[0], *kept])
-
-
-def plural(count: int, word: str) -> str:
-    """'1 epoch', '3 epochs'."""
-    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
@@ -148,7 +140,7 @@ def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
     import keras
 
     from lib.backend import configure_precision
-    from lib.callbacks import TimeLimit
+    from lib.callbacks import TimeLimit, read_state, training_ended
     from lib.distribute import check_global_batch, make_distribution
 
     training = config["training settings"]
@@ -164,56 +156,58 @@ def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
     if n_train < batch:
         raise UserError(f"only {n_train} training patches for a batch size of {batch}; raise "
                         "[training settings] N_subimgs (and rerun prepare_datasets.py) or lower batch_size.")
+    # Validation batches split evenly between the replicas; fewer patches than a batch still make one batch.
+    val_batch = min(batch, n_val) // distribution.replicas * distribution.replicas
     use_holdout = bool(prepared.holdout) and training["validate_every"] > 0
     holdout_score = "holdout_auc_roc" if config["model"]["n_classes"] == 1 else "holdout_mean_iou"
-    monitor = holdout_score if use_holdout else "val_loss" if n_val else "loss"
+    monitor = holdout_score if use_holdout else "val_loss" if val_batch else "loss"
 
     command = resume_command(sys.argv)
+    run = Path(config["experiment"]["runs_dir"]) / config["experiment"]["name"]
     with contextlib.ExitStack() as stack:
         if distribution.is_chief:
+            stack.enter_context(run_lock(run))  # before --overwrite may delete the folder
             run, resuming = prepare_run_folder(config, overwrite)
-            stack.enter_context(run_lock(run, time.strftime("%Y-%m-%d %H:%M:%S")))
-            ended = resuming and distribution.workers == 1 and read_state(run).get("ended")
+            reason = training_ended(read_state(run), training["early_stopping_patience"]) if resuming else None
             print(f"{'Resuming' if resuming else 'Starting'} run {run}")
             write_config(config, run / CONFIG_NAME)
             write_json(run / "preprocessing.json", prepared.preprocessing)
         else:
             # Only the chief writes the run folder; this worker takes the chief's state when training starts.
-            run, ended = Path(config["experiment"]["runs_dir"]) / config["experiment"]["name"], False
+            reason = None
             print(f"Training as {distribution.task}: the chief writes the run folder {run}")
         print(f"Devices: {distribution.describe()}; dtype policy {policy}; backend {keras.backend.backend()}")
+        ended = distribution.agree(reason is not None)  # every worker skips training with the chief
         if ended:
             # Stopped early or by the time budget, or all epochs done: what remained were the final files.
-            print(f"Its training had ended ({ended}); writing its final files.")
+            print(f"Its training had ended ({reason or 'the chief says so'}); "
+                  f"{'writing its final files' if distribution.is_chief else 'nothing to do here'}.")
             minutes = 0.0
         else:
-            minutes = fit(config, prepared, run, distribution, time_limit, monitor, n_train, n_val, command)
-            if minutes is None or not distribution.is_chief:
-                return 130 if minutes is None else 0
+            minutes = fit(config, prepared, run, distribution, time_limit, monitor, (n_train, val_batch), command)
+            if minutes is None:
+                return 130
+        if not distribution.is_chief:
+            return 0
         try:
-            return finish(config, prepared, run, monitor, minutes, command)
+            return finish(config, prepared, run, monitor, minutes, ended, command)
         except KeyboardInterrupt:
             print(f"\nInterrupted while writing the final files. Run the same command to write them (training is "
                   f"not repeated):\n  {command}", file=sys.stderr)
             return 130
 
 
-def read_state(run: Path) -> dict:
-    """The run's checkpoint state (Checkpoints): best score and epoch, and whether training ended."""
-    path = run / "checkpoint_state.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def fit(config: Config, prepared: Prepared, run: Path, distribution, time_limit, monitor: str, n_train: int,
-        n_val: int, command: str) -> float | None:
+def fit(config: Config, prepared: Prepared, run: Path, distribution: Distribution, time_limit: TimeLimit,
+        monitor: str, sizes: tuple[int, int], command: str) -> float | None:
     """Build the model and train it, resuming from the run's backup; return the minutes it took, None when
-    interrupted. On the chief, mark the run's training as ended when fit returns normally."""
+    interrupted. sizes: the training patches and the validation batch (0: no validation). On the chief, mark the
+    run's training as ended when fit returns normally."""
     import keras
 
     from lib.averaging import AveragedWeights
     from lib.backend import jit_setting
     from lib.callbacks import (Checkpoints, CosineSchedule, CtrlC, EpochSetter, HoldoutScore, LogProgress,
-                               NaNGuard, SafeBackupAndRestore)
+                               NaNGuard, SafeBackupAndRestore, mark_ended)
     from lib.distribute import AgreeToStop, SyncFromChief
     from lib.inference import predict_image
     from lib.losses import loss_and_metrics
@@ -224,12 +218,11 @@ def fit(config: Config, prepared: Prepared, run: Path, distribution, time_limit,
     training, testing = config["training settings"], config["testing settings"]
     flips, depth, n_classes = config["augmentation"]["flips"], config["model"]["depth"], config["model"]["n_classes"]
     batch, seed = training["batch_size"], config["experiment"]["seed"]
+    (n_train, val_batch), n_val = sizes, prepared.n_patches - sizes[0]
     keras.utils.set_random_seed(seed)
     train_data = PatchStream(prepared.path, 0, n_train, batch, steps=training["steps_per_epoch"], shuffle=True,
                              augment=config["augmentation"], seed=seed, workers=2)
-    # Fewer validation patches than a batch still make one (smaller) batch.
-    val_data = (PatchStream(prepared.path, n_train, prepared.n_patches, min(batch, n_val), shuffle=False)
-                if n_val else None)
+    val_data = PatchStream(prepared.path, n_train, prepared.n_patches, val_batch, shuffle=False) if val_batch else None
 
     steps = len(train_data)
     weights = (prepared.classes["median_frequency_weights"]
@@ -330,13 +323,15 @@ def fit(config: Config, prepared: Prepared, run: Path, distribution, time_limit,
     # From here a rerun writes the final files without training more: an early stop or the time budget
     # would otherwise be forgotten, and the rerun would train on.
     epochs = len(read_log(run / "log.csv").get("epoch", []))
-    reason = "all epochs done" if epochs >= training["N_epochs"] else "stopped early, after " + plural(epochs, "epoch")
-    write_json(run / "checkpoint_state.json", {**read_state(run), "ended": reason})
+    mark_ended(run, "all epochs done" if epochs >= training["N_epochs"] else
+               f"stopped early, after {plural(epochs, 'epoch')}")
     return minutes
 
 
-def finish(config: Config, prepared: Prepared, run: Path, monitor: str, minutes: float, command: str) -> int:
+def finish(config: Config, prepared: Prepared, run: Path, monitor: str, minutes: float, ended_before: bool,
+           command: str) -> int:
     """Write the run's final files: learning curves, the binary thresholds, model_info.json and the summary."""
+    from lib.callbacks import read_state
     from lib.folding import load_for_inference
     from lib.inference import predict_image, resolve_tta
 
@@ -374,7 +369,7 @@ def finish(config: Config, prepared: Prepared, run: Path, monitor: str, minutes:
     shutil.rmtree(run / "backup", ignore_errors=True)  # kept until now: a kill before FINISHED resumes at the end
     outcome = (f"no epoch was scored on {monitor}, so best.keras is the last epoch" if state["best"] is None else
                f"best {monitor} = {state['best']:.4f} at epoch {state['best_epoch']}")
-    took = f"in {minutes:.1f} min" if minutes else "(training had ended before)"
+    took = "(training had ended before)" if ended_before else f"in {minutes:.1f} min"
     print(f"\nFinished {took}; {outcome}."
           f"\nRun folder: {run} (best.keras, last.keras, log.csv, learning_curves.png)")
     return 0

@@ -18,6 +18,8 @@ import numpy as np
 from lib.atomic import atomic_path, write_json
 from lib.folding import fold_batch_norm
 from lib.metrics import binary_scores, multiclass_scores
+from lib.progress import plural
+from lib.runs import STATE_NAME
 
 
 def _finite_loss(logs: Mapping[str, Any] | None) -> bool:
@@ -81,6 +83,25 @@ class HoldoutScore(keras.callbacks.Callback):
               .format(**logs))
 
 
+def read_state(folder: Path) -> dict[str, Any]:
+    """A run's checkpoint state (best score and epoch, epochs without improvement, ended); {} before its first."""
+    path = Path(folder) / STATE_NAME
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def training_ended(state: Mapping[str, Any], patience: int) -> str | None:
+    """Why a run's training has ended ('all epochs done', 'stopped early, after 3 epochs'), or None if it has not.
+    Runs saved before the reason was recorded count as ended when they stopped early."""
+    if state.get("ended"):
+        return state["ended"]
+    return "stopped early" if patience and state.get("wait", 0) >= patience else None
+
+
+def mark_ended(folder: Path, reason: str) -> None:
+    """Record that the run's training has ended, so a rerun writes only its final files."""
+    write_json(Path(folder) / STATE_NAME, {**read_state(folder), "ended": reason})
+
+
 class Checkpoints(keras.callbacks.Callback):
     """Save last.keras each epoch and best.keras on improvement (atomically; until an epoch is scored, the last
     one); stop on a plateau.
@@ -92,7 +113,7 @@ class Checkpoints(keras.callbacks.Callback):
     def __init__(self, folder: Path, monitor: str, mode: str, patience: int = 0) -> None:
         super().__init__()
         self.folder, self.monitor, self.mode, self.patience = Path(folder), monitor, mode, patience
-        self.state_path = self.folder / "checkpoint_state.json"
+        self.state_path = self.folder / STATE_NAME
         self.state = {"best": None, "best_epoch": None, "wait": 0}
 
     def on_train_begin(self, logs=None) -> None:
@@ -121,8 +142,8 @@ class Checkpoints(keras.callbacks.Callback):
         else:
             self.state["wait"] += 1
             if self.patience and self.state["wait"] >= self.patience:
-                scored = f"{self.patience} scored epoch{'' if self.patience == 1 else 's'}"
-                print(f"\nNo improvement of {self.monitor} for {scored}: stopping early.")
+                print(f"\nNo improvement of {self.monitor} for {plural(self.patience, 'scored epoch')}: stopping "
+                      "early.")
                 self.model.stop_training = True
         write_json(self.state_path, self.state)
 
@@ -211,8 +232,7 @@ class TimeLimit(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         now = time.monotonic()
         if self.minutes and now - self.start + (now - self.epoch_start) > 60 * self.minutes:
-            unit = "minute" if self.minutes == 1 else "minutes"
-            print(f"\nTime budget of {self.minutes:g} {unit}: stopping after epoch {epoch + 1}, as another "
+            print(f"\nTime budget of {plural(self.minutes, 'minute')}: stopping after epoch {epoch + 1}, as another "
                   "epoch would not finish within it.")
             self.model.stop_training = True
 

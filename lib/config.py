@@ -409,7 +409,7 @@ def _typed(raw: dict[str, dict[str, str]], source: str, fallback: Config | None 
             try:
                 value = parse(text)
             except ValueError as exc:
-                origin = f"--set {section.replace(' ', '_')}.{key}" if (section, key) in overridden else source
+                origin = _origin(source, overridden, (section, key))
                 raise UserError(f"{origin}: [{section}] {key} = '{text}' is not valid: expected "
                                 f"{parse.__name__} ({exc}). This key is the {comment}.") from None
             config[section][key] = value
@@ -423,13 +423,20 @@ def _typed(raw: dict[str, dict[str, str]], source: str, fallback: Config | None 
 MAX_DEPTH = 16
 
 
+def _origin(source: str, overridden: AbstractSet[tuple[str, str]], *keys: tuple[str, str]) -> str:
+    """Where the values of keys came from, for a message: the file, the --set options that gave some of them, or only
+    those options when they gave all."""
+    given = [f"{section.replace(' ', '_')}.{key}" for section, key in keys if (section, key) in overridden]
+    if len(given) == len(keys):
+        return f"--set {', '.join(given)}"
+    return f"{source} with --set {', '.join(given)}" if given else source
+
+
 def check_consistency(config: Config, source: str,
                       overridden: AbstractSet[tuple[str, str]] = frozenset()) -> None:
     """Raise UserError for values that are valid alone but not together (sizes vs depth, loss vs classes)."""
     def origin(*keys: tuple[str, str]) -> str:
-        # Name the --set options involved, so the user looks where the value came from.
-        given = [f"{section.replace(' ', '_')}.{key}" for section, key in keys if (section, key) in overridden]
-        return f"{source} with --set {', '.join(given)}" if given else source
+        return _origin(source, overridden, *keys)
 
     depth = config["model"]["depth"]
     if depth > MAX_DEPTH:

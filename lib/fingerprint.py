@@ -12,6 +12,8 @@ MULTICLASS_KEYS = ("class_names", "ignore_index", "palette")  # [data attributes
 # Settings that do not change what a model trained on the file sees or is scored on: train.py notes them.
 TRAINING_NEUTRAL = ("seed", "data paths.dataset_dir", "data paths.test_ids", "data paths.test_fraction")
 TRAINING_NEUTRAL_SECTIONS = ("patches",)
+# [training settings] keys that prepare_datasets.py reads to cut the patches (the fingerprint's "patches").
+PATCH_KEYS = ("N_subimgs", "inside_FOV", "foreground_fraction")
 
 
 def fingerprint(config: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -28,16 +30,28 @@ def fingerprint(config: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "data paths": data_paths,
         "data attributes": attributes,
         "preprocessing": dict(config["preprocessing"]),
-        "patches": {k: config["training settings"][k] for k in ("N_subimgs", "inside_FOV")},
+        # foreground_fraction only where it is on: files prepared before the key existed stay valid.
+        "patches": {k: config["training settings"][k] for k in PATCH_KEYS
+                    if k != "foreground_fraction" or config["training settings"][k]},
         "seed": config["experiment"]["seed"],
     }
-    if config["training settings"]["foreground_fraction"]:
-        result["patches"]["foreground_fraction"] = config["training settings"]["foreground_fraction"]
     if config["model"]["n_classes"] > 1:
         result["classes"] = {"n_classes": config["model"]["n_classes"],
                              **{k: config["data attributes"][k] for k in MULTICLASS_KEYS}}
     # As stored in the file (JSON), so that a saved fingerprint compares equal to a fresh one.
     return json.loads(json.dumps(result))
+
+
+def with_prepared_patches(config: Mapping[str, Mapping[str, Any]],
+                          differences: Mapping[str, tuple[Any, Any]]) -> dict[str, dict[str, Any]]:
+    """The configuration with the patch settings of a dataset.h5 that differ from it (setting_differences), which
+    are the ones a model trained on the file used."""
+    training = dict(config["training settings"])
+    for setting, (prepared, _) in differences.items():
+        section, _, key = setting.partition(".")
+        if section == "patches":
+            training[key] = 0 if prepared is None else prepared  # absent: foreground sampling was off
+    return {**config, "training settings": training}
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""A dependency-free progress bar for long loops (redraws in a terminal, sparse lines in logs)."""
+"""Progress for the console: a dependency-free bar for long loops (redraws in a terminal, sparse lines in logs)."""
 from __future__ import annotations
 
 import sys
@@ -6,6 +6,11 @@ import time
 from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
+
+
+def plural(count: float, word: str) -> str:
+    """'1 epoch', '3 epochs', '0.5 minutes'."""
+    return f"{count:g} {word}{'' if count == 1 else 's'}"
 
 
 def progress(items: Iterable[T], total: int, label: str, stream=None) -> Iterator[T]:

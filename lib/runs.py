@@ -5,68 +5,84 @@ import contextlib
 import json
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 from lib.config import Config, load_run_config
 from lib.errors import UserError
-from lib.fingerprint import describe_differences, setting_differences
+from lib.fingerprint import PATCH_KEYS, describe_differences, setting_differences
 from lib.outputs import LEFTOVER, is_prediction_output
-from lib.processes import may_be_running, this_host
 
 FINISHED = "training_summary.json"
 CONFIG_NAME = "configuration.txt"
-LOCK = ".training.lock"  # held by the train.py training the run
+STATE_NAME = "checkpoint_state.json"  # the best checkpoint's score and epoch, and whether training has ended
 # Everything train.py and predict.py write into a run folder: --overwrite deletes a folder that holds nothing else.
-RUN_CONTENTS = {CONFIG_NAME, FINISHED, "preprocessing.json", "best.keras", "last.keras", "checkpoint_state.json",
+RUN_CONTENTS = {CONFIG_NAME, FINISHED, STATE_NAME, "preprocessing.json", "best.keras", "last.keras",
                 "log.csv", "learning_curves.png", "model_summary.txt", "model_info.json", "tensorboard", "backup",
-                "predictions", LOCK}
-# Settings training never reads (predict.py takes them from the current configuration): a resume may change them.
-RESUMABLE_CHANGES = {f"testing settings.{key}" for key in ("checkpoint", "threshold", "watershed_seed", "batch_size")}
+                "predictions"}
+# Settings training never reads (predict.py takes the testing ones from the current configuration, and the patches
+# come from dataset.h5, whose settings the run records): a resume may change them.
+RESUMABLE_CHANGES = ({f"testing settings.{key}" for key in ("checkpoint", "threshold", "watershed_seed", "batch_size")}
+                     | {f"training settings.{key}" for key in PATCH_KEYS})
 
 
-def _lock_holder(folder: Path) -> str | None:
-    """'process PID on HOST since TIME' when a train.py that may still run holds the folder's lock, else None."""
+def lock_path(folder: Path) -> Path:
+    """The lock file of a run: beside its folder, not in it, because --overwrite deletes the folder under it."""
+    return folder.parent / f".{folder.name}.training.lock"
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    """Take an exclusive lock on an open file without waiting; the system drops it when the process ends."""
+    if fcntl is None:
+        return True  # Windows: no lock; the README says to run one train.py per run there
     try:
-        holder = json.loads((folder / LOCK).read_text())
-        pid, host = int(holder["pid"]), str(holder["host"])
-    except FileNotFoundError:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def _holder(handle: IO[str]) -> str:
+    handle.seek(0)
+    try:
+        holder = json.loads(handle.read())
+        return f"process {holder['pid']} on {holder['host']} (started {holder['started']})"
+    except (ValueError, KeyError, TypeError):
+        return "another process"  # it has locked the file but not yet written its name
+
+
+def training_now(folder: Path) -> str | None:
+    """Which train.py holds the run's lock ('process PID on HOST (started TIME)'), or None when none does."""
+    path = lock_path(folder)
+    if not path.is_file():
         return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # a lock cut short by a kill: its process never started training
-    if not may_be_running(pid, host):
-        return None  # killed without releasing it
-    return f"process {pid} on {host} since {holder.get('started', '?')}"
-
-
-def _refuse_if_in_use(folder: Path) -> None:
-    holder = _lock_holder(folder)
-    if holder:
-        raise UserError(f"{folder} is being trained now by {holder}. Wait for it to finish (or stop it), or choose "
-                        "another name with --set experiment.name=NEW_NAME. If no such training runs, delete "
-                        f"{folder / LOCK}.")
+    with open(path) as handle:
+        return None if _try_lock(handle) else _holder(handle)
 
 
 @contextlib.contextmanager
-def run_lock(folder: Path, started: str) -> Iterator[None]:
-    """Hold the run folder's lock while training, so a second train.py of the same run is refused."""
-    path = folder / LOCK
-    text = json.dumps({"pid": os.getpid(), "host": this_host(), "started": started})
-    for _ in range(2):
-        try:
-            with open(path, "x") as handle:  # exclusive: of two processes starting together, one gets it
-                handle.write(text)
-            break
-        except FileExistsError:
-            _refuse_if_in_use(folder)
-            path.unlink(missing_ok=True)  # left by a process that no longer runs
-    else:
-        raise UserError(f"{path} keeps being taken by other processes: check that no other train.py uses "
-                        f"{folder}, then run the same command again.")
-    try:
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold the run's lock while train.py works on it, from before --overwrite may delete it to the end, so a second
+    train.py of the same run is refused. A killed process holds no lock: the system drops it."""
+    path = lock_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        if not _try_lock(handle):
+            raise UserError(f"{folder} is being trained now by {_holder(handle)}. Wait for it to finish (or stop "
+                            "it), or choose another name with --set experiment.name=NEW_NAME.")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        handle.flush()
         yield
-    finally:
-        path.unlink(missing_ok=True)
 
 
 def _foreign_files(folder: Path) -> list[str]:
@@ -93,8 +109,6 @@ def prepare_run_folder(config: Config, overwrite: bool) -> tuple[Path, bool]:
     """Return (run folder, resuming); a finished run is kept unless overwrite is asked for."""
     folder = Path(config["experiment"]["runs_dir"]) / config["experiment"]["name"]
     saved = folder / CONFIG_NAME
-    if folder.is_dir():
-        _refuse_if_in_use(folder)  # before --overwrite deletes it under the other process
     if folder.exists() and overwrite:
         if folder.is_symlink():
             raise UserError(f"{folder} is a link, so --overwrite will not delete it or what it points to. Remove "

@@ -355,7 +355,7 @@ def test_sigkill_during_training_then_same_command_resumes(tmp_path, small_drive
 def test_ctrl_c_stops_cleanly_keeps_checkpoints_and_prints_the_resume_command(small_drive, trained):
     tmp, _, _, _ = trained
     # A setting with a space, as the README writes section.key: the printed command must keep it one argument.
-    args = tiny_settings(tmp, small_drive, name="interrupted", extra=["training settings.N_epochs=4"])
+    args = tiny_settings(tmp, small_drive, name="interrupted", extra=["training settings.N_epochs=8"])
     # A shell starts background jobs with SIGINT ignored; the child must get Ctrl-C as a terminal would.
     # Started with --overwrite: the printed command must leave it out, or pasting it would delete the run.
     child = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args, "--overwrite"], cwd=REPO,
@@ -366,6 +366,9 @@ def test_ctrl_c_stops_cleanly_keeps_checkpoints_and_prints_the_resume_command(sm
     while time.monotonic() < deadline and child.poll() is None and not backup.exists():
         time.sleep(0.2)
     assert child.poll() is None, "training ended before it could be interrupted"
+    second = run_script("train.py", *args, "--overwrite", check=False)  # while the first one trains
+    assert second.returncode == 2 and "is being trained now by process" in second.stderr
+    assert (tmp / "runs" / "interrupted" / "last.keras").is_file()  # deleted nothing
     child.send_signal(signal.SIGINT)
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 130

@@ -143,27 +143,32 @@ def test_threshold_auto_takes_the_threshold_chosen_for_the_checkpoint_used():
     assert predict.saved_threshold(info, "best") == (0.6, "best F1 on the holdout images, for best.keras")
     assert predict.saved_threshold(info, "last") == (0.8, "best F1 on the holdout images, for last.keras")
     # A run trained before thresholds were chosen per checkpoint: best.keras's does not hold for last.keras.
-    older = {"threshold": 0.6, "threshold_source": "best F1 on the holdout images"}
+    older = {"threshold": 0.6, "threshold_source": "best F1 on the holdout images", "best_epoch": 3, "epochs_run": 5}
     assert predict.saved_threshold(older, "best")[0] == 0.6
     value, source = predict.saved_threshold(older, "last")
     assert value == 0.5 and "best.keras only" in source
+    assert predict.saved_threshold({**older, "best_epoch": 5}, "last")[0] == 0.6  # the last epoch was the best
     assert predict.saved_threshold({"threshold": 0.5, "threshold_source": "default: no holdout images"}, "last") \
         == (0.5, "default: no holdout images")
     assert predict.saved_threshold({}, "best")[1].startswith("default: training has not finished")
 
 
 def test_the_unfinished_outputs_of_a_killed_prediction_are_removed_and_a_running_ones_kept(tmp_path):
-    import os
+    import socket
     import subprocess
     import sys
-    from lib.processes import this_host
+    host = socket.gethostname()
     gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True).stdout)
-    names = {"killed": f".predicting-{gone}@{this_host()}-k3x_9", "running": f".predicting-{os.getpid()}@{this_host()}-a1",
-             "elsewhere": f".predicting-{gone}@other-host.lab-b2", "older": ".predicting-q8w7e6"}
-    for name in names.values():
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "01_probability.png").write_bytes(b"png")
-    assert outputs.remove_abandoned(tmp_path) == [names["killed"]]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for k, n in names.items() if k != "killed")
-    assert outputs.STAGING.fullmatch(outputs.staging_prefix() + "x_1") is not None  # what predict.py creates
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as running:
+        names = {"killed": f".predicting-{gone}@{host}-k3x_9", "running": f".predicting-{running.pid}@{host}-a1",
+                 "elsewhere": f".predicting-{gone}@other-host.lab-b2", "older": ".predicting-q8w7e6"}
+        for name in names.values():
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "01_probability.png").write_bytes(b"png")
+        assert outputs.remove_abandoned(tmp_path) == [names["killed"]]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for k, n in names.items() if k != "killed")
+        running.kill()
+    # What predict.py creates matches, and a folder named by this very process is from before a restart.
+    (tmp_path / (outputs.staging_prefix() + "x_1")).mkdir()
+    assert set(outputs.remove_abandoned(tmp_path)) == {names["running"], outputs.staging_prefix() + "x_1"}

@@ -7,7 +7,7 @@ import pytest
 
 from lib.config import load_config
 from lib.errors import UserError
-from lib.runs import CONFIG_NAME, FINISHED, LOCK, prepare_run_folder, run_lock
+from lib.runs import CONFIG_NAME, FINISHED, lock_path, prepare_run_folder, run_lock, training_now
 
 from conftest import REPO
 
@@ -94,43 +94,31 @@ def test_a_resume_with_other_settings_names_them_and_other_testing_settings_are_
         prepare_run_folder(windows, overwrite=False)
 
 
-def _lock(folder, pid: int, host: str | None = None) -> None:
-    import socket
-    (folder / LOCK).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "started": "then"}))
-
-
-def test_a_run_another_train_py_is_training_is_refused_and_overwrite_deletes_nothing(tmp_path):
-    import os
-    run = tmp_path / "r"
-    run.mkdir()
-    (run / CONFIG_NAME).write_text("x")
-    (run / "last.keras").write_text("weights")
-    _lock(run, os.getpid())  # this process is alive, as the other train.py would be
-    for overwrite in (False, True):
-        with pytest.raises(UserError, match=f"is being trained now by process {os.getpid()}"):
-            prepare_run_folder(_config(tmp_path), overwrite=overwrite)
-    assert (run / "last.keras").read_text() == "weights"
-    with pytest.raises(UserError, match="being trained now"):
-        with run_lock(run, "now"):
-            pass
-    _lock(run, os.getpid(), host="another-machine")  # its process cannot be checked from here: kept
-    with pytest.raises(UserError, match="on another-machine"):
-        prepare_run_folder(_config(tmp_path), overwrite=True)
-
-
-def test_the_lock_of_a_killed_train_py_is_taken_over_and_released_at_the_end(tmp_path):
+def test_a_run_another_train_py_holds_is_refused_until_that_process_is_gone(tmp_path):
+    import signal
     import subprocess
     import sys
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True)
     run = tmp_path / "r"
-    run.mkdir()
-    _lock(run, int(finished.stdout))  # that process has exited, as after a kill -9
-    with run_lock(run, "now"):
-        holder = json.loads((run / LOCK).read_text())
-        assert holder["pid"] != int(finished.stdout) and holder["started"] == "now"
-    assert not (run / LOCK).exists()
-    (run / LOCK).write_text("")  # cut short by a kill before its process wrote it
-    with run_lock(run, "now"):
-        pass
-    assert not (run / LOCK).exists()
+    hold = (f"import sys, time; sys.path.insert(0, {str(REPO)!r}); from pathlib import Path; "
+            f"from lib.runs import run_lock\nwith run_lock(Path({str(run)!r})):\n print('held', flush=True); "
+            "time.sleep(120)")
+    with subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True) as other:
+        assert other.stdout.readline().strip() == "held"
+        assert f"process {other.pid} on " in training_now(run)
+        with pytest.raises(UserError, match=f"is being trained now by process {other.pid} on .* \\(started "):
+            with run_lock(run):
+                pass
+        other.send_signal(signal.SIGKILL)  # as kill -9: the process never releases the lock itself
+        other.wait()
+    assert training_now(run) is None
+    with run_lock(run):
+        assert training_now(run) is not None  # held by this process now
+    assert training_now(run) is None and lock_path(run).parent == tmp_path  # beside the run folder
+
+
+def test_the_resume_command_leaves_out_overwrite_and_its_abbreviations():
+    import shlex
+    import sys
+    from train import resume_command
+    argv = ["train.py", "--overwrite", "--set", "name=a b", "--overw", "--set", "seed=7"]
+    assert shlex.split(resume_command(argv)) == [sys.executable, "train.py", "--set", "name=a b", "--set", "seed=7"]
