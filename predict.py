@@ -107,6 +107,23 @@ def check_same_preparation(h5, path: Path, run: Path, preprocessing: dict, resiz
                         f"--data {path}.")
 
 
+def check_same_labels(h5, path: Path, run: Path, config: Mapping[str, Any]) -> None:
+    """Refuse a prepared dataset whose labels mean something else than the labels the run was trained on: the other
+    ISBI 2012 class as foreground, or another void label. Scores against them would be silently inverted or off."""
+    if str(h5.attrs["dataset"]) == "ISBI2012" and config["data paths"]["dataset"] == "ISBI2012":
+        theirs = read_attr_json(h5, "fingerprint")["data attributes"].get("positive_class")
+        ours = config["data attributes"]["positive_class"]
+        if theirs is not None and theirs != ours:
+            raise UserError(f"{path} was prepared with positive_class = {theirs}, but the model of {run} was "
+                            f"trained to find the {ours}: its scores would be inverted. Prepare it with --set "
+                            f"positive_class={ours} (in another prepared_dir, or with --overwrite).")
+    stored, classes = read_classes(h5), ClassSpec.from_config(config)
+    if stored is not None and classes is not None and stored["ignore_index"] != classes.ignore_index:
+        raise UserError(f"{path} leaves out label {stored['ignore_index']} as void, but the model of {run} was "
+                        f"trained with ignore_index = {classes.ignore_index}: its scores would count other pixels. "
+                        f"Prepare it with --set ignore_index={-1 if classes.ignore_index is None else classes.ignore_index}.")
+
+
 def samples_from_input(entries: Sequence[Entry], scale: float, preprocessing: Mapping[str, Any]):
     """Images given with --input, read one at a time and preprocessed as the model's training images were:
     resized by the run's [data paths] resize first. Their FOV stays at their own size, as do the outputs."""
@@ -381,6 +398,7 @@ def main() -> int:
                 data_path = Path(config["data paths"]["prepared_dir"]) / FILE_NAME
             h5 = stack.enter_context(open_prepared(data_path))
             source_scale = float(read_attr_json(h5, "fingerprint")["data paths"].get("resize", 1.0))
+            check_same_labels(h5, data_path, run, config)
             if args.data:
                 check_other_dataset(h5, data_path, run, preprocessing, classes)
             else:
@@ -390,10 +408,14 @@ def main() -> int:
             split = args.split or ("test" if split_size(h5, "test") else "val")
             count = split_size(h5, split)
             if not count:
-                raise UserError(f"{data_path} has no '{split}' images. Prepare a dataset with a test split, "
-                                "hold out training images with [data paths] holdout_ids, or use --input.")
+                what = (f"no '{split}' images" if args.split else
+                        "neither test images nor holdout images (the val split) to segment and score")
+                raise UserError(f"{data_path} has {what}. Choose a split it has (--split train segments the "
+                                "training images), hold out training images with [data paths] holdout_ids and "
+                                "rerun prepare_datasets.py (they become --split val), or segment files with --input.")
             samples = iter_split(h5, split)  # one image in memory at a time (HRF images are large)
-            where = f"{dataset}_{split}" if args.data else split
+            # Named by the prepared folder: two prepared copies of one dataset keep their results apart.
+            where = f"{data_path.parent.name}_{split}" if args.data else split
         testing = at_model_scale(testing, config["data paths"]["resize"], source_scale)
         out = args.output or run / "predictions" / where
         created = not out.exists()
@@ -407,13 +429,15 @@ def main() -> int:
             print(f"note: removed {', '.join(abandoned)} from {out}: the unfinished outputs of a prediction that "
                   "was killed.")
         staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=staging_prefix(), dir=out)))
-        header = [f"run: {run}", f"images: {count} ({where})"]
+        header = [f"run: {run}", f"images: {count} ({where})"] + ([] if args.input else [f"data: {data_path}"])
         windows = (f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "
                    f"tta_flips {tta_flips(testing, flips) or False}, "
                    f"tta_scales {', '.join(map(format, testing['tta_scales']))}, "
-                   f"mirror_margin {testing['mirror_margin']}, compute dtype {compute_dtype(model)}")
+                   f"mirror_margin {testing['mirror_margin']}, zoom {testing['zoom']:g}, "
+                   f"compute dtype {compute_dtype(model)}")
         # The views TTA averaged, as printed above (False, "all", "horizontal" or "rotations").
-        settings = {**testing, "tta_flips": tta_flips(testing, flips) or False, "run": str(run), "split": where}
+        settings = {**testing, "tta_flips": tta_flips(testing, flips) or False, "run": str(run), "split": where,
+                    **({} if args.input else {"data": str(data_path)})}
 
         def infer(image: np.ndarray) -> np.ndarray:
             return predict_image(model, image, testing, depth, flips)

@@ -15,7 +15,7 @@ import numpy as np
 
 from PIL import Image
 
-from lib.atomic import atomic_path
+from lib.atomic import atomic_path, process_gone, temporary_owner
 from lib.config import add_config_arguments, load_config
 from lib.errors import UserError, run_cli
 from lib.fingerprint import changed_files, describe_differences, fingerprint, setting_differences, source_files
@@ -45,7 +45,7 @@ def stale_reason(path: Path, wanted: Mapping[str, Any], root: Path) -> str | Non
         return f"was prepared with other settings: {describe_differences(differences)}"
     # Files prepared by earlier versions have no list; a removed dataset folder is no reason to redo the file.
     if saved_files is not None and root.is_dir():
-        changes = changed_files(saved_files, source_files(root, exclude=path.parent))
+        changes = changed_files(saved_files, source_files(root, exclude=prepare_outputs(path)))
         if changes:
             shown = ", ".join(changes[:10]) + (f" and {len(changes) - 10} more" if len(changes) > 10 else "")
             return f"was prepared before these files in {root} changed: {shown}"
@@ -83,6 +83,11 @@ def spill(array: np.ndarray, folder: Path) -> np.ndarray:
         copy = np.memmap(handle, dtype=array.dtype, mode="w+", shape=array.shape)
     copy[...] = array
     return copy
+
+
+def prepare_outputs(out_path: Path) -> list[Path]:
+    """What prepare writes into prepared_dir, which may be the dataset's own folder: never a source file."""
+    return [out_path, out_path.parent / FOV_FOLDER]
 
 
 def save_fov(sample: Sample, folder: Path | None) -> None:
@@ -171,6 +176,11 @@ def main() -> int:
                         "[data paths] prepared_dir to another folder to keep both.")
 
     for stale in out_path.parent.glob(f".{out_path.stem}.*.tmp{out_path.suffix}"):
+        owner = temporary_owner(stale.name)
+        if owner is not None and not process_gone(*owner):
+            raise UserError(f"another prepare_datasets.py (process {owner[0]} on {owner[1]}) is writing {out_path} "
+                            f"now ({stale.name}). Wait for it to finish, or set [data paths] prepared_dir to another "
+                            "folder.")
         print(f"Removing {stale}, left by an interrupted prepare_datasets.py run.")
         stale.unlink()
     seed = config["experiment"]["seed"]
@@ -179,7 +189,7 @@ def main() -> int:
               f"test images) in {root} ...")
         write_drive_sample(root, n_train=SAMPLE_TRAIN, n_test=SAMPLE_TEST, seed=seed)
 
-    files = source_files(root, exclude=out_path.parent)  # before reading: a later edit makes the file stale
+    files = source_files(root, exclude=prepare_outputs(out_path))  # before reading: a later edit makes it stale
     classes = ClassSpec.from_config(config)
     train, test = read_dataset(paths["dataset"], root, config["data attributes"]["positive_class"],
                                paths["test_ids"], paths["test_fraction"], seed, classes)

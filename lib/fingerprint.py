@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from lib.readers import CONFIGURED_SPLIT
 
@@ -76,27 +76,42 @@ def matters_for_training(setting: str) -> bool:
     return setting not in TRAINING_NEUTRAL and setting.split(".")[0] not in TRAINING_NEUTRAL_SECTIONS
 
 
+def _configured_name(setting: str) -> str:
+    """The configuration key (section.key, as --set takes it) a fingerprint setting comes from:
+    patches.N_subimgs -> training settings.N_subimgs, seed -> experiment.seed."""
+    section, _, key = setting.rpartition(".")
+    if setting == "seed":
+        return "experiment.seed"
+    if section == "patches":
+        return f"training settings.{key}"
+    if section == "classes":
+        return f"model.{key}" if key == "n_classes" else f"data attributes.{key}"
+    return setting
+
+
 def describe_differences(differences: Mapping[str, tuple[Any, Any]]) -> str:
-    """'seed = 42 (now 7), preprocessing.clahe = true (now false)' for a message."""
-    def shown(value: Any) -> str:
+    """'experiment.seed = 42 (now 7), preprocessing.clahe = true (now false)' for a message."""
+    def shown(setting: str, value: Any) -> str:
+        if value is None and setting == "patches.foreground_fraction":
+            return "0"  # left out of the fingerprint while off
         return "(none)" if value is None else json.dumps(value) if not isinstance(value, str) else value
 
-    return ", ".join(f"{key} = {shown(old)} (now {shown(new)})" for key, (old, new) in differences.items())
+    return ", ".join(f"{_configured_name(key)} = {shown(key, old)} (now {shown(key, new)})"
+                     for key, (old, new) in differences.items())
 
 
-def source_files(root: Path, exclude: Path | None = None) -> dict[str, list[int]]:
-    """Relative path -> [size, modification time in ns] of every visible file under root (except under exclude)."""
+def source_files(root: Path, exclude: Iterable[Path] = ()) -> dict[str, list[int]]:
+    """Relative path -> [size, modification time in ns] of every visible file under root, except the paths in
+    exclude (prepare's own outputs, which may lie among the sources) and what is under them."""
     root = Path(root)
-    skip = Path(exclude).resolve() if exclude is not None else None
+    skip = {Path(path).resolve() for path in exclude}
     files: dict[str, list[int]] = {}
     for folder, subfolders, names in os.walk(root):
-        if skip is not None and Path(folder).resolve() == skip:
-            subfolders[:] = []
-            continue
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")
+                               and (Path(folder) / d).resolve() not in skip)
         for name in sorted(names):
-            if not name.startswith("."):
-                path = Path(folder) / name
+            path = Path(folder) / name
+            if not name.startswith(".") and path.resolve() not in skip:
                 status = path.stat()
                 files[path.relative_to(root).as_posix()] = [status.st_size, status.st_mtime_ns]
     return files

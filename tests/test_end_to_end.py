@@ -49,15 +49,17 @@ def test_prepare_writes_complete_hdf5_and_summary(trained):
     assert "foreground fraction" in prepare.stdout
 
 
-def test_prepare_reruns_only_when_asked_and_names_what_changed(tmp_path, small_drive):
+@pytest.mark.parametrize("in_dataset_folder", [False, True], ids=["own_folder", "the_dataset_folder"])
+def test_prepare_reruns_only_when_asked_and_names_what_changed(tmp_path, small_drive, in_dataset_folder):
     drive = tmp_path / "DRIVE"
     shutil.copytree(small_drive, drive)
-    args = tiny_settings(tmp_path, drive, extra=["N_subimgs=200"])
+    # dataset.h5 may be written among the source files: they must still be watched.
+    args = tiny_settings(tmp_path, drive, extra=["N_subimgs=200"] + [f"prepared_dir={drive}"] * in_dataset_folder)
     run_script("prepare_datasets.py", *args)
     assert "nothing to do" in run_script("prepare_datasets.py", *args).stdout
     other = run_script("prepare_datasets.py", *args, "--set", "seed=7", "--set", "clahe_clip=0.02", check=False)
     assert other.returncode == 2
-    assert "preprocessing.clahe_clip = 0.01 (now 0.02), seed = 42 (now 7)" in other.stderr
+    assert "preprocessing.clahe_clip = 0.01 (now 0.02), experiment.seed = 42 (now 7)" in other.stderr
     # An edited label makes the file stale too, and the message names the file.
     label = drive / "training" / "1st_manual" / "22_manual1.gif"
     with Image.open(label) as image:
@@ -70,6 +72,22 @@ def test_prepare_reruns_only_when_asked_and_names_what_changed(tmp_path, small_d
     assert "nothing to do" in run_script("prepare_datasets.py", *args).stdout
 
 
+def test_prepare_leaves_the_file_another_prepare_is_writing_and_removes_a_killed_ones(tmp_path, small_drive):
+    import socket
+    args = tiny_settings(tmp_path, small_drive, extra=["N_subimgs=200"])
+    (tmp_path / "prepared").mkdir()
+    host = socket.gethostname()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        writing = tmp_path / "prepared" / f".dataset.{other.pid}@{host}.k2j4h6g8.tmp.h5"
+        writing.write_bytes(b"half")
+        busy = run_script("prepare_datasets.py", *args, check=False)
+        assert busy.returncode == 2 and f"another prepare_datasets.py (process {other.pid} on " in busy.stderr
+        assert writing.exists()
+        other.kill()
+    done = run_script("prepare_datasets.py", *args)  # that process is gone: its file is a leftover
+    assert f"Removing {writing}" in done.stdout and not writing.exists()
+
+
 def test_foreground_fraction_puts_more_vessel_pixels_into_the_patches(tmp_path, small_drive):
     args = tiny_settings(tmp_path, small_drive, extra=["N_subimgs=600"])
     run_script("prepare_datasets.py", *args)
@@ -78,7 +96,7 @@ def test_foreground_fraction_puts_more_vessel_pixels_into_the_patches(tmp_path, 
         plain = h5["patches/labels"][()].mean()
     focused_args = [*args, "--set", "foreground_fraction=0.5"]
     stale = run_script("prepare_datasets.py", *focused_args, check=False)
-    assert stale.returncode == 2 and "patches.foreground_fraction = (none) (now 0.5)" in stale.stderr
+    assert stale.returncode == 2 and "training settings.foreground_fraction = 0 (now 0.5)" in stale.stderr
     result = run_script("prepare_datasets.py", *focused_args, "--overwrite")
     assert "50% of them on foreground" in result.stdout
     with h5py.File(path, "r") as h5:
@@ -297,9 +315,11 @@ def test_predict_scores_another_dataset_at_a_zoom_and_refuses_an_incompatible_on
              "--set", "test_ids=3,4", "--set", "N_subimgs=200"]
     run_script("prepare_datasets.py", *args, *other, "--set", f"prepared_dir={tmp_path / 'stare'}")
     result = run_script("predict.py", *args, "--data", str(tmp_path / "stare"), "--set", "zoom=0.8")
-    out = tmp / "runs" / "tiny" / "predictions" / "STARE_test"
+    out = tmp / "runs" / "tiny" / "predictions" / "stare_test"  # named by the prepared folder
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["per_image"]) == 2 and metrics["settings"]["zoom"] == 0.8
+    assert metrics["settings"]["data"] == str(tmp_path / "stare" / "dataset.h5")
+    assert f"data: {tmp_path / 'stare' / 'dataset.h5'}" in (out / "summary.txt").read_text()
     assert metrics["pooled"]["auc_roc"] > 0.8  # the same kind of vessels, another dataset's layout
     with Image.open(out / "im0003_probability.png") as image:
         assert image.size == (150, 140)  # scored at the dataset's own size, not the zoomed one

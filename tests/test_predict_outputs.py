@@ -172,3 +172,26 @@ def test_the_unfinished_outputs_of_a_killed_prediction_are_removed_and_a_running
     # What predict.py creates matches, and a folder named by this very process is from before a restart.
     (tmp_path / (outputs.staging_prefix() + "x_1")).mkdir()
     assert set(outputs.remove_abandoned(tmp_path)) == {names["running"], outputs.staging_prefix() + "x_1"}
+
+
+def test_a_prepared_dataset_whose_labels_mean_something_else_is_refused(tmp_path):
+    import h5py
+    from lib.config import load_config
+    from conftest import REPO
+    run = tmp_path / "run"
+    isbi = load_config(REPO / "configuration_isbi.txt")  # trained to find the membranes
+    with h5py.File(tmp_path / "isbi.h5", "w") as h5:
+        h5.attrs["dataset"] = "ISBI2012"
+        h5.attrs["fingerprint"] = json.dumps({"data attributes": {"positive_class": "interior"}})
+        with pytest.raises(UserError, match="positive_class = interior, but the model of .* membrane"):
+            predict.check_same_labels(h5, tmp_path / "isbi.h5", run, isbi)
+        h5.attrs["fingerprint"] = json.dumps({"data attributes": {"positive_class": "membrane"}})
+        predict.check_same_labels(h5, tmp_path / "isbi.h5", run, isbi)
+    camvid = load_config(REPO / "configuration_camvid.txt")  # void = 11
+    with h5py.File(tmp_path / "camvid.h5", "w") as h5:
+        h5.attrs["dataset"] = "CamVid"
+        h5.attrs["classes"] = json.dumps({"n_classes": 11, "ignore_index": None})
+        with pytest.raises(UserError, match="ignore_index = 11"):
+            predict.check_same_labels(h5, tmp_path / "camvid.h5", run, camvid)
+        h5.attrs["classes"] = json.dumps({"n_classes": 11, "ignore_index": 11})
+        predict.check_same_labels(h5, tmp_path / "camvid.h5", run, camvid)
