@@ -445,7 +445,9 @@ def main() -> int:
         if classes is not None:
             lines = [*header, f"classes: {classes.n_classes} ({', '.join(classes.names)}); ignore index "
                      f"{classes.ignore_index}", windows]
-            lines += predict_multiclass(infer, samples, count, classes, staging, settings)
+            # Class maps take the argmax: no threshold is used.
+            lines += predict_multiclass(infer, samples, count, classes, staging,
+                                        {k: v for k, v in settings.items() if k != "threshold"})
         else:
             lines = [*header, f"threshold: {threshold:.3f}", windows]
             chosen = {"threshold": threshold, **({"threshold_source": threshold_source} if threshold_source else {})}

@@ -68,7 +68,12 @@ def setting_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> 
     """Setting (section.key) -> (value in the file, value now), for every setting that differs."""
     old, new = _flatten(saved), _flatten(wanted)
     return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
-            if old.get(key) != new.get(key)}
+            if _comparable(key, old.get(key)) != _comparable(key, new.get(key))}
+
+
+def _comparable(setting: str, value: Any) -> Any:
+    # data/DRIVE/ and data/DRIVE name one folder: a spelling is no reason to prepare again.
+    return os.path.normpath(value) if setting == "data paths.dataset_dir" and isinstance(value, str) else value
 
 
 def matters_for_training(setting: str) -> bool:

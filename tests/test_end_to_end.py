@@ -57,6 +57,8 @@ def test_prepare_reruns_only_when_asked_and_names_what_changed(tmp_path, small_d
     args = tiny_settings(tmp_path, drive, extra=["N_subimgs=200"] + [f"prepared_dir={drive}"] * in_dataset_folder)
     run_script("prepare_datasets.py", *args)
     assert "nothing to do" in run_script("prepare_datasets.py", *args).stdout
+    # The same folder spelled with a trailing slash is the same setting.
+    assert "nothing to do" in run_script("prepare_datasets.py", *args, "--set", f"dataset_dir={drive}/").stdout
     other = run_script("prepare_datasets.py", *args, "--set", "seed=7", "--set", "clahe_clip=0.02", check=False)
     assert other.returncode == 2
     assert "preprocessing.clahe_clip = 0.01 (now 0.02), experiment.seed = 42 (now 7)" in other.stderr

@@ -278,6 +278,7 @@ def test_prepare_train_predict_writes_colour_maps_legend_confusion_matrix_and_me
     for name in ("legend.png", "confusion_matrix.png", "per_image.csv", "summary.txt"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
+    assert "threshold" not in metrics["settings"]  # class maps take the argmax
     pooled = metrics["pooled"]
     assert set(pooled["per_class"]) == set(CAMVID_CLASSES) and pooled["ignore_index"] == VOID
     assert 0.0 <= pooled["mean_iou"] <= 1.0 and 0.0 <= pooled["pixel_accuracy"] <= 1.0
