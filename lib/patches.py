@@ -30,7 +30,8 @@ def sample_centres(fovs: Sequence[np.ndarray], n: int, size: int, inside_fov: bo
         image = f"training image {names[index]}" if names is not None else f"image {index}"
         if height < size or width < size:
             raise UserError(f"{image} is {width}x{height} pixels, smaller than the "
-                            f"{size}x{size} patch. Lower [data attributes] patch_size.")
+                            f"{size}x{size} patch. Lower [data attributes] patch_size, or shrink the images less "
+                            "([data paths] resize).")
         valid = np.zeros_like(fov, dtype=bool)
         valid[half: height - size + half + 1, half: width - size + half + 1] = True
         if inside_fov:

@@ -934,7 +934,8 @@ def read_dataset(dataset: str, root: Path, positive_class: str = "membrane", tes
     if fixed is None:
         return split_entries(entries, test_ids, test_fraction, seed)
     if test_ids:
-        raise UserError(f"[data paths] test_ids is set, but {dataset} in {root} has its own test split. "
+        own = "has its own test split" if fixed else "takes its test split from its own layout (here: none)"
+        raise UserError(f"[data paths] test_ids is set, but {dataset} in {root} {own}. "
                         f"test_ids is for datasets without one ({', '.join(CONFIGURED_SPLIT)} without a "
                         "test/ folder): leave it empty, or use holdout_ids to hold out training images.")
     return entries, fixed
