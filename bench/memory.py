@@ -118,8 +118,9 @@ def main() -> int:
             print(f"(kept {tmp})", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    notes.append(f"train.py: N_epochs={args.epochs}, steps_per_epoch={args.train_steps}, max_train_minutes=0, "
-                 "the rest (validation, holdout scoring, checkpoints) as configured; times include start-up")
+    if not args.skip_train:
+        notes.append(f"train.py: N_epochs={args.epochs}, steps_per_epoch={args.train_steps}, max_train_minutes=0, "
+                     "the rest (validation, holdout scoring, checkpoints) as configured; times include start-up")
     notes.append("peak RSS: ru_maxrss of each child from os.wait4 (MiB = 2^20 bytes)")
     common.report("Peak memory of prepare_datasets.py and train.py",
                   ["N_subimgs", "patch", "dataset.h5 MiB", "prepare s", "prepare peak RSS MiB", "prepare",
