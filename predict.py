@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import h5py
 import numpy as np
 
 from lib.atomic import write_json, write_text
@@ -107,9 +108,10 @@ def check_same_preparation(h5, path: Path, run: Path, preprocessing: dict, resiz
                         f"--data {path}.")
 
 
-def check_same_labels(h5, path: Path, run: Path, config: Mapping[str, Any]) -> None:
-    """Refuse a prepared dataset whose labels mean something else than the labels the run was trained on: the other
-    ISBI 2012 class as foreground, or another void label. Scores against them would be silently inverted or off."""
+def check_same_labels(h5: h5py.File, path: Path, run: Path, config: Mapping[str, Any]) -> None:
+    """Refuse a prepared dataset whose labels mean something else than the labels the run was trained on: binary
+    against several classes, another class count, the other ISBI 2012 class as foreground, or another void label.
+    Scores against them would be impossible, or silently inverted or off."""
     if str(h5.attrs["dataset"]) == "ISBI2012" and config["data paths"]["dataset"] == "ISBI2012":
         theirs = read_attr_json(h5, "fingerprint")["data attributes"].get("positive_class")
         ours = config["data attributes"]["positive_class"]
@@ -118,10 +120,20 @@ def check_same_labels(h5, path: Path, run: Path, config: Mapping[str, Any]) -> N
                             f"trained to find the {ours}: its scores would be inverted. Prepare it with --set "
                             f"positive_class={ours} (in another prepared_dir, or with --overwrite).")
     stored, classes = read_classes(h5), ClassSpec.from_config(config)
-    if stored is not None and classes is not None and stored["ignore_index"] != classes.ignore_index:
-        raise UserError(f"{path} leaves out label {stored['ignore_index']} as void, but the model of {run} was "
-                        f"trained with ignore_index = {classes.ignore_index}: its scores would count other pixels. "
-                        f"Prepare it with --set ignore_index={-1 if classes.ignore_index is None else classes.ignore_index}.")
+    if (stored is None) != (classes is None):
+        raise UserError(f"{path} is a {'binary' if classes else 'multi-class'} dataset, but the model of {run} is "
+                        f"{'multi-class' if classes else 'binary'}: it cannot be scored on it.")
+    if stored is None:
+        return
+    if stored["n_classes"] != classes.n_classes:
+        raise UserError(f"{path} has {stored['n_classes']} classes, but the model of {run} predicts "
+                        f"{classes.n_classes}: it cannot be scored on it.")
+    if stored["ignore_index"] != classes.ignore_index:
+        theirs = "has no void label" if stored["ignore_index"] is None else \
+            f"leaves out label {stored['ignore_index']} as void"
+        ours = -1 if classes.ignore_index is None else classes.ignore_index
+        raise UserError(f"{path} {theirs}, but the model of {run} was trained with ignore_index = {ours}: its "
+                        f"scores would count other pixels. Prepare it with --set ignore_index={ours}.")
 
 
 def samples_from_input(entries: Sequence[Entry], scale: float, preprocessing: Mapping[str, Any]):
@@ -147,20 +159,13 @@ def at_model_scale(testing: dict, model_scale: float, source_scale: float) -> di
     return {**testing, "zoom": zoom}
 
 
-def check_other_dataset(h5, path: Path, run: Path, preprocessing: dict, classes: ClassSpec | None) -> None:
+def check_other_dataset(h5: h5py.File, path: Path, run: Path, preprocessing: dict) -> None:
     """Refuse a prepared dataset the run's model cannot read; note preprocessing that differs."""
     theirs, ours = read_attr_json(h5, "preprocessing"), preprocessing["settings"]
     if theirs["channels"] != ours["channels"]:
         raise UserError(f"{path} holds {theirs['channels']}-channel images, but the model of {run} was trained on "
                         f"{ours['channels']}-channel images. Prepare that dataset again with "
                         f"--set channels={ours['channels']} (and the same gray_mode).")
-    stored = read_classes(h5)
-    if (stored is None) != (classes is None):
-        raise UserError(f"{path} is a {'binary' if classes else 'multi-class'} dataset, but the model of {run} is "
-                        f"{'multi-class' if classes else 'binary'}: it cannot be scored on it.")
-    if stored is not None and stored["n_classes"] != classes.n_classes:
-        raise UserError(f"{path} has {stored['n_classes']} classes, but the model of {run} predicts "
-                        f"{classes.n_classes}: it cannot be scored on it.")
     differ = preprocessing_differences(theirs, ours)
     if differ:
         print(f"note: {path} was prepared with other preprocessing than the model's training data: "
@@ -339,7 +344,9 @@ def main() -> int:
     parser.add_argument("--data", type=Path, help="segment and score a split of another prepared dataset (its "
                         "prepared folder or dataset.h5), e.g. STARE with a model trained on DRIVE; "
                         "[testing settings] zoom matches vessel widths")
-    parser.add_argument("--output", type=Path, help="output folder (default: <run>/predictions/<split or input>)")
+    parser.add_argument("--output", type=Path, help="output folder (default: <run>/predictions/ and <split>, "
+                        "input_<folder or file name> for --input, <dataset>_<split> for --data, or "
+                        "<dataset>_<prepared folder>_<split> when the folder is named otherwise)")
     parser.add_argument("--overwrite", action="store_true", help="replace earlier predictions in the output folder")
     args = parser.parse_args()
     if args.input and args.data:
@@ -400,7 +407,7 @@ def main() -> int:
             source_scale = float(read_attr_json(h5, "fingerprint")["data paths"].get("resize", 1.0))
             check_same_labels(h5, data_path, run, config)
             if args.data:
-                check_other_dataset(h5, data_path, run, preprocessing, classes)
+                check_other_dataset(h5, data_path, run, preprocessing)
             else:
                 check_same_preparation(h5, data_path, run, preprocessing, config["data paths"]["resize"],
                                        source_scale)
@@ -414,8 +421,9 @@ def main() -> int:
                                 "training images), hold out training images with [data paths] holdout_ids and "
                                 "rerun prepare_datasets.py (they become --split val), or segment files with --input.")
             samples = iter_split(h5, split)  # one image in memory at a time (HRF images are large)
-            # Named by the prepared folder: two prepared copies of one dataset keep their results apart.
-            where = f"{data_path.parent.name}_{split}" if args.data else split
+            # Named by the prepared folder too: two prepared copies of one dataset keep their results apart.
+            folder = data_path.resolve().parent.name
+            where = (f"{dataset}_{split}" if folder == dataset else f"{dataset}_{folder}_{split}") if args.data else split
         testing = at_model_scale(testing, config["data paths"]["resize"], source_scale)
         out = args.output or run / "predictions" / where
         created = not out.exists()
@@ -429,7 +437,7 @@ def main() -> int:
             print(f"note: removed {', '.join(abandoned)} from {out}: the unfinished outputs of a prediction that "
                   "was killed.")
         staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=staging_prefix(), dir=out)))
-        header = [f"run: {run}", f"images: {count} ({where})"] + ([] if args.input else [f"data: {data_path}"])
+        header = [f"run: {run}", f"images: {count} ({where})"] + ([] if args.input else [f"data: {data_path.resolve()}"])
         windows = (f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "
                    f"tta_flips {tta_flips(testing, flips) or False}, "
                    f"tta_scales {', '.join(map(format, testing['tta_scales']))}, "
@@ -437,7 +445,7 @@ def main() -> int:
                    f"compute dtype {compute_dtype(model)}")
         # The views TTA averaged, as printed above (False, "all", "horizontal" or "rotations").
         settings = {**testing, "tta_flips": tta_flips(testing, flips) or False, "run": str(run), "split": where,
-                    **({} if args.input else {"data": str(data_path)})}
+                    **({} if args.input else {"data": str(data_path.resolve())})}
 
         def infer(image: np.ndarray) -> np.ndarray:
             return predict_image(model, image, testing, depth, flips)

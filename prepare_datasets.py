@@ -15,10 +15,11 @@ import numpy as np
 
 from PIL import Image
 
-from lib.atomic import atomic_path, process_gone, temporary_owner
-from lib.config import add_config_arguments, load_config
+from lib.atomic import atomic_path
+from lib.config import Config, add_config_arguments, load_config
 from lib.errors import UserError, run_cli
 from lib.fingerprint import changed_files, describe_differences, fingerprint, setting_differences, source_files
+from lib.locks import exclusive_lock
 from lib.patches import extract_patches, iter_chunks, sample_centres
 from lib.preprocessing import fit_statistics, preprocess, preprocessing_settings, select_channels
 from lib.progress import progress
@@ -44,7 +45,8 @@ def stale_reason(path: Path, wanted: Mapping[str, Any], root: Path) -> str | Non
     if differences:
         return f"was prepared with other settings: {describe_differences(differences)}"
     # Files prepared by earlier versions have no list; a removed dataset folder is no reason to redo the file.
-    if saved_files is not None and root.is_dir():
+    # {}: prepared into the dataset's own folder by a version that then watched nothing there.
+    if saved_files and root.is_dir():
         changes = changed_files(saved_files, source_files(root, exclude=prepare_outputs(path)))
         if changes:
             shown = ", ".join(changes[:10]) + (f" and {len(changes) - 10} more" if len(changes) > 10 else "")
@@ -162,12 +164,22 @@ def main() -> int:
                         help="replace an existing dataset.h5 prepared with other settings")
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
+    out_path = Path(config["data paths"]["prepared_dir"]) / FILE_NAME
+    # Held from the first look at dataset.h5 to its rename: a second prepare of the same file is refused.
+    with exclusive_lock(out_path.parent / f".{out_path.name}.lock",
+                        f"another prepare_datasets.py ({{holder}}) is preparing {out_path} now. Wait for it to finish, "
+                        "or set [data paths] prepared_dir to another folder."):
+        return prepare(config, out_path, args.overwrite)
+
+
+def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
+    """Read, check and preprocess the dataset config names and write out_path (unless it is up to date, or
+    differs and overwrite is not given); return the exit status."""
     paths = config["data paths"]
-    out_path = Path(paths["prepared_dir"]) / FILE_NAME
     wanted = fingerprint(config)
 
     root = Path(paths["dataset_dir"])
-    if out_path.exists() and not args.overwrite:
+    if out_path.exists() and not overwrite:
         reason = stale_reason(out_path, wanted, root)
         if reason is None:
             print(f"{out_path} is already prepared with these settings and files; nothing to do.")
@@ -176,11 +188,6 @@ def main() -> int:
                         "[data paths] prepared_dir to another folder to keep both.")
 
     for stale in out_path.parent.glob(f".{out_path.stem}.*.tmp{out_path.suffix}"):
-        owner = temporary_owner(stale.name)
-        if owner is not None and not process_gone(*owner):
-            raise UserError(f"another prepare_datasets.py (process {owner[0]} on {owner[1]}) is writing {out_path} "
-                            f"now ({stale.name}). Wait for it to finish, or set [data paths] prepared_dir to another "
-                            "folder.")
         print(f"Removing {stale}, left by an interrupted prepare_datasets.py run.")
         stale.unlink()
     seed = config["experiment"]["seed"]

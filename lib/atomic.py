@@ -4,8 +4,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,45 +13,14 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-# A temporary name's owner, as owner_tag() writes it: .STEM.PID@HOST.RANDOM.tmp.EXT (mkstemp's part has no dot).
-_OWNED = re.compile(r"\.(\d+)@(.+)\.[^.]+\.tmp(\.\w+)?")
-
-
-def owner_tag() -> str:
-    """'PID@HOST' of this process, put into temporary names so that a later run can tell an abandoned one."""
-    return f"{os.getpid()}@{socket.gethostname()}"
-
-
-def process_gone(pid: int, host: str) -> bool:
-    """Whether the process that named a temporary file or folder is known to have ended: it ran on this machine
-    and no longer runs (or it had this process's number, before a restart: nothing is named before it cleans)."""
-    if host != socket.gethostname():
-        return False  # cannot be checked from here
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # another user's process
-    return False
-
-
-def temporary_owner(name: str) -> tuple[int, str] | None:
-    """(pid, host) of the process that made an atomic_path temporary file of this name; None for a name without."""
-    match = _OWNED.search(name)
-    return (int(match[1]), match[2]) if match else None
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     # Keep the real extension last: some writers (Keras, PIL) choose the format from it.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.{owner_tag()}.",
-                                    suffix=suffix or (".tmp" + final.suffix), dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=suffix or (".tmp" + final.suffix),
+                                    dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

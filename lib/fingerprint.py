@@ -71,9 +71,12 @@ def setting_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> 
             if _comparable(key, old.get(key)) != _comparable(key, new.get(key))}
 
 
+PATH_SETTINGS = ("data paths.dataset_dir", "data paths.prepared_dir", "experiment.runs_dir")
+
+
 def _comparable(setting: str, value: Any) -> Any:
-    # data/DRIVE/ and data/DRIVE name one folder: a spelling is no reason to prepare again.
-    return os.path.normpath(value) if setting == "data paths.dataset_dir" and isinstance(value, str) else value
+    # data/DRIVE/ and data/DRIVE name one folder: a spelling is no reason to prepare again, or to refuse a resume.
+    return os.path.normpath(value) if setting in PATH_SETTINGS and isinstance(value, str) and value else value
 
 
 def matters_for_training(setting: str) -> bool:
@@ -106,19 +109,26 @@ def describe_differences(differences: Mapping[str, tuple[Any, Any]]) -> str:
 
 
 def source_files(root: Path, exclude: Iterable[Path] = ()) -> dict[str, list[int]]:
-    """Relative path -> [size, modification time in ns] of every visible file under root, except the paths in
-    exclude (prepare's own outputs, which may lie among the sources) and what is under them."""
+    """Relative path -> [size, modification time in ns] of every visible file under root, through linked folders,
+    except the paths in exclude (prepare's own outputs, which may lie among the sources) and what is under them."""
     root = Path(root)
     skip = {Path(path).resolve() for path in exclude}
+    seen: set[Path] = set()  # folders walked, by their real path: a link back up must not loop
     files: dict[str, list[int]] = {}
-    for folder, subfolders, names in os.walk(root):
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = Path(folder).resolve()
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
         subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")
                                and (Path(folder) / d).resolve() not in skip)
         for name in sorted(names):
             path = Path(folder) / name
-            if not name.startswith(".") and path.resolve() not in skip:
-                status = path.stat()
-                files[path.relative_to(root).as_posix()] = [status.st_size, status.st_mtime_ns]
+            if name.startswith(".") or path.resolve() in skip or not path.exists():
+                continue  # hidden, prepare's own, or a dangling link
+            status = path.stat()
+            files[path.relative_to(root).as_posix()] = [status.st_size, status.st_mtime_ns]
     return files
 
 

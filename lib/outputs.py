@@ -4,9 +4,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 from pathlib import Path
 
-from lib.atomic import owner_tag, process_gone, write_text
+from lib.atomic import write_text
 from lib.errors import UserError
 
 # What predict.py writes into its output folder: per image <stem><suffix>, and once per prediction.
@@ -19,12 +20,28 @@ MANIFEST_HEADER = "# predict.py wrote these files; predict.py --overwrite replac
 # Hidden files a kill can leave: lib.atomic's temporary files and predict.py's unfinished output folders.
 LEFTOVER = re.compile(r"\..*\.tmp(\.\w+)?|\.predicting-.*")
 # predict.py's unfinished output folder: .predicting-PID@HOST-RANDOM (tempfile's random part has no "-").
-STAGING = re.compile(r"\.predicting-(\d+)@(.+)-[^-]+")
+STAGING = re.compile(r"\.predicting-(\d+)@([^@]+)-[^-]+")
 
 
 def staging_prefix() -> str:
     """The name start of this process's hidden folder of unfinished outputs, which names the process."""
-    return f".predicting-{owner_tag()}-"
+    return f".predicting-{os.getpid()}@{socket.gethostname()}-"
+
+
+def _gone(pid: int, host: str) -> bool:
+    """Whether the process that named a folder is known to have ended: it ran on this machine and no longer runs
+    (or it had this process's number, before a restart: this one names its folder only after the cleaning)."""
+    if host != socket.gethostname() or os.name == "nt":
+        return False  # cannot be checked from here (on Windows os.kill would end the process)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # another user's process
+    return False
 
 
 def remove_abandoned(out: Path) -> list[str]:
@@ -33,7 +50,7 @@ def remove_abandoned(out: Path) -> list[str]:
     removed = []
     for path in sorted(out.iterdir()) if out.is_dir() else []:
         match = STAGING.fullmatch(path.name)
-        if match and path.is_dir() and not path.is_symlink() and process_gone(int(match[1]), match[2]):
+        if match and path.is_dir() and not path.is_symlink() and _gone(int(match[1]), match[2]):
             shutil.rmtree(path)
             removed.append(path.name)
     return removed

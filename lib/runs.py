@@ -2,22 +2,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import shutil
-import socket
-import time
 from pathlib import Path
-from typing import IO, Iterator
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
 
 from lib.config import Config, load_run_config
 from lib.errors import UserError
 from lib.fingerprint import PATCH_KEYS, describe_differences, setting_differences
+from lib.locks import exclusive_lock, lock_holder
 from lib.outputs import LEFTOVER, is_prediction_output
 
 FINISHED = "training_summary.json"
@@ -38,51 +29,16 @@ def lock_path(folder: Path) -> Path:
     return folder.parent / f".{folder.name}.training.lock"
 
 
-def _try_lock(handle: IO[str]) -> bool:
-    """Take an exclusive lock on an open file without waiting; the system drops it when the process ends."""
-    if fcntl is None:
-        return True  # Windows: no lock; the README says to run one train.py per run there
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:
-        return False
-
-
-def _holder(handle: IO[str]) -> str:
-    handle.seek(0)
-    try:
-        holder = json.loads(handle.read())
-        return f"process {holder['pid']} on {holder['host']} (started {holder['started']})"
-    except (ValueError, KeyError, TypeError):
-        return "another process"  # it has locked the file but not yet written its name
-
-
 def training_now(folder: Path) -> str | None:
     """Which train.py holds the run's lock ('process PID on HOST (started TIME)'), or None when none does."""
-    path = lock_path(folder)
-    if not path.is_file():
-        return None
-    with open(path) as handle:
-        return None if _try_lock(handle) else _holder(handle)
+    return lock_holder(lock_path(folder))
 
 
-@contextlib.contextmanager
-def run_lock(folder: Path) -> Iterator[None]:
+def run_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
     """Hold the run's lock while train.py works on it, from before --overwrite may delete it to the end, so a second
     train.py of the same run is refused. A killed process holds no lock: the system drops it."""
-    path = lock_path(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        if not _try_lock(handle):
-            raise UserError(f"{folder} is being trained now by {_holder(handle)}. Wait for it to finish (or stop "
-                            "it), or choose another name with --set experiment.name=NEW_NAME.")
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
-        handle.flush()
-        yield
+    return exclusive_lock(lock_path(folder), f"{folder} is being trained now by {{holder}}. Wait for it to finish "
+                          "(or stop it), or choose another name with --set experiment.name=NEW_NAME.")
 
 
 def _foreign_files(folder: Path) -> list[str]:

@@ -74,20 +74,23 @@ def test_prepare_reruns_only_when_asked_and_names_what_changed(tmp_path, small_d
     assert "nothing to do" in run_script("prepare_datasets.py", *args).stdout
 
 
-def test_prepare_leaves_the_file_another_prepare_is_writing_and_removes_a_killed_ones(tmp_path, small_drive):
-    import socket
+def test_a_second_prepare_of_one_file_is_refused_and_a_killed_ones_leftover_removed(tmp_path, small_drive):
     args = tiny_settings(tmp_path, small_drive, extra=["N_subimgs=200"])
-    (tmp_path / "prepared").mkdir()
-    host = socket.gethostname()
-    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
-        writing = tmp_path / "prepared" / f".dataset.{other.pid}@{host}.k2j4h6g8.tmp.h5"
-        writing.write_bytes(b"half")
+    lock = tmp_path / "prepared" / ".dataset.h5.lock"
+    hold = (f"import sys, time; sys.path.insert(0, {str(REPO)!r}); from lib.locks import exclusive_lock\n"
+            f"with exclusive_lock({str(lock)!r}, ''):\n print('held', flush=True); time.sleep(120)")
+    with subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True) as other:
+        assert other.stdout.readline().strip() == "held"  # as a prepare_datasets.py at work holds it
         busy = run_script("prepare_datasets.py", *args, check=False)
         assert busy.returncode == 2 and f"another prepare_datasets.py (process {other.pid} on " in busy.stderr
-        assert writing.exists()
-        other.kill()
-    done = run_script("prepare_datasets.py", *args)  # that process is gone: its file is a leftover
-    assert f"Removing {writing}" in done.stdout and not writing.exists()
+        assert not (tmp_path / "prepared" / "dataset.h5").exists()
+        other.send_signal(signal.SIGKILL)  # killed, it holds the lock no more
+        other.wait()
+    leftover = tmp_path / "prepared" / ".dataset.k2j4h6g8.tmp.h5"  # what a killed one leaves
+    leftover.write_bytes(b"half")
+    done = run_script("prepare_datasets.py", *args)
+    assert f"Removing {leftover}" in done.stdout and not leftover.exists()
+    assert (tmp_path / "prepared" / "dataset.h5").is_file()
 
 
 def test_foreground_fraction_puts_more_vessel_pixels_into_the_patches(tmp_path, small_drive):
@@ -317,11 +320,11 @@ def test_predict_scores_another_dataset_at_a_zoom_and_refuses_an_incompatible_on
              "--set", "test_ids=3,4", "--set", "N_subimgs=200"]
     run_script("prepare_datasets.py", *args, *other, "--set", f"prepared_dir={tmp_path / 'stare'}")
     result = run_script("predict.py", *args, "--data", str(tmp_path / "stare"), "--set", "zoom=0.8")
-    out = tmp / "runs" / "tiny" / "predictions" / "stare_test"  # named by the prepared folder
+    out = tmp / "runs" / "tiny" / "predictions" / "STARE_stare_test"  # the dataset and its prepared folder
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["per_image"]) == 2 and metrics["settings"]["zoom"] == 0.8
-    assert metrics["settings"]["data"] == str(tmp_path / "stare" / "dataset.h5")
-    assert f"data: {tmp_path / 'stare' / 'dataset.h5'}" in (out / "summary.txt").read_text()
+    scored = (tmp_path / "stare" / "dataset.h5").resolve()
+    assert metrics["settings"]["data"] == str(scored) and f"data: {scored}" in (out / "summary.txt").read_text()
     assert metrics["pooled"]["auc_roc"] > 0.8  # the same kind of vessels, another dataset's layout
     with Image.open(out / "im0003_probability.png") as image:
         assert image.size == (150, 140)  # scored at the dataset's own size, not the zoomed one

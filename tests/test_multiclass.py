@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_script, set_args
+from conftest import REPO, run_script, set_args, tiny_settings
 from lib.config import SCHEMA, format_config, load_config
 from lib.errors import UserError
 from lib.readers import CAMVID_CLASSES, ClassSpec, LabelError, fixed_validation, read_dataset, to_classes
@@ -252,7 +252,8 @@ def test_pixel_accuracy_metric_and_cce_dice_loss_leave_void_out() -> None:
 
 # --- end to end ------------------------------------------------------------------------------
 
-def test_prepare_train_predict_writes_colour_maps_legend_confusion_matrix_and_metrics(tmp_path: Path) -> None:
+def test_prepare_train_predict_writes_colour_maps_legend_confusion_matrix_and_metrics(tmp_path: Path,
+                                                                                     small_drive: Path) -> None:
     root = write_camvid(tmp_path / "CamVid", n_train=6, n_val=2)
     args = tiny(tmp_path, root)
     run_script("prepare_datasets.py", *args)
@@ -287,3 +288,10 @@ def test_prepare_train_predict_writes_colour_maps_legend_confusion_matrix_and_me
     rows = list(csv.DictReader(open(out / "per_image.csv")))
     assert len(rows) == 2 and all(0.0 <= float(r["mean_iou"]) <= 1.0 for r in rows)
     assert "mean IoU" in result.stdout and "per-class IoU: Sky" in result.stdout
+
+    # A binary dataset's labels mean something else: refused before any image is segmented.
+    binary = tiny_settings(tmp_path / "drive", small_drive)
+    run_script("prepare_datasets.py", *binary)
+    refused = run_script("predict.py", *args, "--data", str(tmp_path / "drive" / "prepared"), check=False)
+    assert refused.returncode == 2 and "is a binary dataset, but the model of" in refused.stderr
+    assert not (run / "predictions" / "DRIVE_prepared_test").exists()

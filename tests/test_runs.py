@@ -114,6 +114,7 @@ def test_a_run_another_train_py_holds_is_refused_until_that_process_is_gone(tmp_
     with run_lock(run):
         assert training_now(run) is not None  # held by this process now
     assert training_now(run) is None and lock_path(run).parent == tmp_path  # beside the run folder
+    assert not lock_path(run).exists()  # removed when released
 
 
 def test_the_resume_command_leaves_out_overwrite_and_its_abbreviations():
