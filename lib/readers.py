@@ -613,6 +613,9 @@ def read_isbi(root: Path, split: str, positive_class: str) -> list[Sample]:
     stack = root / ("train-volume.tif" if split == "train" else "test-volume.tif")
     folder = root / split / "image"
     if stack.is_file():
+        if folder.is_dir():
+            print(f"note: {root} holds both {stack.name} and {folder}: reading the stack (move one of them away to "
+                  "choose the other).")
         images = read_stack(stack)
         names = [page_name(stack.name, i) for i in range(len(images))]
         ids = list(range(len(images)))

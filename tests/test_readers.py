@@ -330,3 +330,12 @@ def test_corrupt_isbi_stack_is_a_user_error_naming_it(isbi_stack_root: Path) -> 
     with pytest.raises(UserError) as info:
         read_split("ISBI2012", isbi_stack_root, "train")
     assert str(stack) in str(info.value)
+
+
+def test_isbi_stacks_beside_png_folders_are_read_and_the_choice_is_said(isbi_stack_root: Path, isbi_png_root: Path,
+                                                                        capsys) -> None:
+    import shutil
+    shutil.copytree(isbi_png_root / "train", isbi_stack_root / "train")
+    (isbi_stack_root / "train" / "image" / "0.png").unlink()  # the folders would fail: the stack is read
+    assert len(read_split("ISBI2012", isbi_stack_root, "train", "membrane")) == ISBI_SLICES
+    assert "holds both train-volume.tif and" in capsys.readouterr().out
