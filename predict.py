@@ -437,15 +437,17 @@ def main() -> int:
             print(f"note: removed {', '.join(abandoned)} from {out}: the unfinished outputs of a prediction that "
                   "was killed.")
         staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=staging_prefix(), dir=out)))
-        header = [f"run: {run}", f"images: {count} ({where})"] + ([] if args.input else [f"data: {data_path.resolve()}"])
+        scored = {} if args.input else {"data": str(data_path.resolve())}
+        header = [f"run: {run}", f"images: {count} ({where})", *(f"{k}: {v}" for k, v in scored.items())]
         windows = (f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "
                    f"tta_flips {tta_flips(testing, flips) or False}, "
                    f"tta_scales {', '.join(map(format, testing['tta_scales']))}, "
                    f"mirror_margin {testing['mirror_margin']}, zoom {testing['zoom']:g}, "
                    f"compute dtype {compute_dtype(model)}")
         # The views TTA averaged, as printed above (False, "all", "horizontal" or "rotations").
-        settings = {**testing, "tta_flips": tta_flips(testing, flips) or False, "run": str(run), "split": where,
-                    **({} if args.input else {"data": str(data_path.resolve())})}
+        # The threshold used, not the setting ("auto"); class maps take the argmax and use none.
+        settings = {**{k: v for k, v in testing.items() if k != "threshold"},
+                    "tta_flips": tta_flips(testing, flips) or False, "run": str(run), "split": where, **scored}
 
         def infer(image: np.ndarray) -> np.ndarray:
             return predict_image(model, image, testing, depth, flips)
@@ -453,9 +455,7 @@ def main() -> int:
         if classes is not None:
             lines = [*header, f"classes: {classes.n_classes} ({', '.join(classes.names)}); ignore index "
                      f"{classes.ignore_index}", windows]
-            # Class maps take the argmax: no threshold is used.
-            lines += predict_multiclass(infer, samples, count, classes, staging,
-                                        {k: v for k, v in settings.items() if k != "threshold"})
+            lines += predict_multiclass(infer, samples, count, classes, staging, settings)
         else:
             lines = [*header, f"threshold: {threshold:.3f}", windows]
             chosen = {"threshold": threshold, **({"threshold_source": threshold_source} if threshold_source else {})}

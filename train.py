@@ -349,18 +349,15 @@ def finish(config: Config, prepared: Prepared, run: Path, monitor: str, minutes:
             testing, depth = config["testing settings"], config["model"]["depth"]
             flips = config["augmentation"]["flips"]
             labels = np.concatenate([s["label"][s["fov"]] for s in prepared.holdout])
-            same = state["best_epoch"] in (None, epochs_run)
-            for name in ("best",) if same else ("best", "last"):
+            scored = {}  # checkpoint -> (threshold, F1); best.keras is last.keras when the best epoch was last
+            for name in ("best",) if state["best_epoch"] in (None, epochs_run) else ("best", "last"):
                 model = load_for_inference(run / f"{name}.keras")
                 chosen_with = resolve_tta(testing, model)  # the probabilities predict.py will threshold
                 probs = np.concatenate([predict_image(model, s["image"], chosen_with, depth, flips)[..., 0][s["fov"]]
                                         for s in prepared.holdout])
-                threshold, f1 = best_f1_threshold(probs, labels)
-                thresholds[name] = float(threshold)
-                best_f1 = float(f1) if name == "best" else best_f1
-            if same:
-                thresholds["last"] = thresholds["best"]
-            source = "best F1 on the holdout images"
+                scored[name] = best_f1_threshold(probs, labels)
+            thresholds = {name: float(scored.get(name, scored["best"])[0]) for name in ("best", "last")}
+            best_f1, source = float(scored["best"][1]), "best F1 on the holdout images"
         info.update(threshold=thresholds["best"], thresholds=thresholds, threshold_source=source)
         if best_f1 is not None:
             info["holdout_best_f1"] = best_f1

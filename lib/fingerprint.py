@@ -14,6 +14,7 @@ TRAINING_NEUTRAL = ("seed", "data paths.dataset_dir", "data paths.test_ids", "da
 TRAINING_NEUTRAL_SECTIONS = ("patches",)
 # [training settings] keys that prepare_datasets.py reads to cut the patches (the fingerprint's "patches").
 PATCH_KEYS = ("N_subimgs", "inside_FOV", "foreground_fraction")
+PATH_SETTINGS = ("data paths.dataset_dir", "data paths.prepared_dir", "experiment.runs_dir")  # compared normalized
 
 
 def fingerprint(config: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -42,6 +43,11 @@ def fingerprint(config: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return json.loads(json.dumps(result))
 
 
+def _as_configured(setting: str, value: Any) -> Any:
+    """A fingerprint value as the configuration writes it: foreground_fraction, left out while off, is 0."""
+    return 0 if value is None and setting == "patches.foreground_fraction" else value
+
+
 def with_prepared_patches(config: Mapping[str, Mapping[str, Any]],
                           differences: Mapping[str, tuple[Any, Any]]) -> dict[str, dict[str, Any]]:
     """The configuration with the patch settings of a dataset.h5 that differ from it (setting_differences), which
@@ -50,7 +56,7 @@ def with_prepared_patches(config: Mapping[str, Mapping[str, Any]],
     for setting, (prepared, _) in differences.items():
         section, _, key = setting.partition(".")
         if section == "patches":
-            training[key] = 0 if prepared is None else prepared  # absent: foreground sampling was off
+            training[key] = _as_configured(setting, prepared)
     return {**config, "training settings": training}
 
 
@@ -69,9 +75,6 @@ def setting_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> 
     old, new = _flatten(saved), _flatten(wanted)
     return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
             if _comparable(key, old.get(key)) != _comparable(key, new.get(key))}
-
-
-PATH_SETTINGS = ("data paths.dataset_dir", "data paths.prepared_dir", "experiment.runs_dir")
 
 
 def _comparable(setting: str, value: Any) -> Any:
@@ -100,8 +103,7 @@ def _configured_name(setting: str) -> str:
 def describe_differences(differences: Mapping[str, tuple[Any, Any]]) -> str:
     """'experiment.seed = 42 (now 7), preprocessing.clahe = true (now false)' for a message."""
     def shown(setting: str, value: Any) -> str:
-        if value is None and setting == "patches.foreground_fraction":
-            return "0"  # left out of the fingerprint while off
+        value = _as_configured(setting, value)
         return "(none)" if value is None else json.dumps(value) if not isinstance(value, str) else value
 
     return ", ".join(f"{_configured_name(key)} = {shown(key, old)} (now {shown(key, new)})"
