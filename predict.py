@@ -361,6 +361,8 @@ def main() -> int:
     run = find_run_folder(current, args.run)
     # Imported only now because TensorFlow takes seconds to start: --help and errors in the configuration or
     # run name answer at once.
+    from lib.start_up import import_keras
+    import_keras()
     from lib.folding import compute_dtype
     from lib.inference import predict_image, resolve_tta, tta_flips
 

@@ -137,7 +137,8 @@ def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
     the exit status."""
     # Imported only now because TensorFlow takes seconds to start: --help and errors in the configuration or
     # the prepared data answer at once.
-    import keras
+    from lib.start_up import import_keras
+    keras = import_keras()
 
     from lib.backend import configure_precision
     from lib.callbacks import TimeLimit, read_state, training_ended

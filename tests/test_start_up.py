@@ -1,0 +1,62 @@
+"""TensorFlow's start-up log lines are left out of stderr; everything else written there still shows."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from conftest import REPO, script_env
+from lib.start_up import StartUpFilter, filtered_stderr
+
+INFO = "I0000 00:00:1796051706.769027   23056 port.cc:153] oneDNN custom operations are on."
+NO_DRIVER = ("I0000 00:00:1796051706.770808   23056 cudart_stub.cc:31] Could not find cuda drivers on your "
+             "machine, GPU will not be used.")
+CUINIT = ("E0000 00:00:1796051708.467514   23056 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA "
+          "error: Failed call to cuInit: UNKNOWN ERROR (303)")
+OTHER_ERROR = "E0000 00:00:1796051708.467514   23056 some_op.cc:7] OOM when allocating tensor"
+WARNING = "W0000 00:00:1796051708.467514   23056 gpu_device.cc:2] Cannot dlopen some GPU libraries."
+
+
+def test_the_filter_drops_banners_info_and_the_expected_cuinit_error_only():
+    line_filter = StartUpFilter()
+    assert not line_filter.keep("WARNING: All log messages before absl::InitializeLog() is called are written to "
+                                "STDERR")
+    assert not line_filter.keep("To enable the following instructions: AVX2 AVX512F FMA, in other operations, "
+                                "rebuild TensorFlow with the appropriate compiler flags.")
+    assert not line_filter.keep(INFO)
+    assert line_filter.keep(CUINIT)  # a driver is there but failed: the user needs this line
+    assert line_filter.keep(WARNING) and line_filter.keep(OTHER_ERROR)
+    assert line_filter.keep("Traceback (most recent call last):") and line_filter.keep("")
+    assert not line_filter.keep(NO_DRIVER)
+    assert not line_filter.keep(CUINIT)  # no driver at all: the error is the expected consequence
+    assert line_filter.keep(OTHER_ERROR)
+
+
+def test_filtered_stderr_passes_other_lines_through_as_written(capfd, monkeypatch):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    with filtered_stderr():
+        for line in (INFO, "a message of our own", NO_DRIVER, CUINIT, OTHER_ERROR):
+            os.write(2, (line + "\n").encode())
+        os.write(2, b"no newline at the end")
+    os.write(2, (INFO + "\n").encode())  # after the block nothing is filtered
+    assert capfd.readouterr().err == (f"a message of our own\n{OTHER_ERROR}\nno newline at the end{INFO}\n")
+
+
+def test_a_log_level_set_by_the_user_turns_the_filter_off(capfd, monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    with filtered_stderr():
+        os.write(2, (INFO + "\n").encode())
+    assert capfd.readouterr().err == INFO + "\n"
+
+
+def test_importing_keras_prints_none_of_tensorflows_start_up_lines():
+    env = script_env()
+    del env["TF_CPP_MIN_LOG_LEVEL"]
+    code = ("import sys; from lib.start_up import import_keras; keras = import_keras(); "
+            "print('backend', keras.backend.backend(), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "backend " in result.stderr
+    lines = result.stderr.splitlines()
+    assert not [line for line in lines if line.startswith(("I0", "WARNING: All log messages", "To enable"))], lines
