@@ -27,7 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", default="runs/drive_holdout", help="run folder with best.keras")
     parser.add_argument("--split", default="val", help="prepared split to score (val = holdout images)")
-    parser.add_argument("--windows", default="128,256,whole", help="window sizes ('whole' = the padded image)")
+    parser.add_argument("--windows", default="128,256,whole", help="window sizes ('whole' = the padded image, scored once without overlap)")
     parser.add_argument("--overlaps", default="0,0.25,0.5", help="fractions of the window that overlap")
     parser.add_argument("--blends", default="constant,gaussian")
     parser.add_argument("--tta", default="false,true", help="tta_flips values: false, true (all four), horizontal, rotations, auto")
@@ -43,13 +43,13 @@ def main() -> None:
     labels = np.concatenate([s["label"][s["fov"]] for s in samples])
     whole = max(max(s["image"].shape[:2]) for s in samples)
     whole = -(-whole // 2 ** depth) * 2 ** depth
+    overlaps = [float(o) for o in args.overlaps.split(",")]
+    grid = [(window, overlap) for window in args.windows.split(",")
+            for overlap in ([0.0] if window == "whole" else overlaps)]  # one window holding the image never overlaps
     rows = []
-    for window, overlap, blend, tta in itertools.product(
-            args.windows.split(","), [float(o) for o in args.overlaps.split(",")], args.blends.split(","),
-            [{"true": True, "false": False}.get(t, t) for t in args.tta.split(",")]):
+    for (window, overlap), blend, tta in itertools.product(
+            grid, args.blends.split(","), [{"true": True, "false": False}.get(t, t) for t in args.tta.split(",")]):
         size = whole if window == "whole" else int(window)
-        if window == "whole" and overlap:
-            continue
         stride = max(int(size * (1 - overlap)), 1)
         testing = resolve_tta(dict(config["testing settings"], window=size, stride=stride, blend=blend,
                                    batch_size=4, tta_flips=tta), model)

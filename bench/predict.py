@@ -171,7 +171,8 @@ def main() -> int:
         r["auc_common"] = pooled_auc(r["probs"][:k], common_images[:k]) if k == len(common_images) else None
         s = r["settings"]
         tta = {True: " +TTA", False: ""}.get(s["tta_flips"], f" +TTA {s['tta_flips']}")
-        rows.append([method, f"{s['window']}", s["stride"], s["blend"] + tta,
+        label = f"stride{args.classic_stride}" if method == "stride5" else method  # the method as run
+        rows.append([label, f"{s['window']}", s["stride"], s["blend"] + tta,
                      int(np.mean(r["windows"])), f"{n} x {r['repeats']}", mean, mean * args.target_images,
                      None if slow is None else slow / mean, r["auc_pooled"], r["auc_common"]])
         del r["probs"]
@@ -179,9 +180,10 @@ def main() -> int:
              f" checkpoint, depth {depth}), {split} split of {data_path}: {len(samples)} labelled image(s) of "
              + ", ".join(f"{w}x{h}x{c}" for h, w, c in shapes),
              "s/image = prediction + FOV masking + binary_scores, mean over images of the median over repeats",
-             f"'{args.target_images} images' = {args.target_images} x s/image; x faster = stride-5 s/image / s/image",
+             f"'{args.target_images} images' = {args.target_images} x s/image; x faster = stride-{args.classic_stride} "
+             "s/image / s/image",
              f"AUC: pooled inside the FOV over that method's images, and over the first {len(common_images)} "
-             "image(s) (those the stride-5 method ran) for a same-images comparison"]
+             f"image(s) (those the stride-{args.classic_stride} method ran) for a same-images comparison"]
     common.report("Prediction: seconds per image and AUC",
                   ["method", "window", "stride", "blend", "windows/image", "images x repeats", "s/image",
                    f"{args.target_images} images (s)", f"x faster than stride {args.classic_stride}", "AUC (its images)",
