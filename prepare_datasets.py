@@ -20,7 +20,7 @@ from lib.config import Config, add_config_arguments, load_config
 from lib.errors import UserError, run_cli
 from lib.fingerprint import changed_files, describe_differences, fingerprint, setting_differences, source_files
 from lib.locks import exclusive_lock
-from lib.patches import extract_patches, iter_chunks, sample_centres
+from lib.patches import check_fits, extract_patches, iter_chunks, sample_centres
 from lib.preprocessing import fit_statistics, preprocess, preprocessing_settings, select_channels
 from lib.progress import progress
 from lib.readers import (CONFIGURED_SPLIT, DERIVED_FOV, ClassSpec, Entry, LabelError, Sample, describe_ids,
@@ -99,8 +99,8 @@ def save_fov(sample: Sample, folder: Path | None) -> None:
             Image.fromarray(sample.fov.astype(np.uint8) * 255).save(tmp, format="PNG")
 
 
-def read_training(entries: Sequence[Entry], scale: float, folder: Path,
-                  fov_folder: Path | None) -> list[dict[str, Any]]:
+def read_training(entries: Sequence[Entry], scale: float, folder: Path, fov_folder: Path | None,
+                  patch_size: int) -> list[dict[str, Any]]:
     """Read the training images one at a time into scratch files: raw image, label and FOV."""
     rows = []
     bad_labels: list[LabelError] = []
@@ -108,6 +108,7 @@ def read_training(entries: Sequence[Entry], scale: float, folder: Path,
         sample = load_checked(entry, scale, bad_labels)
         if sample is None:
             continue
+        check_fits(*sample.image.shape[:2], patch_size, f"training image {sample.name}")  # before reading the rest
         save_fov(sample, fov_folder)
         if sample.label is None:
             raise UserError(f"training image {sample.name} has no label; every training image needs one.")
@@ -219,7 +220,7 @@ def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
     if fov_folder is not None:
         print(f"{paths['dataset']} has no FOV masks: deriving them from the red channel; saved in {fov_folder}")
         fov_folder.mkdir(exist_ok=True)
-    train_rows = read_training(train, scale, scratch, fov_folder)
+    train_rows = read_training(train, scale, scratch, fov_folder, config["data attributes"]["patch_size"])
     if classes is None:
         check_foreground(train_rows, root)
     stats = fit_statistics((select_channels(r["raw"], settings["channels"], settings["gray_mode"])

@@ -9,6 +9,13 @@ from numpy.lib.stride_tricks import sliding_window_view
 from lib.errors import UserError
 
 
+def check_fits(height: int, width: int, size: int, image: str) -> None:
+    """Refuse an image smaller than the patch, naming it and the settings that fix it."""
+    if height < size or width < size:
+        raise UserError(f"{image} is {width}x{height} pixels, smaller than the {size}x{size} patch. Lower "
+                        "[data attributes] patch_size, or shrink the images less ([data paths] resize).")
+
+
 def sample_centres(fovs: Sequence[np.ndarray], n: int, size: int, inside_fov: bool,
                    rng: np.random.Generator, names: Sequence[str] | None = None,
                    labels: Sequence[np.ndarray] | None = None, foreground_fraction: float = 0.0,
@@ -28,10 +35,7 @@ def sample_centres(fovs: Sequence[np.ndarray], n: int, size: int, inside_fov: bo
     for index, (fov, count) in enumerate(zip(fovs, shares)):
         height, width = fov.shape
         image = f"training image {names[index]}" if names is not None else f"image {index}"
-        if height < size or width < size:
-            raise UserError(f"{image} is {width}x{height} pixels, smaller than the "
-                            f"{size}x{size} patch. Lower [data attributes] patch_size, or shrink the images less "
-                            "([data paths] resize).")
+        check_fits(height, width, size, image)
         valid = np.zeros_like(fov, dtype=bool)
         valid[half: height - size + half + 1, half: width - size + half + 1] = True
         if inside_fov:

@@ -426,3 +426,21 @@ def test_prepare_chase_keeps_its_split_holds_out_by_name_and_saves_derived_fovs(
         np.testing.assert_array_equal(np.asarray(saved) == 255, stored == 1)
     assert sorted(p.name for p in (prepared / "fov").iterdir()) == [
         f"Image_{name}_fov.png" for name in CHASE_NAMES]
+
+
+def test_prepare_refuses_an_image_smaller_than_the_patch_at_the_first_one(folders: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    import prepare_datasets
+
+    read = []
+    load_checked = prepare_datasets.load_checked
+    monkeypatch.setattr(prepare_datasets, "load_checked", lambda *args: read.append(args) or load_checked(*args))
+    monkeypatch.setattr(sys, "argv", [
+        "prepare_datasets.py", "--config", str(REPO / "configuration_sample.txt"),
+        "--set", "dataset=folders", "--set", f"dataset_dir={folders}", "--set", f"prepared_dir={tmp_path / 'p'}",
+        "--set", "holdout_ids=", "--set", "resize=0.5", "--set", f"patch_size={max(H, W) // 2 + 16}",
+    ])
+    with pytest.raises(UserError, match=r"smaller than the .* patch\. Lower \[data attributes\] patch_size, or "
+                                        r"shrink the images less \(\[data paths\] resize\)"):
+        prepare_datasets.main()
+    assert len(read) == 1  # refused at the first image read, not after reading them all
