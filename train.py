@@ -27,8 +27,9 @@ from lib.runs import CONFIG_NAME, FINISHED, prepare_run_folder, run_lock
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes
 
 if TYPE_CHECKING:  # these import Keras, which train.py loads only once the configuration and data are checked
-    from lib.callbacks import TimeLimit
+    from lib.callbacks import CtrlC, NaNGuard, TimeLimit
     from lib.distribute import Distribution
+    from lib.pipeline import PatchStream
 
 
 def read_log(path: Path) -> dict[str, list[float]]:
@@ -205,19 +206,14 @@ def fit(config: Config, prepared: Prepared, run: Path, distribution: Distributio
     run's training as ended when fit returns normally."""
     import keras
 
-    from lib.averaging import AveragedWeights
     from lib.backend import jit_setting
-    from lib.callbacks import (Checkpoints, CosineSchedule, CtrlC, EpochSetter, HoldoutScore, LogProgress,
-                               NaNGuard, SafeBackupAndRestore, mark_ended)
-    from lib.distribute import AgreeToStop, SyncFromChief
-    from lib.inference import predict_image
+    from lib.callbacks import mark_ended
     from lib.losses import loss_and_metrics
     from lib.optimizer import build_optimizer
     from lib.pipeline import PatchStream
     from lib.unet import unet_from_config
 
-    training, testing = config["training settings"], config["testing settings"]
-    flips, depth, n_classes = config["augmentation"]["flips"], config["model"]["depth"], config["model"]["n_classes"]
+    training, n_classes = config["training settings"], config["model"]["n_classes"]
     batch, seed = training["batch_size"], config["experiment"]["seed"]
     (n_train, val_batch), n_val = sizes, prepared.n_patches - sizes[0]
     keras.utils.set_random_seed(seed)
@@ -229,10 +225,9 @@ def fit(config: Config, prepared: Prepared, run: Path, distribution: Distributio
     weights = (prepared.classes["median_frequency_weights"]
                if n_classes > 1 and training["class_weighting"] != "none" else None)
     loss, metrics = loss_and_metrics(training["loss"], n_classes, prepared.ignore_index, weights)
-    ema = training["ema_momentum"]
     with distribution.scope():
         model = unet_from_config(config)
-        optimizer = build_optimizer(training["learning_rate"], ema, training["weight_decay"])
+        optimizer = build_optimizer(training["learning_rate"], training["ema_momentum"], training["weight_decay"])
         model.compile(optimizer=optimizer, loss=distribution.replica_loss(loss),
                       metrics=metrics,
                       jit_compile=jit_setting(training["jit_compile"], distribution.strategy is not None))
@@ -242,39 +237,8 @@ def fit(config: Config, prepared: Prepared, run: Path, distribution: Distributio
         model.summary(print_fn=lambda line, **_: lines.append(line + "\n"))
         write_text(run / "model_summary.txt", "".join(lines))
 
-    mode = "max" if monitor.startswith("holdout_") else "min"
-    nan_guard = NaNGuard()
-    callbacks = [nan_guard, EpochSetter([train_data])]
-    if training["lr_schedule"] == "cosine":
-        # Workers' clocks differ: with several, the schedule follows steps only, so their rates agree.
-        callbacks.append(CosineSchedule(training["learning_rate"], steps, training["N_epochs"],
-                                        time_limit if distribution.workers == 1 else None))
-    average = AveragedWeights() if ema else None
-    if average:
-        callbacks.append(average)
-    if distribution.is_chief:
-        if monitor.startswith("holdout_"):
-            # Model selection needs no flip or scale TTA; they would multiply the time each epoch's scoring takes.
-            scoring = {**testing, "tta_flips": False, "tta_scales": [1.0]}
-            callbacks.append(HoldoutScore(prepared.holdout,
-                                          lambda m, image: predict_image(m, image, scoring, depth, flips),
-                                          training["validate_every"], n_classes, prepared.ignore_index))
-        callbacks += [
-            Checkpoints(run, monitor, mode, training["early_stopping_patience"]),
-            keras.callbacks.CSVLogger(str(run / "log.csv"), append=True),
-        ]
-    if average:
-        callbacks.append(average.swap_back)  # the backup below must hold the training state, not the average
-    if distribution.is_chief:
-        callbacks.append(SafeBackupAndRestore(str(run / "backup"), double_checkpoint=True))
-        if keras.backend.backend() == "tensorflow":
-            callbacks.append(keras.callbacks.TensorBoard(str(run / "tensorboard"), profile_batch=0))
-    if distribution.is_chief and not sys.stdout.isatty():
-        callbacks.append(LogProgress())  # Keras prints one line per epoch here (verbose=2)
-    # With several workers: start from the chief's (restored) state; stop together.
-    # CtrlC last: an interrupted epoch's checkpoints are written before it raises.
-    ctrl_c = CtrlC()
-    callbacks += [time_limit, SyncFromChief(distribution), AgreeToStop(distribution), ctrl_c]
+    callbacks, nan_guard, ctrl_c = training_callbacks(config, prepared, run, distribution, time_limit, monitor,
+                                                      train_data)
 
     limit = training["max_train_minutes"]
     budget = f" within a time budget of {limit:g} min from the start of train.py" if limit else ""
@@ -327,6 +291,55 @@ def fit(config: Config, prepared: Prepared, run: Path, distribution: Distributio
     mark_ended(run, "all epochs done" if epochs >= training["N_epochs"] else
                f"stopped early, after {plural(epochs, 'epoch')}")
     return minutes
+
+
+def training_callbacks(config: Config, prepared: Prepared, run: Path, distribution: Distribution,
+                       time_limit: TimeLimit, monitor: str, train_data: PatchStream) -> tuple[list, NaNGuard, CtrlC]:
+    """fit's callbacks in the order they must run, with the NaN guard and the Ctrl-C handler among them."""
+    import keras
+
+    from lib.averaging import AveragedWeights
+    from lib.callbacks import (Checkpoints, CosineSchedule, CtrlC, EpochSetter, HoldoutScore, LogProgress,
+                               NaNGuard, SafeBackupAndRestore)
+    from lib.distribute import AgreeToStop, SyncFromChief
+    from lib.inference import predict_image
+
+    training, testing = config["training settings"], config["testing settings"]
+    flips, depth, n_classes = config["augmentation"]["flips"], config["model"]["depth"], config["model"]["n_classes"]
+    nan_guard = NaNGuard()
+    callbacks = [nan_guard, EpochSetter([train_data])]
+    if training["lr_schedule"] == "cosine":
+        # Workers' clocks differ: with several, the schedule follows steps only, so their rates agree.
+        callbacks.append(CosineSchedule(training["learning_rate"], len(train_data), training["N_epochs"],
+                                        time_limit if distribution.workers == 1 else None))
+    average = AveragedWeights() if training["ema_momentum"] else None
+    if average:
+        callbacks.append(average)
+    if distribution.is_chief:
+        if monitor.startswith("holdout_"):
+            # Model selection needs no flip or scale TTA; they would multiply the time each epoch's scoring takes.
+            scoring = {**testing, "tta_flips": False, "tta_scales": [1.0]}
+            callbacks.append(HoldoutScore(prepared.holdout,
+                                          lambda m, image: predict_image(m, image, scoring, depth, flips),
+                                          training["validate_every"], n_classes, prepared.ignore_index))
+        mode = "max" if monitor.startswith("holdout_") else "min"
+        callbacks += [
+            Checkpoints(run, monitor, mode, training["early_stopping_patience"]),
+            keras.callbacks.CSVLogger(str(run / "log.csv"), append=True),
+        ]
+    if average:
+        callbacks.append(average.swap_back)  # the backup below must hold the training state, not the average
+    if distribution.is_chief:
+        callbacks.append(SafeBackupAndRestore(str(run / "backup"), double_checkpoint=True))
+        if keras.backend.backend() == "tensorflow":
+            callbacks.append(keras.callbacks.TensorBoard(str(run / "tensorboard"), profile_batch=0))
+        if not sys.stdout.isatty():
+            callbacks.append(LogProgress())  # Keras prints one line per epoch here (verbose=2)
+    # With several workers: start from the chief's (restored) state; stop together.
+    # CtrlC last: an interrupted epoch's checkpoints are written before it raises.
+    ctrl_c = CtrlC()
+    callbacks += [time_limit, SyncFromChief(distribution), AgreeToStop(distribution), ctrl_c]
+    return callbacks, nan_guard, ctrl_c
 
 
 def finish(config: Config, prepared: Prepared, run: Path, monitor: str, minutes: float, ended_before: bool,
