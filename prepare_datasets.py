@@ -180,6 +180,10 @@ def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
     wanted = fingerprint(config)
 
     root = Path(paths["dataset_dir"])
+    # The lock held by main() means no other run is writing these: they were left by a killed one.
+    for stale in out_path.parent.glob(f".{out_path.stem}.*.tmp{out_path.suffix}"):
+        print(f"Removing {stale}, left by an interrupted prepare_datasets.py run.")
+        stale.unlink()
     if out_path.exists() and not overwrite:
         reason = stale_reason(out_path, wanted, root)
         if reason is None:
@@ -187,10 +191,6 @@ def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
             return 0
         raise UserError(f"{out_path} exists and {reason}. Rerun with --overwrite to replace it, or set "
                         "[data paths] prepared_dir to another folder to keep both.")
-
-    for stale in out_path.parent.glob(f".{out_path.stem}.*.tmp{out_path.suffix}"):
-        print(f"Removing {stale}, left by an interrupted prepare_datasets.py run.")
-        stale.unlink()
     seed = config["experiment"]["seed"]
     if paths["dataset"] == "sample" and not root.exists():
         print(f"Generating the sample dataset (DRIVE layout, {SAMPLE_TRAIN} training and {SAMPLE_TEST} "

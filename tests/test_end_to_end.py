@@ -91,6 +91,9 @@ def test_a_second_prepare_of_one_file_is_refused_and_a_killed_ones_leftover_remo
     done = run_script("prepare_datasets.py", *args)
     assert f"Removing {leftover}" in done.stdout and not leftover.exists()
     assert (tmp_path / "prepared" / "dataset.h5").is_file()
+    leftover.write_bytes(b"half")  # killed during an --overwrite of an up-to-date file
+    again = run_script("prepare_datasets.py", *args)
+    assert "nothing to do" in again.stdout and f"Removing {leftover}" in again.stdout and not leftover.exists()
 
 
 def test_foreground_fraction_puts_more_vessel_pixels_into_the_patches(tmp_path, small_drive):
