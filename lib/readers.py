@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from lib.errors import UserError
 from lib.fov import derive_fov
+from lib.progress import plural
 
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".ppm", ".pgm", ".bmp")
 _IGNORED_FILES = {"Thumbs.db", "desktop.ini"}
@@ -753,9 +754,29 @@ def files_by_stem(folder: Path) -> dict[str, Path]:
     if unexpected:
         raise UserError(f"unexpected files in {folder}: {', '.join(unexpected)}. Expected only images "
                         f"({', '.join(IMAGE_EXTENSIONS)}); move the others away.")
+    nested = images_in_subfolders(folder)
+    if nested:  # reading the rest would train on part of the data without a word
+        raise UserError(f"{folder} has images in subfolders, which are not read: {nested}. Move those images "
+                        f"into {folder} itself (and their labels or masks likewise), or move the subfolders out.")
     if not found:
         raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder}.")
     return found
+
+
+def _is_image_name(name: str) -> bool:
+    return Path(_without_gz(name)).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def images_in_subfolders(folder: Path) -> str:
+    """The subfolders of folder (at any depth, hidden ones left out) that hold image files, with their counts,
+    e.g. 'extra/ (2 images)'; empty when there are none."""
+    found = []
+    for sub in sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")):
+        count = sum(1 for path in sub.rglob("*") if _is_image_name(path.name) and path.is_file()
+                    and not any(part.startswith(".") for part in path.relative_to(sub).parts))
+        if count:
+            found.append(f"{sub.name}/ ({plural(count, 'image')})")
+    return ", ".join(found)
 
 
 def _folder_files(folder: Path, need_labels: bool) -> list[tuple[str, Path, Path | None, Path | None]]:
@@ -1055,9 +1076,13 @@ def _input_files(path: Path) -> list[Path]:
     """The image file, or every image file (gzipped too) in the folder, given to predict.py --input."""
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.is_file()
-                       and Path(_without_gz(p.name)).suffix.lower() in IMAGE_EXTENSIONS)
+                       and _is_image_name(p.name))
+        nested = images_in_subfolders(path)
         if not files:
-            raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}, or gzipped) in {path}.")
+            inside = f"; its subfolders {nested} are not read: give one of them as --input" if nested else ""
+            raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}, or gzipped) in {path}{inside}.")
+        if nested:
+            print(f"note: --input reads the images in {path} itself, not those in its subfolders {nested}.")
         return files
     if path.is_file():
         return [path]

@@ -297,6 +297,23 @@ def test_folders_pair_by_stem_across_extensions(folders: Path) -> None:
     assert [e.key for e in test] == ["case2", "case10", "scan_b"] and len(train) == 3
 
 
+def test_folders_refuse_images_in_subfolders_which_would_be_left_out(tmp_path: Path) -> None:
+    root = tmp_path / "nested"
+    _write_folders(root)
+    (root / "images" / "extra" / "more").mkdir(parents=True)
+    for name in ("case11.png", "more/case12.png"):
+        Image.fromarray(np.zeros((H, W), np.uint8)).save(root / "images" / "extra" / name)
+    (root / "images" / "notes").mkdir()  # a subfolder without images is no loss
+    (root / "images" / "notes" / "readme.txt").write_text("x")
+    with pytest.raises(UserError, match=r"images has images in subfolders, which are not read: extra/ \(2 images\)"):
+        read_dataset("folders", root)
+    for path in (root / "images" / "extra").rglob("*.png"):
+        path.rename(root / "images" / path.name)
+    for stem in ("case11", "case12"):
+        Image.fromarray(np.zeros((H, W), np.uint8)).save(root / "labels" / f"{stem}.png")
+    assert len(read_dataset("folders", root)[0]) == len(FOLDER_FILES) + 2
+
+
 def test_folders_by_name_in_test_ids_and_numeric_names_as_ids(tmp_path: Path) -> None:
     root = tmp_path / "numbers"
     for sub in ("images", "labels"):

@@ -419,3 +419,13 @@ def test_prepare_reads_transparent_labels_and_names_the_image_sizes(tmp_path: Pa
                   for index, name in enumerate(h5["train/names"][()])}
     for stem, label in labels.items():
         np.testing.assert_array_equal(stored[f"{stem}.png"], label)
+
+
+def test_input_folder_names_the_subfolders_it_does_not_read(tmp_path, capsys):
+    (tmp_path / "in" / "scans").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in" / "scans" / "a.png")
+    with pytest.raises(UserError, match=r"no image files .* in .*in; its subfolders scans/ \(1 image\) are not read"):
+        input_entries(tmp_path / "in", None)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in" / "b.png")
+    assert [entry.name for entry in input_entries(tmp_path / "in", None)] == ["b.png"]
+    assert "not those in its subfolders scans/ (1 image)" in capsys.readouterr().out
