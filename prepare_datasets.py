@@ -18,7 +18,8 @@ from PIL import Image
 from lib.atomic import atomic_path
 from lib.config import Config, add_config_arguments, load_config
 from lib.errors import UserError, run_cli
-from lib.fingerprint import changed_files, describe_differences, fingerprint, setting_differences, source_files
+from lib.fingerprint import (FOV_FOLDER, describe_changes, describe_differences, fingerprint, prepare_outputs,
+                             setting_differences, source_changes, source_files)
 from lib.locks import exclusive_lock
 from lib.patches import check_fits, extract_patches, iter_chunks, sample_centres
 from lib.preprocessing import fit_statistics, preprocess, preprocessing_settings, select_channels
@@ -30,7 +31,6 @@ from lib.storage import FILE_NAME, class_statistics, open_prepared, write_prepar
 
 SAMPLE_TRAIN, SAMPLE_TEST = 10, 4  # images in the generated demo dataset (DRIVE size)
 EXTRACT_BLOCK = 4096  # patches cut and written at a time: bounds memory whatever N_subimgs is
-FOV_FOLDER = "fov"    # derived FOV masks are also saved here, in prepared_dir, as <image>_fov.png
 
 
 def stale_reason(path: Path, wanted: Mapping[str, Any], root: Path) -> str | None:
@@ -44,13 +44,9 @@ def stale_reason(path: Path, wanted: Mapping[str, Any], root: Path) -> str | Non
     differences = setting_differences(saved, wanted)
     if differences:
         return f"was prepared with other settings: {describe_differences(differences)}"
-    # Files prepared by earlier versions have no list; a removed dataset folder is no reason to redo the file.
-    # {}: prepared into the dataset's own folder by a version that then watched nothing there.
-    if saved_files and root.is_dir():
-        changes = changed_files(saved_files, source_files(root, exclude=prepare_outputs(path)))
-        if changes:
-            shown = ", ".join(changes[:10]) + (f" and {len(changes) - 10} more" if len(changes) > 10 else "")
-            return f"was prepared before these files in {root} changed: {shown}"
+    changes = source_changes(saved_files, root, path)
+    if changes:
+        return f"was prepared before these files in {root} changed: {describe_changes(changes)}"
     return None
 
 
@@ -85,11 +81,6 @@ def spill(array: np.ndarray, folder: Path) -> np.ndarray:
         copy = np.memmap(handle, dtype=array.dtype, mode="w+", shape=array.shape)
     copy[...] = array
     return copy
-
-
-def prepare_outputs(out_path: Path) -> list[Path]:
-    """What prepare writes into prepared_dir, which may be the dataset's own folder: never a source file."""
-    return [out_path, out_path.parent / FOV_FOLDER]
 
 
 def save_fov(sample: Sample, folder: Path | None) -> None:

@@ -18,8 +18,8 @@ import numpy as np
 from lib.atomic import write_json, write_text
 from lib.config import Config, add_config_arguments, load_config, write_config
 from lib.errors import UserError, run_cli
-from lib.fingerprint import (describe_differences, fingerprint, matters_for_training, setting_differences,
-                             with_prepared_patches)
+from lib.fingerprint import (describe_changes, describe_differences, fingerprint, matters_for_training,
+                             setting_differences, source_changes, with_prepared_settings)
 from lib.metrics import best_f1_threshold
 from lib.plots import save_learning_curves
 from lib.progress import plural
@@ -54,10 +54,18 @@ def check_prepared_settings(differences: dict, data_path: Path) -> None:
                         "Give prepare_datasets.py and train.py the same configuration and --set options, or "
                         "rerun prepare_datasets.py with these (with --overwrite, or another prepared_dir).")
     if differences:
-        recorded = (", and the run's configuration.txt records the patch settings it used"
-                    if any(key.startswith("patches.") for key in differences) else "")
+        recorded = (", and the run's configuration.txt records the ones it used"
+                    if any(key != "seed" for key in differences) else "")
         print(f"note: {data_path} was prepared with {describe_differences(differences)}; training uses its "
               f"patches and images as they are{recorded}.")
+
+
+def check_sources(changes: list[str], source: Path, data_path: Path) -> None:
+    """Warn that the images or labels dataset.h5 was prepared from have changed since: training does not see it."""
+    if changes:
+        print(f"warning: these files in {source} changed after {data_path} was prepared from them: "
+              f"{describe_changes(changes)}. Training uses the file as it was prepared; to train on the files as "
+              "they are now, stop and rerun prepare_datasets.py with --overwrite.")
 
 
 def check_holdout(holdout: list[dict], multiclass: bool, ignore_index: int | None, data_path: Path) -> None:
@@ -87,7 +95,7 @@ def main() -> int:
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
     prepared = read_prepared(config)
-    return train(with_prepared_patches(config, prepared.differences), prepared, args.overwrite)
+    return train(with_prepared_settings(config, prepared.differences), prepared, args.overwrite)
 
 
 class Prepared(NamedTuple):
@@ -113,7 +121,10 @@ def read_prepared(config: Config) -> Prepared:
         holdout = list(iter_split(h5, "val"))
         classes = read_classes(h5)
         differences = setting_differences(read_attr_json(h5, "fingerprint"), fingerprint(config))
+        saved_files = read_attr_json(h5, "source_files") if "source_files" in h5.attrs else None
     check_prepared_settings(differences, data_path)
+    source = Path(preprocessing["source"])
+    check_sources(source_changes(saved_files, source, data_path), source, data_path)
 
     n_classes, ignore_index = config["model"]["n_classes"], config["data attributes"]["ignore_index"]
     ignore_index = None if ignore_index < 0 else ignore_index

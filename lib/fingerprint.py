@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from lib.readers import CONFIGURED_SPLIT
 
@@ -15,6 +15,7 @@ TRAINING_NEUTRAL_SECTIONS = ("patches",)
 # [training settings] keys that prepare_datasets.py reads to cut the patches (the fingerprint's "patches").
 PATCH_KEYS = ("N_subimgs", "inside_FOV", "foreground_fraction")
 PATH_SETTINGS = ("data paths.dataset_dir", "data paths.prepared_dir", "experiment.runs_dir")  # compared normalized
+FOV_FOLDER = "fov"  # derived FOV masks are also saved here, in prepared_dir, as <image>_fov.png
 
 
 def fingerprint(config: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -48,16 +49,19 @@ def _as_configured(setting: str, value: Any) -> Any:
     return 0 if value is None and setting == "patches.foreground_fraction" else value
 
 
-def with_prepared_patches(config: Mapping[str, Mapping[str, Any]],
-                          differences: Mapping[str, tuple[Any, Any]]) -> dict[str, dict[str, Any]]:
-    """The configuration with the patch settings of a dataset.h5 that differ from it (setting_differences), which
-    are the ones a model trained on the file used."""
-    training = dict(config["training settings"])
+def with_prepared_settings(config: Mapping[str, Mapping[str, Any]],
+                           differences: Mapping[str, tuple[Any, Any]]) -> dict[str, dict[str, Any]]:
+    """The configuration with the settings of a dataset.h5 that differ from it (setting_differences) and that a
+    model trained on the file used: its patch settings, and the dataset folder and test split its images came
+    from. The seed stays the configuration's: it also seeds training."""
+    sections = {name: dict(values) for name, values in config.items()}
     for setting, (prepared, _) in differences.items():
-        section, _, key = setting.partition(".")
+        section, _, key = setting.rpartition(".")
         if section == "patches":
-            training[key] = _as_configured(setting, prepared)
-    return {**config, "training settings": training}
+            sections["training settings"][key] = _as_configured(setting, prepared)
+        elif section == "data paths" and setting in TRAINING_NEUTRAL and prepared is not None:
+            sections["data paths"][key] = prepared
+    return sections
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -132,6 +136,25 @@ def source_files(root: Path, exclude: Iterable[Path] = ()) -> dict[str, list[int
             status = path.stat()
             files[path.relative_to(root).as_posix()] = [status.st_size, status.st_mtime_ns]
     return files
+
+
+def prepare_outputs(out_path: Path) -> list[Path]:
+    """What prepare writes into prepared_dir, which may be the dataset's own folder: never a source file."""
+    return [out_path, out_path.parent / FOV_FOLDER]
+
+
+def source_changes(saved: Mapping[str, list[int]] | None, root: Path, out_path: Path) -> list[str]:
+    """The files under root added, removed or changed since out_path (a dataset.h5) was prepared from them, as
+    changed_files gives them. None saved (earlier versions kept no list), {} (a version that watched nothing in
+    the dataset's own folder) or a removed dataset folder: nothing to compare, so no change."""
+    if not saved or not root.is_dir():
+        return []
+    return changed_files(saved, source_files(root, exclude=prepare_outputs(out_path)))
+
+
+def describe_changes(changes: Sequence[str], limit: int = 10) -> str:
+    """The first changes, and how many more."""
+    return ", ".join(changes[:limit]) + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
 def changed_files(saved: Mapping[str, list[int]], current: Mapping[str, list[int]]) -> list[str]:

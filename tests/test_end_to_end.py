@@ -413,17 +413,26 @@ def test_ctrl_c_stops_cleanly_keeps_checkpoints_and_prints_the_resume_command(sm
 
 def test_a_run_that_ended_early_trains_no_more_when_rerun_before_its_final_files(tmp_path, small_drive, trained):
     """Stopped by its time budget and killed before writing its final files, a run reruns to those files only;
-    it also records the patch settings of dataset.h5 and validates on fewer patches than a batch."""
+    it also records the patch settings and dataset folder of dataset.h5, warns that a source file changed after
+    it was prepared, and validates on fewer patches than a batch."""
     tmp, _, _, _ = trained
     shutil.copytree(tmp / "prepared", tmp_path / "prepared")  # prepared with N_subimgs=2400
+    with h5py.File(tmp_path / "prepared" / "dataset.h5", "r+") as h5:
+        files = json.loads(h5.attrs["source_files"])
+        files["training/1st_manual/22_manual1.gif"][0] += 1  # as if the label had been edited since
+        h5.attrs["source_files"] = json.dumps(files)
     args = tiny_settings(tmp_path, small_drive, name="budget",
-                         extra=["max_train_minutes=0.01", "N_subimgs=999", "validation_fraction=0.004"])
+                         extra=["max_train_minutes=0.01", "N_subimgs=999", "validation_fraction=0.004",
+                                f"dataset_dir={tmp_path / 'moved'}"])
     first = run_script("train.py", *args)
     assert "stopping after epoch 1" in first.stdout and "2390 training and 10 validation patches" in first.stdout
+    assert (f"warning: these files in {small_drive} changed after {tmp_path / 'prepared' / 'dataset.h5'} was "
+            "prepared from them: training/1st_manual/22_manual1.gif (changed)") in first.stdout
     run = tmp_path / "runs" / "budget"
     log = list(csv.DictReader(open(run / "log.csv")))
     assert len(log) == 1 and float(log[0]["val_loss"]) > 0  # 10 patches, batch 16: validated all the same
-    assert "N_subimgs = 2400" in (run / "configuration.txt").read_text().splitlines()
+    recorded = (run / "configuration.txt").read_text().splitlines()
+    assert "N_subimgs = 2400" in recorded and f"dataset_dir = {small_drive}" in recorded
     info = json.loads((run / "model_info.json").read_text())
     assert info["thresholds"]["best"] == info["thresholds"]["last"] == info["threshold"]  # one epoch: one model
     for name in ("training_summary.json", "model_info.json"):
