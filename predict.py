@@ -99,6 +99,9 @@ def check_same_preparation(h5, path: Path, run: Path, preprocessing: dict, resiz
     resize: the run's against their_resize, the file's), after training."""
     theirs = {"settings": read_attr_json(h5, "preprocessing"), "statistics": read_attr_json(h5, "statistics")}
     ours = {key: preprocessing[key] for key in theirs}
+    if "clahe_tile" not in ours["settings"]:
+        # Trained before the tile was recorded: the same as the recorded one when the training images had one size.
+        theirs["settings"].pop("clahe_tile", None)
     if theirs != ours or their_resize != resize:
         differ = preprocessing_differences({**theirs["settings"], "resize": their_resize},
                                            {**ours["settings"], "resize": resize})

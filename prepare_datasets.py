@@ -22,7 +22,7 @@ from lib.fingerprint import (FOV_FOLDER, describe_changes, describe_differences,
                              setting_differences, source_changes, source_files)
 from lib.locks import exclusive_lock
 from lib.patches import check_fits, extract_patches, iter_chunks, sample_centres
-from lib.preprocessing import fit_statistics, preprocess, preprocessing_settings, select_channels
+from lib.preprocessing import clahe_tile, fit_statistics, preprocess, preprocessing_settings, select_channels
 from lib.progress import progress
 from lib.readers import (CONFIGURED_SPLIT, DERIVED_FOV, ClassSpec, Entry, LabelError, Sample, describe_ids,
                          fixed_validation, load_sample, read_dataset, resolve_ids)
@@ -212,6 +212,8 @@ def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
         print(f"{paths['dataset']} has no FOV masks: deriving them from the red channel; saved in {fov_folder}")
         fov_folder.mkdir(exist_ok=True)
     train_rows = read_training(train, scale, scratch, fov_folder, config["data attributes"]["patch_size"])
+    if settings["clahe"]:
+        settings["clahe_tile"] = clahe_tile([row["fov"].shape for row in train_rows])
     if classes is None:
         check_foreground(train_rows, root)
     stats = fit_statistics((select_channels(r["raw"], settings["channels"], settings["gray_mode"])

@@ -226,7 +226,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "gray_mode": (_choice("luminance", "green"), "how RGB becomes gray: luminance (0.299R+0.587G+0.114B) or the green channel"),
         "standardize": (_bool, "subtract the mean and divide by the std of the training split (inside the FOV)"),
         "rescale": (_bool, "rescale each image to [0, 1] (inside the FOV) after standardization"),
-        "clahe": (_bool, "contrast-limited adaptive histogram equalization (needs rescale)"),
+        "clahe": (_bool, "contrast-limited adaptive histogram equalization (needs rescale), over tiles of 1/8 of the median training image, the same size in pixels for every image"),
         "clahe_clip": (_positive(float), "CLAHE clip limit (scikit-image equalize_adapthist clip_limit)"),
         "gamma": (_positive(float), "gamma correction exponent applied last; 1.0 disables it"),
     },

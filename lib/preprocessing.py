@@ -60,8 +60,12 @@ def preprocess(image: np.ndarray, fov: np.ndarray, settings: Mapping[str, Any],
     if settings["clahe"]:
         if not settings["rescale"]:
             raise UserError("[preprocessing] clahe = true needs rescale = true (CLAHE works on [0, 1] images).")
+        # Tiles of the training images' size in pixels (clahe_tile), whatever this image's size; data prepared
+        # before the setting existed used 1/8 of each image, skimage's default (None).
+        tile = settings.get("clahe_tile")
         # A constant channel (a blank slice or tile) stays as it is: CLAHE would turn it into 0/1 speckle.
-        x = np.stack([equalize_adapthist(x[..., c].astype(np.float64), clip_limit=settings["clahe_clip"])
+        x = np.stack([equalize_adapthist(x[..., c].astype(np.float64), kernel_size=tile,
+                                         clip_limit=settings["clahe_clip"])
                       if np.ptp(x[..., c]) > 0 else x[..., c] for c in range(x.shape[-1])], axis=-1).astype(np.float32)
     if settings["gamma"] != 1.0:
         # As in the classic retina-unet: x ** (1 / gamma), so gamma > 1 brightens dark vessels' surround.
@@ -75,3 +79,15 @@ def preprocessing_settings(config: Mapping[str, Mapping[str, Any]]) -> dict[str,
     settings = dict(config["preprocessing"])
     settings["channels"] = config["data attributes"]["channels"]
     return settings
+
+
+def clahe_tile(shapes: Sequence[Sequence[int]]) -> list[int]:
+    """The CLAHE tile (height, width in pixels) for images of these shapes: 1/8 of the median height and width.
+
+    skimage's default is 1/8 of each image, so an image twice the size was equalized over tiles twice as large
+    and a small one over tiny tiles: the model saw other contrast than in training. One tile fixed by the
+    training images keeps every image, at any size, equalized as they were (the same as skimage's default when
+    all training images have one size).
+    """
+    heights, widths = zip(*((shape[0], shape[1]) for shape in shapes))
+    return [max(int(np.median(heights)) // 8, 1), max(int(np.median(widths)) // 8, 1)]

@@ -461,3 +461,37 @@ def test_prepare_refuses_an_image_smaller_than_the_patch_at_the_first_one(folder
                                         r"shrink the images less \(\[data paths\] resize\)"):
         prepare_datasets.main()
     assert len(read) == 1  # refused at the first image read, not after reading them all
+
+
+def test_prepare_equalizes_images_of_every_size_over_the_tile_of_the_training_images(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    import json
+
+    import prepare_datasets
+    from lib.preprocessing import preprocess
+
+    root = tmp_path / "sizes"
+    rng = np.random.default_rng(4)
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True)
+    for index, (height, width) in enumerate([(48, 64), (96, 128), (48, 64)]):
+        Image.fromarray(rng.integers(60, 200, (height, width), dtype=np.uint8)).save(root / "images" / f"s{index}.png")
+        label = (rng.random((height, width)) < 0.3).astype(np.uint8) * 255
+        Image.fromarray(label).save(root / "labels" / f"s{index}.png")
+    monkeypatch.setattr(sys, "argv", [
+        "prepare_datasets.py", "--config", str(REPO / "configuration_sample.txt"),
+        "--set", "dataset=folders", "--set", f"dataset_dir={root}", "--set", f"prepared_dir={tmp_path / 'p'}",
+        "--set", "holdout_ids=", "--set", "test_fraction=0", "--set", "N_subimgs=20", "--set", "patch_size=16",
+        "--set", "clahe=true", "--set", "standardize=false", "--set", "gamma=1.0",
+    ])
+    assert prepare_datasets.main() == 0
+    with h5py.File(tmp_path / "p" / "dataset.h5", "r") as h5:
+        settings = json.loads(h5.attrs["preprocessing"])
+        names = list(h5["train/names"].asstr()[()])
+        stored = h5["train/images"][f"{names.index('s1.png'):05d}"][()]
+    assert settings["clahe_tile"] == [6, 8]  # the median training image, 48x64, over 8
+    image = np.asarray(Image.open(root / "images" / "s1.png"))
+    fov = np.ones(image.shape, bool)
+    np.testing.assert_allclose(stored, preprocess(image, fov, settings, None), atol=1e-6)
+    per_image = {key: value for key, value in settings.items() if key != "clahe_tile"}  # 1/8 of 96x128
+    assert np.abs(stored - preprocess(image, fov, per_image, None)).mean() > 0.01

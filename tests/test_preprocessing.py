@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lib.errors import UserError  # noqa: E402
-from lib.preprocessing import fit_statistics, preprocess, preprocessing_settings, select_channels  # noqa: E402
+from lib.preprocessing import clahe_tile, fit_statistics, preprocess, preprocessing_settings, select_channels  # noqa: E402
 from lib.readers import read_split  # noqa: E402
 from lib.sample_data import write_drive_sample  # noqa: E402
 
@@ -230,6 +230,28 @@ def test_a_blank_image_stays_blank_through_clahe() -> None:
         image = np.full((H, W, 3), value, np.uint8)
         out = preprocess(image, np.ones((H, W), bool), _settings(rescale=True, clahe=True, clahe_clip=0.01), None)
         assert np.ptp(out) == 0.0
+
+
+def test_clahe_with_the_training_tile_equalizes_an_image_as_in_training_whatever_its_size() -> None:
+    # Training images of 64x64 (tile 8x8); the same tissue seen in an image four times as large (2x2 copies)
+    # must be equalized as it was in training. skimage's default tile, 1/8 of each image, would double.
+    rng = np.random.default_rng(3)
+    small = (rng.random((8, 8)) * 60 + 90).repeat(8, 0).repeat(8, 1).astype(np.uint8)  # 64x64 blocks
+    small = np.clip(small.astype(int) + rng.integers(-5, 6, small.shape), 0, 255).astype(np.uint8)
+    large = np.tile(small, (2, 2))
+    tile = clahe_tile([(64, 64), (60, 70), (64, 64)])
+    assert tile == [8, 8]
+
+    def equalized(gray: np.ndarray, **extra) -> np.ndarray:
+        image = np.repeat(gray[..., None], 3, axis=-1)
+        settings = _settings(rescale=True, clahe=True, clahe_clip=0.02, **extra)
+        return preprocess(image, np.ones(gray.shape, bool), settings, None)[..., 0]
+
+    inside = (slice(0, 48), slice(0, 48))  # away from where the small image ends and the copies meet
+    same = np.abs(equalized(large, clahe_tile=tile)[inside] - equalized(small, clahe_tile=tile)[inside])
+    other = np.abs(equalized(large)[inside] - equalized(small)[inside])
+    assert same.max() < 1e-6 and other.mean() > 0.02
+    np.testing.assert_array_equal(equalized(small, clahe_tile=tile), equalized(small))  # 1/8 of 64 is 8
 
 
 def test_preprocessing_settings_collects_channels_and_preprocessing_keys() -> None:
