@@ -24,7 +24,7 @@ from lib.outputs import check_output_folder, publish, remove_abandoned, staging_
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
 from lib.preprocessing import preprocess
 from lib.progress import progress
-from lib.readers import ClassSpec, Entry, image_stem, input_entries, output_stem, scale_sample
+from lib.readers import IMAGE_EXTENSIONS, ClassSpec, Entry, image_stem, input_entries, output_stem, scale_sample
 from lib.runs import CONFIG_NAME, FINISHED, find_run_folder, training_now
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, split_size
 from lib.tiling import resize_map
@@ -86,6 +86,21 @@ def read_run_json(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is damaged ({exc}). Copy the run folder again, or rerun train.py "
                         "with --overwrite.") from None
+
+
+def data_file(path: Path) -> Path:
+    """The dataset.h5 that --data names: the file, or the one in the prepared folder; a folder without one (such
+    as a dataset's own folder of images) is refused with what to give instead."""
+    if path.suffix == ".h5":
+        return path
+    if path.is_dir() and not (path / FILE_NAME).is_file():
+        images = any(child.suffix.lower() in IMAGE_EXTENSIONS for child in path.rglob("*"))
+        raise UserError(f"--data {path} holds no {FILE_NAME}: --data takes a folder prepared by prepare_datasets.py "
+                        "(its prepared_dir) or its dataset.h5. "
+                        + ("To segment the images in it, give them with --input; to score them against their "
+                           "labels, prepare it first (prepare_datasets.py --set dataset_dir=... --set "
+                           "prepared_dir=...)." if images else ""))
+    return path / FILE_NAME
 
 
 def preprocessing_differences(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> list[str]:
@@ -359,6 +374,8 @@ def main() -> int:
     if args.mask and not args.input:
         parser.error("--mask gives the FOV masks of --input images; prepared splits have their own")
 
+    if args.data:
+        data_file(args.data)  # a raw dataset folder is answered before TensorFlow starts
     # Model, preprocessing and data paths come from the run; inference choices from the current config.
     current = load_config(args.config, args.overrides)
     run = find_run_folder(current, args.run)
@@ -405,7 +422,7 @@ def main() -> int:
             dataset = preprocessing["dataset"]
         else:
             if args.data:
-                data_path = args.data if args.data.suffix == ".h5" else args.data / FILE_NAME
+                data_path = data_file(args.data)
             else:
                 data_path = Path(config["data paths"]["prepared_dir"]) / FILE_NAME
             h5 = stack.enter_context(open_prepared(data_path))

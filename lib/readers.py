@@ -420,11 +420,24 @@ def to_classes(array: np.ndarray, path: Path | str, classes: ClassSpec) -> np.nd
     return array.astype(np.uint8)
 
 
+def _turned_by_tag(path: Path) -> bool:
+    """Whether the file carries an EXIF orientation tag that turns it (as phone and camera photos do)."""
+    try:
+        with Image.open(path) as img:
+            return img.getexif().get(0x0112, 1) not in (1, 2, 3, 4)  # 5-8 swap width and height
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
 def _check_same_size(image: np.ndarray, other: np.ndarray, image_path: Path, other_path: Path) -> None:
     if image.shape[:2] != other.shape[:2]:
-        turned = (" The sizes are swapped: files with an EXIF orientation tag (photos) are read turned as "
-                  "viewers show them, so draw the label on the turned image." if image.shape[:2] == other.shape[1::-1]
-                  else "")
+        turned = ""
+        if image.shape[:2] == other.shape[1::-1]:
+            turned = (" The sizes are swapped: files with an EXIF orientation tag (photos) are read turned as "
+                      "viewers show them, so draw the label on the turned image."
+                      if _turned_by_tag(image_path) or _turned_by_tag(other_path) else
+                      " The sizes are swapped: one of the two is turned by 90 degrees (neither has an orientation "
+                      "tag); turn it back.")
         raise UserError(f"size mismatch: {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but "
                         f"{other_path} is {other.shape[1]}x{other.shape[0]}. Image, label and mask "
                         f"must have the same size.{turned}")

@@ -321,8 +321,14 @@ def test_a_resized_label_is_reported_as_a_size_mismatch_not_as_its_values(tmp_pa
     label.resize((W + 2, H), Image.BILINEAR).save(root / "labels" / "case02.png")  # smooth edges: odd values
     with pytest.raises(UserError, match=r"size mismatch: .*case02\.png is 56x40 \(WxH\) but .*case02\.png is 58x40"):
         read_split("folders", root, "train")
-    # Swapped sides: the message points at the orientation tag photos carry.
+    # Swapped sides: turned by hand, or turned by an orientation tag as photos carry.
     Image.fromarray(np.zeros((W, H), np.uint8)).save(root / "labels" / "case02.png")
+    with pytest.raises(UserError, match=r"sizes are swapped: one of the two is turned by 90 degrees \(neither has"):
+        read_split("folders", root, "train")
+    tagged = Image.fromarray(np.zeros((H, W), np.uint8))
+    exif = tagged.getexif()
+    exif[0x0112] = 6  # shown turned by 90 degrees
+    tagged.save(root / "labels" / "case02.png", exif=exif)
     with pytest.raises(UserError, match="sizes are swapped: files with an EXIF orientation tag"):
         read_split("folders", root, "train")
 

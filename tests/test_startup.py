@@ -44,3 +44,12 @@ def test_train_reports_missing_prepared_data_before_tensorflow_starts(tmp_path):
     result = _run_without_tensorflow("train.py", "--set", f"prepared_dir={tmp_path}")
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"{tmp_path / 'dataset.h5'} not found" in result.stderr and "prepare_datasets.py" in result.stderr
+
+
+def test_predict_refuses_a_dataset_folder_of_images_as_data_before_tensorflow_starts(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "case1.png").write_bytes(b"not read")
+    result = _run_without_tensorflow("predict.py", "--data", str(tmp_path))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"--data {tmp_path} holds no dataset.h5" in result.stderr
+    assert "give them with --input" in result.stderr and "Error" not in result.stderr
