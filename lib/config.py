@@ -83,7 +83,7 @@ _run_name.__name__ = "a run name"
 def _choice(*options: str) -> Parser:
     def parse(text: str) -> str:
         if text.strip() not in options:
-            raise ValueError(f"expected one of {', '.join(options)}")
+            raise ValueError(_suggest(text.strip(), options).strip() or "none of these")
         return text.strip()
     parse.__name__ = "one of " + "|".join(options)
     return parse
@@ -93,7 +93,7 @@ def _int_choice(*options: int) -> Parser:
     def parse(text: str) -> int:
         value = int(text)
         if value not in options:
-            raise ValueError(f"expected one of {', '.join(map(str, options))}")
+            raise ValueError("none of these")
         return value
     parse.__name__ = "one of " + "|".join(map(str, options))
     return parse
@@ -302,6 +302,18 @@ def _suggest(word: str, options: Sequence[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
+def _key_hint(key: str, section: str, value: str | None = None) -> str:
+    """For a key unknown in section: the section(s) it belongs to (with the --set to give, for a --set value), else
+    the closest key of section."""
+    elsewhere = _key_index().get(key)
+    if not elsewhere:
+        return _suggest(key, list(SCHEMA[section]))
+    where = " or ".join(f"[{other}]" for other in elsewhere)
+    if value is None:
+        return f" '{key}' belongs in {where}: move it there."
+    return f" '{key}' belongs in {where}: --set {elsewhere[0].replace(' ', '_')}.{key}={value.strip()}"
+
+
 def parse_override(text: str) -> tuple[str, str, str]:
     """Split 'section.key=value' (or 'key=value' for a unique key) into (section, key, value)."""
     if "=" not in text:
@@ -328,7 +340,7 @@ def parse_override(text: str) -> tuple[str, str, str]:
                         f"{', '.join(SCHEMA)}.{_suggest(section, list(SCHEMA))}")
     if key not in SCHEMA[section]:
         raise UserError(f"--set '{text}': unknown key '{key}' in [{section}]. Valid keys: "
-                        f"{', '.join(SCHEMA[section])}.{_suggest(key, list(SCHEMA[section]))}")
+                        f"{', '.join(SCHEMA[section])}.{_key_hint(key, section, value)}")
     if re.search(r"(^|\s)[#;]|[\n\r]", value.strip()):
         # Saved into the run's configuration.txt, the rest would be read back as a comment or another line.
         raise UserError(f"--set {text!r}: a value cannot hold a line break, ' #' or ' ;' (which start a "
@@ -371,7 +383,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), fallback
                 continue
             if key not in SCHEMA[section]:
                 raise UserError(f"{path}: unknown key '{key}' in [{section}]. Valid keys: "
-                                f"{', '.join(SCHEMA[section])}.{_suggest(key, list(SCHEMA[section]))}")
+                                f"{', '.join(SCHEMA[section])}.{_key_hint(key, section)}")
             raw.setdefault(section, {})[key] = value
     overridden = set()
     for override in overrides:

@@ -122,6 +122,14 @@ def test_unknown_key_names_it_lists_valid_keys_and_suggests_the_close_match(tmp_
         assert key in message
 
 
+def test_a_key_in_the_wrong_section_is_answered_with_its_section(tmp_path: Path) -> None:
+    path = _edited(tmp_path, "N_epochs = 16", "")
+    path.write_text(path.read_text().replace("[model]", "[model]\nN_epochs = 16"))
+    with pytest.raises(UserError, match=r"unknown key 'N_epochs' in \[model\]\. .*'N_epochs' belongs in "
+                                        r"\[training settings\]: move it there\."):
+        load_config(path)
+
+
 def test_missing_key_is_a_user_error_naming_it(tmp_path: Path) -> None:
     path = _edited(tmp_path, "clahe_clip = 0.01", None)
     with pytest.raises(UserError) as info:
@@ -276,6 +284,9 @@ def test_run_names_cannot_reach_outside_runs_dir(name: str) -> None:
     ("N_subimg=5", "Did you mean 'N_subimgs'?"),
     ("training_settings.N_subimg=5", "Did you mean 'N_subimgs'?"),
     ("trainin_settings.N_subimgs=5", "Did you mean 'training settings'?"),
+    ("model.N_subimgs=5", "'N_subimgs' belongs in [training settings]: --set training_settings.N_subimgs=5"),
+    ("dataset=folder", "expected one of DRIVE|ISBI2012|STARE|CHASE_DB1|HRF|folders|sample|CamVid (Did you mean "
+                       "'folders'?)"),
     ("N_subimgs", "section.key=value"),
     # Would be cut at the comment when the run's saved configuration is read back.
     ("prepared_dir=data/prep #2", "cannot hold a line break, ' #' or ' ;'"),
