@@ -289,9 +289,12 @@ def as_rgb(array: np.ndarray) -> np.ndarray:
 def to_binary(array: np.ndarray, path: Path | str, what: str = "label") -> np.ndarray:
     """Turn a 0/255 or 0/1 single-channel map into bool; any other value is a LabelError."""
     rule = f"A binary {what} must be gray with only the values 0/255 or only 0/1"
+    jpeg = Path(str(path)).suffix.lower() in (".jpg", ".jpeg")
     if array.ndim == 3:
         if not (array == array[..., :1]).all():
-            raise LabelError(path, f"the {what} is a colour image", f"{rule}.")
+            packed = array[..., :3].astype(np.int64) @ np.array([65536, 256, 1])
+            few = what == "label" and not jpeg and np.unique(packed).size <= MAX_CLASSES
+            raise LabelError(path, f"the {what} is a colour image", f"{rule}.{_COLOUR_CLASSES if few else ''}")
         array = array[..., 0]
     values = np.unique(array)
     if set(values.tolist()) <= {0, 255}:
@@ -300,10 +303,21 @@ def to_binary(array: np.ndarray, path: Path | str, what: str = "label") -> np.nd
         return array == 1
     near = values.size >= 6 and np.mean((array <= 16) | (array >= 239)) > 0.9  # many levels, mostly extremes
     smooth = "its values cluster near 0 and 255, as resampling or anti-aliasing leaves them; " if near else ""
-    jpeg = Path(str(path)).suffix.lower() in (".jpg", ".jpeg")
+    classes = set(values.tolist()) - {255}
+    indices = (what == "label" and not near and max(classes, default=255) < MAX_CLASSES
+               and (len(classes) >= 3 or (len(classes) == 2 and 255 in values)))
     fix = (f"{rule}: JPEG compression blurs edges into other values, so save {what}s as PNG, GIF or TIFF." if jpeg
-           else f"{rule}: {smooth}re-export it as a two-level image.")
+           else f"{rule}: {smooth}re-export it as a two-level image.{_INDEX_CLASSES if indices else ''}")
     raise LabelError(path, f"the {what} has values {_shown(values.tolist(), 10)}", fix)
+
+
+MAX_CLASSES = 64  # labels with fewer distinct values or colours than this may be class maps
+_INDEX_CLASSES = (" Labels of small whole values look like class maps: to train on several classes, set [model] "
+                  "n_classes (how many), [training settings] loss = cce, and [data attributes] ignore_index for a "
+                  "void value such as 255 (README.md, Multi-class).")
+_COLOUR_CLASSES = (" Labels of a few colours look like colour-coded class maps: to train on several classes, set "
+                   "[model] n_classes, [data attributes] palette (the colour of each class) and [training settings] "
+                   "loss = cce (README.md, Multi-class).")
 
 
 # --- multi-class labels ------------------------------------------------------------------------

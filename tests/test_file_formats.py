@@ -435,3 +435,25 @@ def test_input_folder_names_the_subfolders_it_does_not_read(tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in" / "b.png")
     assert [entry.name for entry in input_entries(tmp_path / "in", None)] == ["b.png"]
     assert "not those in its subfolders scans/ (1 image)" in capsys.readouterr().out
+
+
+def test_labels_that_look_like_class_maps_in_a_binary_task_point_at_the_multi_class_settings(tmp_path):
+    indices = np.zeros((8, 8), np.uint8)
+    indices[:2], indices[2:4], indices[4:5] = 1, 2, 255  # classes 1 and 2, a void border
+    colours = np.zeros((8, 8, 3), np.uint8)
+    colours[:4] = (128, 0, 0)
+    colours[4:6] = (0, 128, 0)
+    resampled = (np.linspace(0, 255, 64).reshape(8, 8)).astype(np.uint8)  # many levels: no class map
+    void_only = np.array([[0, 1], [255, 1]], np.uint8)  # VOC style: one class, void 255
+    for name, array in (("indices.png", indices), ("colours.png", colours), ("resampled.png", resampled),
+                        ("void.png", void_only)):
+        Image.fromarray(array).save(tmp_path / name)
+    hints = {}
+    for name in ("indices.png", "colours.png", "resampled.png", "void.png"):
+        with pytest.raises(LabelError) as info:
+            to_binary(read_label(tmp_path / name), tmp_path / name)
+        hints[name] = info.value.fix
+    assert "set [model] n_classes (how many), [training settings] loss = cce" in hints["indices.png"]
+    assert "ignore_index for a void value such as 255" in hints["void.png"]
+    assert "colour-coded class maps" in hints["colours.png"] and "palette" in hints["colours.png"]
+    assert "n_classes" not in hints["resampled.png"]
