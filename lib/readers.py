@@ -11,6 +11,7 @@ import functools
 import gzip
 import io
 import re
+import unicodedata
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -517,13 +518,16 @@ def key_by_image_name(images: Iterable[str], others: dict[str, Path]) -> dict[st
     """others (labels or masks, by file stem) keyed by the image name they belong to: an image's own name,
     else its name plus the suffix most of the other files end with, from a separator on (case01_mask.png
     for case01.jpg), or its name less the suffix most of the images end with (nnU-Net's case01_0000.png
-    with case01.png); letter case aside, except for files that differ only by it. Files that fit no image
-    keep their own stem."""
+    with case01.png); letter case and Unicode form (NFC/NFD) aside, except for files that differ only by them.
+    Files that fit no image keep their own stem."""
     names = set(images)
     keyed = dict(others)
     free = [stem for stem in others if stem not in names]  # a file named as an image is that image's
-    # Letter case aside, except for files that differ only by it: those pair with no image, and are named.
-    fold = str.casefold
+    # Letter case aside, except for files that differ only by it: those pair with no image, and are named. So is
+    # the Unicode form: macOS writes accented names decomposed (NFD), most other systems composed (NFC).
+    def fold(text: str) -> str:
+        return unicodedata.normalize("NFC", text).casefold()
+
     folds = collections.Counter(fold(stem) for stem in free)
     by_fold = {fold(stem): stem for stem in free if folds[fold(stem)] == 1}
     unpaired = []

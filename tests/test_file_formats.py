@@ -3,6 +3,7 @@ JPEGs with an orientation tag, masks named with a suffix; and labels that cannot
 from __future__ import annotations
 
 import sys
+import unicodedata
 from pathlib import Path
 
 import h5py
@@ -289,6 +290,11 @@ def test_images_named_with_a_suffix_or_in_another_letter_case_pair_with_their_la
                                                 "C_x": Path("C_x.png"), "c_X": Path("c_X.png")})
     assert {name: path.stem for name, path in keyed.items()} == {"a": "a", "b": "B_x", "A": "A", "C_x": "C_x",
                                                                  "c_X": "c_X"}
+    # A name written decomposed (macOS) pairs with the same name written composed.
+    composed, decomposed = unicodedata.normalize("NFC", "Über0"), unicodedata.normalize("NFD", "Über0")
+    assert composed != decomposed
+    keyed = key_by_image_name([composed, "x"], {decomposed: Path(f"{decomposed}.png"), "x_mask": Path("x_mask.png")})
+    assert {name: path.stem for name, path in keyed.items()} == {composed: decomposed, "x": "x_mask"}
 
 
 def test_predict_pairs_input_images_with_masks_named_with_a_suffix(tmp_path: Path) -> None:
