@@ -449,7 +449,10 @@ def main() -> int:
         testing = at_model_scale(testing, config["data paths"]["resize"], source_scale)
         out = args.output or run / "predictions" / where
         created = not out.exists()
-        earlier = check_output_folder(out, args.overwrite, args.input)
+        # What is segmented, recorded in summary.txt and metrics.json: the --input path, or the dataset.h5.
+        source = {"input": str(args.input.resolve())} if args.input else {"data": str(data_path.resolve())}
+        (source_line,) = (f"{key}: {value}" for key, value in source.items())
+        earlier = check_output_folder(out, args.overwrite, args.input, source_line)
         if created:  # a run that fails leaves no empty output folder behind
             stack.callback(lambda: out.rmdir() if out.is_dir() and not any(out.iterdir()) else None)
         # Written into a hidden folder and moved into out when all is done: a run that fails or is interrupted
@@ -459,8 +462,7 @@ def main() -> int:
             print(f"note: removed {', '.join(abandoned)} from {out}: the unfinished outputs of a prediction that "
                   "was killed.")
         staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=staging_prefix(), dir=out)))
-        scored = {} if args.input else {"data": str(data_path.resolve())}
-        header = [f"run: {run}", f"images: {count} ({where})", *(f"{k}: {v}" for k, v in scored.items())]
+        header = [f"run: {run}", f"images: {count} ({where})", source_line]
         windows = (f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "
                    f"tta_flips {tta_flips(testing, flips) or False}, "
                    f"tta_scales {', '.join(map(format, testing['tta_scales']))}, "
@@ -469,7 +471,7 @@ def main() -> int:
         # The views TTA averaged, as printed above (False, "all", "horizontal" or "rotations").
         # The threshold used, not the setting ("auto"); class maps take the argmax and use none.
         settings = {**{k: v for k, v in testing.items() if k != "threshold"},
-                    "tta_flips": tta_flips(testing, flips) or False, "run": str(run), "split": where, **scored}
+                    "tta_flips": tta_flips(testing, flips) or False, "run": str(run), "split": where, **source}
 
         def infer(image: np.ndarray) -> np.ndarray:
             return predict_image(model, image, testing, depth, flips)

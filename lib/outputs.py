@@ -102,10 +102,21 @@ def publish(staging: Path, out: Path, earlier: list[str] | None) -> int:
     return removed
 
 
-def check_output_folder(out: Path, overwrite: bool, input_path: Path | None) -> list[str] | None:
+def _earlier_source(out: Path) -> str | None:
+    """What the earlier prediction in out segmented, as its summary.txt records it ('input: ...' or 'data: ...')."""
+    try:
+        lines = (out / "summary.txt").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return next((line for line in lines if line.startswith(("input: ", "data: "))), None)
+
+
+def check_output_folder(out: Path, overwrite: bool, input_path: Path | None, source: str | None = None
+                        ) -> list[str] | None:
     """Refuse an output folder that holds earlier predictions (without --overwrite), files named as predictions
     that no earlier prediction wrote, the --input images (the next run would read the maps as images), or that
-    cannot be written. Returns the earlier prediction's files (earlier_outputs)."""
+    cannot be written. source: what this prediction segments, as summary.txt records it, to say when the earlier
+    one segmented something else. Returns the earlier prediction's files (earlier_outputs)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} is a file, not a folder: choose another --output.")
     folder = None if input_path is None else input_path if input_path.is_dir() else input_path.parent
@@ -114,8 +125,11 @@ def check_output_folder(out: Path, overwrite: bool, input_path: Path | None) -> 
                         "folder, so that they are never read, or deleted, as images.")
     earlier = earlier_outputs(out) if out.is_dir() else None
     if earlier is not None and not overwrite:
-        raise UserError(f"{out} already holds predictions. Use --overwrite to replace them, "
-                        "or --output NEW_FOLDER.")
+        theirs = _earlier_source(out)
+        other = (f" of other images ({theirs.replace(': ', ' ', 1)}, not {source.replace(': ', ' ', 1)})"
+                 if theirs and source and theirs != source else "")
+        raise UserError(f"{out} already holds predictions{other}. Use --overwrite to replace them, "
+                        "or --output NEW_FOLDER to keep both.")
     if out.is_dir():
         # --overwrite replaces an earlier prediction's files, never others that only share their names.
         theirs = [path.name for path in sorted(out.iterdir()) if path.is_file() and not path.name.startswith(".")

@@ -204,6 +204,10 @@ def test_predict_input_refuses_unreadable_files_first_and_a_failed_run_leaves_th
     run_script("predict.py", *args, "--input", str(first), "--output", str(out))
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     assert "summary.txt" in before and "outputs.txt" in before
+    assert f"input: {first.resolve()}" in before["summary.txt"].decode()
+    other = run_script("predict.py", *args, "--input", str(folder), "--output", str(out), check=False)
+    assert other.returncode == 2 and (f"{out} already holds predictions of other images (input {first.resolve()}, "
+                                      f"not input {folder.resolve()})") in other.stderr
     (folder / "zz_broken.tif").write_bytes(b"II*\x00" + bytes(200))  # a TIFF header, then nothing
     result = run_script("predict.py", *args, "--input", str(folder), "--output", str(out), "--overwrite", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
