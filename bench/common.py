@@ -155,8 +155,9 @@ def add_common_arguments(parser) -> None:
 
 
 def quiet_logs() -> None:
-    """Less TensorFlow start-up noise (set before Keras is imported)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Start Keras without TensorFlow's start-up lines, as the scripts do (lib.start_up)."""
+    from lib.start_up import import_keras
+    import_keras()
 
 
 # ----------------------------------------------------------------------------- child processes

@@ -24,7 +24,7 @@ from lib.storage import FILE_NAME, iter_split, open_prepared  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--run", default="runs/drive_holdout", help="run folder with best.keras")
     parser.add_argument("--split", default="val", help="prepared split to score (val = holdout images)")
     parser.add_argument("--windows", default="128,256,whole", help="window sizes ('whole' = the padded image, scored once without overlap)")
