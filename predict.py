@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from lib.atomic import write_json, write_text
-from lib.config import add_config_arguments, load_config, load_run_config
+from lib.config import add_config_arguments, load_config, load_run_config, parse_override
 from lib.cells import cell_colours, watershed_cells
 from lib.errors import UserError, run_cli
 from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores
@@ -86,6 +86,18 @@ def read_run_json(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is damaged ({exc}). Copy the run folder again, or rerun train.py "
                         "with --overwrite.") from None
+
+
+def ignored_overrides(overrides: Sequence[str], current: Mapping[str, Any], run_config: Mapping[str, Any]) -> list[str]:
+    """The --set options outside [testing settings] whose values differ from the run's, which predict.py does not
+    use (the run name and folder find the run; another prepared_dir has its own note)."""
+    ignored = []
+    for override in overrides:
+        section, key, _ = parse_override(override)
+        if (section not in ("testing settings", "experiment") and (section, key) != ("data paths", "prepared_dir")
+                and current[section][key] != run_config[section][key]):
+            ignored.append(f"{section.replace(' ', '_')}.{key}")
+    return list(dict.fromkeys(ignored))
 
 
 def data_file(path: Path) -> Path:
@@ -390,6 +402,10 @@ def main() -> int:
     if current["data paths"]["prepared_dir"] != config["data paths"]["prepared_dir"] and not (args.input or args.data):
         print(f"note: predict.py scores the data the run was trained with, {config['data paths']['prepared_dir']}, "
               f"not {current['data paths']['prepared_dir']}; use --data to score another prepared dataset.")
+    ignored = ignored_overrides(args.overrides, current, config)
+    if ignored:
+        print(f"note: --set {', '.join(ignored)} ignored: predict.py takes only [testing settings] from the command "
+              f"line and configuration, and the rest from the run ({run / CONFIG_NAME}), as it was trained.")
     testing, depth = resolve_tta(config["testing settings"], model), config["model"]["depth"]
     flips = config["augmentation"]["flips"]  # TTA averages only the flips the model was trained with
     threshold = testing["threshold"]

@@ -174,8 +174,12 @@ def test_predict_input_folder_reuses_saved_preprocessing(trained, small_drive):
     """Raw images through --input give the same probabilities as the prepared (HDF5) copy."""
     tmp, args, _, _ = trained
     out = tmp / "from_input"
-    run_script("predict.py", *args, "--input", str(small_drive / "test" / "images"),
-               "--mask", str(small_drive / "test" / "mask"), "--output", str(out))
+    result = run_script("predict.py", *args, "--input", str(small_drive / "test" / "images"),
+                        "--mask", str(small_drive / "test" / "mask"), "--output", str(out),
+                        "--set", "base_filters=64", "--set", "tta_flips=false")
+    # Model settings come from the run: a --set of one is named as ignored; testing settings apply.
+    assert "note: --set model.base_filters ignored: predict.py takes only [testing settings]" in result.stdout
+    assert "tta_flips False" in result.stdout
     prepared = tmp / "runs" / "tiny" / "predictions" / "test"
     if not prepared.exists():
         run_script("predict.py", *args, "--split", "test")
