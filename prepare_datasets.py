@@ -31,6 +31,7 @@ from lib.storage import FILE_NAME, class_statistics, open_prepared, write_prepar
 
 SAMPLE_TRAIN, SAMPLE_TEST = 10, 4  # images in the generated demo dataset (DRIVE size)
 EXTRACT_BLOCK = 4096  # patches cut and written at a time: bounds memory whatever N_subimgs is
+MAX_COVERAGE = 1000  # times each training pixel is in a patch, on average, beyond which prepare notes it
 
 
 def stale_reason(path: Path, wanted: Mapping[str, Any], root: Path) -> str | None:
@@ -263,6 +264,13 @@ def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
           f"{'inside the FOV' if config['training settings']['inside_FOV'] else 'anywhere'}"
           + (f", {focus:.0%} of them on {'foreground' if classes is None else 'a class drawn per patch'}"
              if focus else ""))
+    pixels = sum(int(row["fov"].sum()) for row in train_rows)
+    coverage = n * size * size / max(pixels, 1)
+    if coverage > MAX_COVERAGE:
+        enough = max(int(round(100 * pixels / (size * size), -2)), 100)
+        print(f"  note: the patches cover each training pixel about {coverage:,.0f} times, in "
+              f"{out_path.stat().st_size / 2**20:,.0f} MiB; for so few pixels --set N_subimgs={enough} (100 times) "
+              "would train as well from a smaller file (DRIVE's 100,000 patches cover its pixels about 100 times).")
     if classes is None:
         foreground = np.mean([r["label"][r["fov"]].mean() for r in train_rows])
         inverted = (" (over half: labels that draw the structure dark on a light background are inverted; "
@@ -273,7 +281,11 @@ def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
         total = max(sum(info["pixel_counts"]), 1)
         print(f"  classes (train pixels, void left out; median-frequency weight):")
         for name, count, weight in zip(classes.names, info["pixel_counts"], info["median_frequency_weights"]):
-            print(f"    {name:12s} {100 * count / total:5.1f}%  weight {weight:.3f}")
+            print(f"    {name:12s} {100 * count / total:5.1f}%  weight {weight:.3f}{'  (no pixels)' * (count == 0)}")
+        absent = [name for name, count in zip(classes.names, info["pixel_counts"]) if count == 0]
+        if absent:
+            print(f"  warning: no training pixel is of class {', '.join(absent)}: the model cannot learn "
+                  f"{'it' if len(absent) == 1 else 'them'}. Check [model] n_classes and the training labels.")
     print(f"  statistics: mean {np.round(stats['mean'], 2).tolist()}, std {np.round(stats['std'], 2).tolist()}")
     return 0
 

@@ -421,7 +421,11 @@ def to_classes(array: np.ndarray, path: Path | str, classes: ClassSpec) -> np.nd
         return lookup[inverse.reshape(codes.shape)]
     if array.ndim == 3:
         if not (array == array[..., :1]).all():
-            raise LabelError(path, "the label is a colour image but [data attributes] palette is empty",
+            codes = np.unique((array[..., 0].astype(np.int32) << 16) | (array[..., 1].astype(np.int32) << 8)
+                              | array[..., 2])
+            found = _shown([f"({c >> 16 & 255} {c >> 8 & 255} {c & 255})" for c in codes.tolist()])
+            raise LabelError(path, f"the label is a colour image (colours {found}) but [data attributes] palette "
+                             "is empty",
                              "Declare the colour of each class in palette (R G B triples), or give class-index labels.")
         array = array[..., 0]
     allowed = set(range(classes.n_classes)) | ({classes.ignore_index} if classes.ignore_index is not None else set())
@@ -814,6 +818,11 @@ def _folder_files(folder: Path, need_labels: bool) -> list[tuple[str, Path, Path
     """(stem, image, label, mask) for images/ with labels/ and optional masks/ under folder."""
     images = files_by_stem(folder / "images")
     labels = masks = None
+    if need_labels and not (folder / "labels").is_dir() and (folder / "masks").is_dir():
+        # Kaggle-style datasets call their labels masks; here masks/ holds fields of view.
+        raise UserError(f"folder {folder / 'labels'} not found, but {folder / 'masks'} is there. Labels go in "
+                        "labels/; masks/ is for optional field-of-view masks. If the files in masks/ are the "
+                        "structures to segment, rename the folder to labels.")
     if need_labels or (folder / "labels").is_dir():
         labels = key_by_image_name(images, files_by_stem(folder / "labels"))
         _pair(images, labels, "label", folder / "labels", _BY_STEM)

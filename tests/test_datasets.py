@@ -297,6 +297,15 @@ def test_folders_pair_by_stem_across_extensions(folders: Path) -> None:
     assert [e.key for e in test] == ["case2", "case10", "scan_b"] and len(train) == 3
 
 
+def test_folders_with_masks_but_no_labels_say_what_masks_are_for(tmp_path: Path) -> None:
+    root = tmp_path / "kaggle"
+    _write_folders(root)
+    (root / "labels").rename(root / "masks")  # the Kaggle layout: the structures to segment in masks/
+    with pytest.raises(UserError, match=r"labels not found, but .*masks is there\. Labels go in labels/; masks/ is "
+                                        r"for optional field-of-view masks"):
+        read_dataset("folders", root)
+
+
 def test_folders_refuse_images_in_subfolders_which_would_be_left_out(tmp_path: Path) -> None:
     root = tmp_path / "nested"
     _write_folders(root)
@@ -495,3 +504,26 @@ def test_prepare_equalizes_images_of_every_size_over_the_tile_of_the_training_im
     np.testing.assert_allclose(stored, preprocess(image, fov, settings, None), atol=1e-6)
     per_image = {key: value for key, value in settings.items() if key != "clahe_tile"}  # 1/8 of 96x128
     assert np.abs(stored - preprocess(image, fov, per_image, None)).mean() > 0.01
+
+
+def test_prepare_notes_far_more_patches_than_a_few_small_images_need(tmp_path: Path, monkeypatch, capsys) -> None:
+    import prepare_datasets
+
+    root = tmp_path / "few"
+    rng = np.random.default_rng(5)
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True)
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8)).save(root / "images" / f"c{index}.png")
+        label = (rng.random((24, 24)) < 0.3).astype(np.uint8) * 255
+        Image.fromarray(label).save(root / "labels" / f"c{index}.png")
+    base = ["prepare_datasets.py", "--config", str(REPO / "configuration_sample.txt"), "--set", "dataset=folders",
+            "--set", f"dataset_dir={root}", "--set", "holdout_ids=", "--set", "test_fraction=0",
+            "--set", "patch_size=16", "--set", "clahe=false"]
+    for n, noted in ((200, False), (7000, True)):  # 3 x 576 pixels: 200 patches cover each 30 times, 7000 1,037
+        monkeypatch.setattr(sys, "argv", [*base, "--set", f"prepared_dir={tmp_path / str(n)}", "--set",
+                                          f"N_subimgs={n}"])
+        assert prepare_datasets.main() == 0
+        out = capsys.readouterr().out
+        assert ("cover each training pixel about 1,037 times" in out and "--set N_subimgs=700 (100 times)" in out
+                ) == noted, out

@@ -137,7 +137,8 @@ def test_colour_labels_are_mapped_to_classes_with_the_palette(tmp_path: Path) ->
     for a, b in zip(read_dataset("CamVid", indexed, classes=camvid_spec())[0],
                     read_dataset("CamVid", coloured, classes=camvid_spec(palette=True))[0]):
         np.testing.assert_array_equal(a.load().label, b.load().label)   # void colour (0 0 0) -> 11
-    with pytest.raises(UserError, match="palette is empty"):
+    with pytest.raises(UserError, match=r"the label is a colour image \(colours \(\d+ \d+ \d+\), .*\) but "
+                                        r"\[data attributes\] palette is empty"):
         read_dataset("CamVid", coloured, classes=camvid_spec())[0][0].load()
 
 
@@ -194,8 +195,14 @@ def test_median_frequency_weights_on_a_hand_checked_example() -> None:
 
 def test_prepare_writes_uint8_class_labels_the_val_split_and_class_weights(tmp_path: Path) -> None:
     root = write_camvid(tmp_path / "CamVid", n_train=4, n_val=2)
+    for path in (root / "trainannot").iterdir():  # no Bicyclist in the training labels
+        label = np.asarray(Image.open(path)).copy()
+        label[label == 10] = 3
+        Image.fromarray(label).save(path)
     result = run_script("prepare_datasets.py", *tiny(tmp_path, root))
     assert "median-frequency weight" in result.stdout and "Bicyclist" in result.stdout
+    warning = next(line for line in result.stdout.splitlines() if "warning: no training pixel is of class" in line)
+    assert "Bicyclist" in warning and "the model cannot learn" in warning and "Check [model] n_classes" in warning
     with h5py.File(tmp_path / "prepared" / "dataset.h5", "r") as h5:
         assert h5["patches/labels"].dtype == np.uint8
         assert set(np.unique(h5["patches/labels"][()])) <= set(range(11)) | {VOID}
@@ -215,6 +222,8 @@ def test_prepare_writes_uint8_class_labels_the_val_split_and_class_weights(tmp_p
     present = totals > 0
     freq = counts[present] / totals[present]
     assert classes["pixel_counts"] == counts.tolist()
+    assert sorted(warning.split("of class ")[1].split(":")[0].split(", ")) == sorted(
+        name for name, count in zip(CAMVID_CLASSES, counts) if count == 0)  # exactly the absent classes
     np.testing.assert_allclose(np.array(classes["median_frequency_weights"])[present], np.median(freq) / freq)
 
 
