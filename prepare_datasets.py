@@ -18,12 +18,12 @@ from PIL import Image
 from lib.atomic import atomic_path
 from lib.config import Config, add_config_arguments, load_config
 from lib.errors import UserError, run_cli
-from lib.fingerprint import (FOV_FOLDER, describe_changes, describe_differences, fingerprint, prepare_outputs,
-                             setting_differences, source_changes, source_files)
+from lib.fingerprint import (FOV_FOLDER, describe_differences, fingerprint, prepare_outputs, setting_differences,
+                             source_changes, source_files)
 from lib.locks import exclusive_lock
 from lib.patches import check_fits, extract_patches, iter_chunks, sample_centres
 from lib.preprocessing import clahe_tile, fit_statistics, preprocess, preprocessing_settings, select_channels
-from lib.progress import progress
+from lib.progress import listed, plural, progress
 from lib.readers import (CONFIGURED_SPLIT, DERIVED_FOV, ClassSpec, Entry, LabelError, Sample, describe_ids,
                          fixed_validation, load_sample, read_dataset, resolve_ids)
 from lib.sample_data import write_drive_sample
@@ -47,7 +47,7 @@ def stale_reason(path: Path, wanted: Mapping[str, Any], root: Path) -> str | Non
         return f"was prepared with other settings: {describe_differences(differences)}"
     changes = source_changes(saved_files, root, path)
     if changes:
-        return f"was prepared before these files in {root} changed: {describe_changes(changes)}"
+        return f"was prepared before these files in {root} changed: {listed(changes, 10)}"
     return None
 
 
@@ -105,7 +105,8 @@ def read_training(entries: Sequence[Entry], scale: float, folder: Path, fov_fold
         if sample.label is None:
             raise UserError(f"training image {sample.name} has no label; every training image needs one.")
         rows.append({"name": sample.name, "id": sample.id, "raw": spill(sample.image, folder),
-                     "label": spill(sample.label, folder), "fov": spill(sample.fov, folder)})
+                     "label": spill(sample.label, folder), "fov": spill(sample.fov, folder),
+                     "turned": sample.turned_unconfirmed})
     raise_bad_labels(bad_labels, "training")
     return rows
 
@@ -145,7 +146,7 @@ def prepare_split(entries: Sequence[Entry], split: str, settings: Mapping[str, A
         rows.append({"name": sample.name, "id": sample.id,
                      "image": spill(preprocess(sample.image, sample.fov, settings, stats), folder),
                      "label": None if sample.label is None else spill(sample.label, folder),
-                     "fov": spill(sample.fov, folder)})
+                     "fov": spill(sample.fov, folder), "turned": sample.turned_unconfirmed})
     raise_bad_labels(bad_labels, split)
     return rows
 
@@ -287,6 +288,12 @@ def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
             print(f"  warning: no training pixel is of class {', '.join(absent)}: the model cannot learn "
                   f"{'it' if len(absent) == 1 else 'them'}. Check [model] n_classes and the training labels.")
     print(f"  statistics: mean {np.round(stats['mean'], 2).tolist()}, std {np.round(stats['std'], 2).tolist()}")
+    turned = [row["name"] for rows in splits.values() for row in rows if row["turned"]]
+    if turned:
+        print(f"  note: {plural(len(turned), 'image')} ({listed(turned, 10)}) carry an orientation tag that "
+              "turns or mirrors them, and their labels fit either way (square, or turned by 180 degrees): they are "
+              "read as viewers show them, with the labels drawn on that view. If the labels were drawn on the "
+              "pixels as stored, save the images without the tag and prepare again.")
     return 0
 
 

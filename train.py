@@ -18,11 +18,11 @@ import numpy as np
 from lib.atomic import write_json, write_text
 from lib.config import Config, add_config_arguments, load_config, write_config
 from lib.errors import UserError, run_cli
-from lib.fingerprint import (describe_changes, describe_differences, fingerprint, matters_for_training,
-                             setting_differences, source_changes, with_prepared_settings)
+from lib.fingerprint import (describe_differences, fingerprint, matters_for_training, setting_differences,
+                             source_changes, with_prepared_settings)
 from lib.metrics import best_f1_threshold
 from lib.plots import save_learning_curves
-from lib.progress import plural
+from lib.progress import listed, plural
 from lib.runs import CONFIG_NAME, FINISHED, prepare_run_folder, run_lock
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes
 
@@ -64,7 +64,7 @@ def check_sources(changes: list[str], source: Path, data_path: Path) -> None:
     """Warn that the images or labels dataset.h5 was prepared from have changed since: training does not see it."""
     if changes:
         print(f"warning: these files in {source} changed after {data_path} was prepared from them: "
-              f"{describe_changes(changes)}. Training uses the file as it was prepared; to train on the files as "
+              f"{listed(changes, 10)}. Training uses the file as it was prepared; to train on the files as "
               "they are now, stop and rerun prepare_datasets.py with --overwrite.")
 
 

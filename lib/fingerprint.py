@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from lib.readers import CONFIGURED_SPLIT
 
@@ -150,11 +150,6 @@ def source_changes(saved: Mapping[str, list[int]] | None, root: Path, out_path: 
     if not saved or not root.is_dir():
         return []
     return changed_files(saved, source_files(root, exclude=prepare_outputs(out_path)))
-
-
-def describe_changes(changes: Sequence[str], limit: int = 10) -> str:
-    """The first changes, and how many more."""
-    return ", ".join(changes[:limit]) + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
 def changed_files(saved: Mapping[str, list[int]], current: Mapping[str, list[int]]) -> list[str]:

@@ -13,6 +13,12 @@ def plural(count: float, word: str) -> str:
     return f"{count:g} {word}{'' if count == 1 else 's'}"
 
 
+def listed(values: Iterable, limit: int = 12) -> str:
+    """'a, b, c' for a message; beyond limit the first ones and '..., (N in all)'."""
+    values = list(values)
+    return ", ".join(str(v) for v in values[:limit]) + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
 def progress(items: Iterable[T], total: int, label: str, stream=None) -> Iterator[T]:
     """Yield items while drawing `label [#####.....] k/total elapsed` on stderr."""
     stream = stream or sys.stderr

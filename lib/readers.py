@@ -22,7 +22,7 @@ from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from lib.errors import UserError
 from lib.fov import derive_fov
-from lib.progress import plural
+from lib.progress import listed, plural
 
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".ppm", ".pgm", ".bmp")
 _IGNORED_FILES = {"Thumbs.db", "desktop.ini"}
@@ -47,6 +47,9 @@ class Sample:
     label: np.ndarray | None   # H x W: bool (binary), uint8 class indices (multi-class); None: no labels
     fov: np.ndarray            # bool, H x W (all True where the dataset has no FOV masks)
     key: str = ""              # natural name that test_ids/holdout_ids may use ('01L', '05_dr'); '' = id
+    # Turned by its orientation tag where the label's size cannot tell whether it was drawn on that view
+    # (a square image, or a tag that turns by 180 degrees or mirrors): prepare names these.
+    turned_unconfirmed: bool = False
 
 
 @dataclass(frozen=True)
@@ -207,13 +210,13 @@ def _binary_with_alpha(img: Image.Image, path: Path) -> np.ndarray:
     # Opaque over most of the file is a background layer, not strokes: its colours are the map.
     if len(levels) > 1 or opaque.mean() > 0.5:
         if not _is_binary(levels):
-            raise LabelError(path, f"the file's opaque pixels have the gray levels {_shown(levels.tolist(), 10)}",
+            raise LabelError(path, f"the file's opaque pixels have the gray levels {listed(levels.tolist(), 10)}",
                              "A binary map must be gray with only the values 0/255 or only 0/1: export it "
                              "without transparency as a two-level image.")
         return np.where(opaque, gray, 0).astype(np.uint8)
     if not _is_binary(alpha):
         raise LabelError(path, "the file's map is its transparency (alpha channel), which has the levels "
-                         f"{_shown(np.unique(alpha).tolist(), 10)}",
+                         f"{listed(np.unique(alpha).tolist(), 10)}",
                          "Opaque pixels are foreground and transparent ones background: paint with a hard "
                          "brush at full opacity, or export the label without transparency as 0/255 gray.")
     return alpha.copy()
@@ -229,7 +232,7 @@ def _to_uint8(img: Image.Image, path: Path, stretch: bool = True) -> np.ndarray:
         if _whole_bytes(values):
             return values.astype(np.uint8)
         if not stretch:
-            raise LabelError(path, f"the file holds the values {_shown(np.unique(values).tolist(), 6)}, which "
+            raise LabelError(path, f"the file holds the values {listed(np.unique(values).tolist(), 6)}, which "
                              "are not whole numbers from 0 to 255", "Save it as 8-bit gray: 0/255 or 0/1, or "
                              "class indices below 256.")
         return _stretch_to_uint8(values, path)
@@ -309,7 +312,7 @@ def to_binary(array: np.ndarray, path: Path | str, what: str = "label") -> np.nd
                and (len(classes) >= 3 or (len(classes) == 2 and 255 in values)))
     fix = (f"{rule}: JPEG compression blurs edges into other values, so save {what}s as PNG, GIF or TIFF." if jpeg
            else f"{rule}: {smooth}re-export it as a two-level image.{_INDEX_CLASSES if indices else ''}")
-    raise LabelError(path, f"the {what} has values {_shown(values.tolist(), 10)}", fix)
+    raise LabelError(path, f"the {what} has values {listed(values.tolist(), 10)}", fix)
 
 
 MAX_CLASSES = 64  # labels with fewer distinct values or colours than this may be class maps
@@ -394,11 +397,6 @@ class LabelError(UserError):
         super().__init__(f"{path}: {problem}. {fix}")
 
 
-def _shown(values: Sequence, limit: int = 12) -> str:
-    values = list(values)
-    return ", ".join(str(v) for v in values[:limit]) + (f", ... ({len(values)} in all)" if len(values) > limit else "")
-
-
 def to_classes(array: np.ndarray, path: Path | str, classes: ClassSpec) -> np.ndarray:
     """Turn a label file into a uint8 class map: class indices as they are, RGB colours via the palette.
 
@@ -415,7 +413,7 @@ def to_classes(array: np.ndarray, path: Path | str, classes: ClassSpec) -> np.nd
         unknown = [c for c in colours if c not in table]
         if unknown:
             raise LabelError(path, f"the colour label has colours not in [data attributes] palette: "
-                             f"{_shown(f'({r} {g} {b})' for r, g, b in unknown)}",
+                             f"{listed(f'({r} {g} {b})' for r, g, b in unknown)}",
                              "Add them to the palette (one 'R G B' triple per class, void last), or fix the label.")
         lookup = np.array([table[c] for c in colours], dtype=np.uint8)
         return lookup[inverse.reshape(codes.shape)]
@@ -423,7 +421,7 @@ def to_classes(array: np.ndarray, path: Path | str, classes: ClassSpec) -> np.nd
         if not (array == array[..., :1]).all():
             codes = np.unique((array[..., 0].astype(np.int32) << 16) | (array[..., 1].astype(np.int32) << 8)
                               | array[..., 2])
-            found = _shown([f"({c >> 16 & 255} {c >> 8 & 255} {c & 255})" for c in codes.tolist()])
+            found = listed([f"({c >> 16 & 255} {c >> 8 & 255} {c & 255})" for c in codes.tolist()])
             raise LabelError(path, f"the label is a colour image (colours {found}) but [data attributes] palette "
                              "is empty",
                              "Declare the colour of each class in palette (R G B triples), or give class-index labels.")
@@ -433,19 +431,25 @@ def to_classes(array: np.ndarray, path: Path | str, classes: ClassSpec) -> np.nd
     bad = [int(v) for v in values if int(v) not in allowed]
     if bad:
         void = "" if classes.ignore_index is None else f" or the ignore index {classes.ignore_index}"
-        raise LabelError(path, f"the label has values {_shown(bad)}, outside the classes 0 ... "
+        raise LabelError(path, f"the label has values {listed(bad)}, outside the classes 0 ... "
                          f"{classes.n_classes - 1}{void}",
                          "Check [model] n_classes and [data attributes] ignore_index, or fix the label.")
     return array.astype(np.uint8)
 
 
-def _turned_by_tag(path: Path) -> bool:
-    """Whether the file carries an EXIF orientation tag that turns it (as phone and camera photos do)."""
+def _orientation(path: Path) -> int:
+    """The file's EXIF orientation tag (1: as stored; 2-4 mirror or turn by 180 degrees; 5-8 swap width and
+    height, as phone and camera photos do); 1 for a file without one."""
     try:
         with Image.open(path) as img:
-            return img.getexif().get(0x0112, 1) not in (1, 2, 3, 4)  # 5-8 swap width and height
-    except (OSError, ValueError, SyntaxError):
-        return False
+            return int(img.getexif().get(0x0112, 1))
+    except (OSError, ValueError, SyntaxError, TypeError):
+        return 1
+
+
+def _turned_by_tag(path: Path) -> bool:
+    """Whether the file's orientation tag swaps its width and height."""
+    return _orientation(path) in (5, 6, 7, 8)
 
 
 def _check_same_size(image: np.ndarray, other: np.ndarray, image_path: Path, other_path: Path) -> None:
@@ -593,11 +597,14 @@ def _load_files(number: int, key: str, image_path: Path, label_path: Path | None
     mask = read_label(mask_path, page=mask_page) if mask_path is not None else None
     label = read_label(label_path, classes) if label_path is not None else None
     drawn = [raw for raw in (mask, label) if raw is not None]
+    tag = _orientation(image_path) if drawn and image_path.suffix.lower() != ".gz" else 1
+    turned = tag != 1
     if drawn and all(raw.shape[:2] != image.shape[:2] for raw in drawn):
         # Labels drawn on the pixels as stored, not as the orientation tag turns them: the image as stored.
         stored = as_rgb(read_image(image_path, turn=False, page=page))
         if all(raw.shape[:2] == stored.shape[:2] for raw in drawn):
-            image = stored
+            image, turned = stored, False
+    unconfirmed = turned and (tag in (2, 3, 4) or image.shape[0] == image.shape[1])
     # Sizes first: a resized label or mask also has odd values.
     if mask is not None:
         _check_same_size(image, mask, image_path, mask_path)
@@ -609,7 +616,7 @@ def _load_files(number: int, key: str, image_path: Path, label_path: Path | None
     if label is not None:
         _check_same_size(image, label, image_path, label_path)
         label = to_binary(label, label_path) if classes is None else to_classes(label, label_path, classes)
-    return Sample(page_name(image_path.name, page), number, image, label, fov, key)
+    return Sample(page_name(image_path.name, page), number, image, label, fov, key, unconfirmed)
 
 
 def _file_entry(number: int, key: str, image: Path, label: Path | None, mask: Path | None,

@@ -527,3 +527,30 @@ def test_prepare_notes_far_more_patches_than_a_few_small_images_need(tmp_path: P
         out = capsys.readouterr().out
         assert ("cover each training pixel about 1,037 times" in out and "--set N_subimgs=700 (100 times)" in out
                 ) == noted, out
+
+
+def test_prepare_names_images_turned_by_a_tag_their_labels_cannot_confirm(tmp_path: Path, monkeypatch,
+                                                                          capsys) -> None:
+    import prepare_datasets
+
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(6)
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True)
+    for name, (height, width), tag in (("square", (32, 32), 6), ("wide", (32, 48), 6), ("plain", (32, 32), 1),
+                                       ("upside", (32, 48), 3)):
+        photo = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        exif = photo.getexif()
+        exif[0x0112] = tag
+        photo.save(root / "images" / f"{name}.jpg", exif=exif, quality=95)
+        shown = (width, height) if tag == 6 else (height, width)  # drawn on the view a viewer shows
+        label = (rng.random(shown) < 0.3).astype(np.uint8) * 255
+        Image.fromarray(label).save(root / "labels" / f"{name}.png")
+    monkeypatch.setattr(sys, "argv", [
+        "prepare_datasets.py", "--config", str(REPO / "configuration_sample.txt"), "--set", "dataset=folders",
+        "--set", f"dataset_dir={root}", "--set", f"prepared_dir={tmp_path / 'p'}", "--set", "holdout_ids=",
+        "--set", "test_fraction=0", "--set", "N_subimgs=20", "--set", "patch_size=16", "--set", "clahe=false"])
+    assert prepare_datasets.main() == 0
+    out = capsys.readouterr().out
+    # The wide photo's label fits only its turned view; the plain one has no tag.
+    assert "note: 2 images (square.jpg, upside.jpg) carry an orientation tag that turns or mirrors them" in out

@@ -152,7 +152,7 @@ def test_unknown_colour_is_an_error_listing_the_colours_and_files(tmp_path: Path
     with pytest.raises(LabelError, match=r"\(1 2 3\)"):
         to_classes(np.asarray(Image.open(root / "trainannot" / names[0])), names[0], camvid_spec(palette=True))
     result = run_script("prepare_datasets.py", "--config", str(CAMVID), *set_args(
-        [f"dataset_dir={root}", f"prepared_dir={tmp_path / 'prepared'}", "patch_size=32", "depth=2"]), check=False)
+        [f"dataset_dir={root}", f"prepared_dir={tmp_path / 'prepared'}", "patch_size=16", "depth=2"]), check=False)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "2 training label or mask file(s) cannot be used" in result.stderr
     assert names[0] in result.stderr and "(1 2 3)" in result.stderr
@@ -172,7 +172,7 @@ def test_label_values_outside_the_classes_are_an_error_listing_them(tmp_path: Pa
     name = sorted((root / "valannot").iterdir())[1]
     Image.fromarray(np.full((HEIGHT, WIDTH), 13, np.uint8)).save(name)
     result = run_script("prepare_datasets.py", "--config", str(CAMVID), *set_args(
-        [f"dataset_dir={root}", f"prepared_dir={tmp_path / 'prepared'}", "patch_size=32", "depth=2"]), check=False)
+        [f"dataset_dir={root}", f"prepared_dir={tmp_path / 'prepared'}", "patch_size=16", "depth=2"]), check=False)
     assert result.returncode == 2 and "1 val label or mask file(s)" in result.stderr
     assert f"{name}: the label has values 13" in result.stderr
 
