@@ -24,7 +24,7 @@ from lib.outputs import check_output_folder, publish, remove_abandoned, staging_
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
 from lib.preprocessing import preprocess
 from lib.progress import progress
-from lib.readers import IMAGE_EXTENSIONS, ClassSpec, Entry, image_stem, input_entries, output_stem, scale_sample
+from lib.readers import ClassSpec, Entry, image_stem, input_entries, is_image_name, output_stem, scale_sample
 from lib.runs import CONFIG_NAME, FINISHED, find_run_folder, training_now
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, split_size
 from lib.tiling import resize_map
@@ -106,10 +106,10 @@ def data_file(path: Path) -> Path:
     if path.suffix == ".h5":
         return path
     if path.is_dir() and not (path / FILE_NAME).is_file():
-        images = any(child.suffix.lower() in IMAGE_EXTENSIONS for child in path.rglob("*"))
+        images = any(is_image_name(child.name) for child in path.rglob("*"))
         raise UserError(f"--data {path} holds no {FILE_NAME}: --data takes a folder prepared by prepare_datasets.py "
-                        "(its prepared_dir) or its dataset.h5. "
-                        + ("To segment the images in it, give them with --input; to score them against their "
+                        "(its prepared_dir) or its dataset.h5."
+                        + (" To segment the images in it, give them with --input; to score them against their "
                            "labels, prepare it first (prepare_datasets.py --set dataset_dir=... --set "
                            "prepared_dir=...)." if images else ""))
     return path / FILE_NAME
@@ -117,7 +117,14 @@ def data_file(path: Path) -> Path:
 
 def preprocessing_differences(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> list[str]:
     """'key their value (model: our value)' for each preprocessing setting of a dataset that differs from the run's."""
-    return [f"{key} {theirs.get(key)} (model: {value})" for key, value in ours.items() if theirs.get(key) != value]
+    return [f"{key} {theirs.get(key)} (model: {ours.get(key)})" for key in dict.fromkeys([*ours, *theirs])
+            if theirs.get(key) != ours.get(key)]
+
+
+def image_shapes(h5: h5py.File) -> list[tuple[int, ...]]:
+    """The shape of every image of every split in a prepared dataset (read from the file's index, not the pixels)."""
+    return [h5[split]["images"][key].shape for split in ("train", "val", "test") if split in h5
+            for key in h5[split]["images"]]
 
 
 def check_same_preparation(h5, path: Path, run: Path, preprocessing: dict, resize: float,
@@ -126,9 +133,11 @@ def check_same_preparation(h5, path: Path, run: Path, preprocessing: dict, resiz
     resize: the run's against their_resize, the file's), after training."""
     theirs = {"settings": read_attr_json(h5, "preprocessing"), "statistics": read_attr_json(h5, "statistics")}
     ours = {key: preprocessing[key] for key in theirs}
-    if "clahe_tile" not in ours["settings"]:
-        # Trained before the tile was recorded: the same as the recorded one when the training images had one size.
-        theirs["settings"].pop("clahe_tile", None)
+    tile = theirs["settings"].get("clahe_tile")
+    if tile is not None and "clahe_tile" not in ours["settings"] and all(
+            [shape[0] // 8, shape[1] // 8] == tile for shape in image_shapes(h5)):
+        # Trained before the tile was recorded, when each image had its own: the same wherever that is the tile.
+        del theirs["settings"]["clahe_tile"]
     if theirs != ours or their_resize != resize:
         differ = preprocessing_differences({**theirs["settings"], "resize": their_resize},
                                            {**ours["settings"], "resize": resize})
@@ -196,7 +205,9 @@ def check_other_dataset(h5: h5py.File, path: Path, run: Path, preprocessing: dic
         raise UserError(f"{path} holds {theirs['channels']}-channel images, but the model of {run} was trained on "
                         f"{ours['channels']}-channel images. Prepare that dataset again with "
                         f"--set channels={ours['channels']} (and the same gray_mode).")
-    differ = preprocessing_differences(theirs, ours)
+    # Each dataset's CLAHE tile follows its own training images: not a setting to note.
+    differ = preprocessing_differences(*({key: value for key, value in settings.items() if key != "clahe_tile"}
+                                         for settings in (theirs, ours)))
     if differ:
         print(f"note: {path} was prepared with other preprocessing than the model's training data: "
               f"{', '.join(differ)}. Each dataset is normalized with its own training-split statistics.")
@@ -466,8 +477,8 @@ def main() -> int:
         out = args.output or run / "predictions" / where
         created = not out.exists()
         # What is segmented, recorded in summary.txt and metrics.json: the --input path, or the dataset.h5.
-        source = {"input": str(args.input.resolve())} if args.input else {"data": str(data_path.resolve())}
-        (source_line,) = (f"{key}: {value}" for key, value in source.items())
+        kind, segmented = ("input", args.input) if args.input else ("data", data_path)
+        source, source_line = {kind: str(segmented.resolve())}, f"{kind}: {segmented.resolve()}"
         earlier = check_output_folder(out, args.overwrite, args.input, source_line)
         if created:  # a run that fails leaves no empty output folder behind
             stack.callback(lambda: out.rmdir() if out.is_dir() and not any(out.iterdir()) else None)

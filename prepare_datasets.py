@@ -268,10 +268,15 @@ def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
     pixels = sum(int(row["fov"].sum()) for row in train_rows)
     coverage = n * size * size / max(pixels, 1)
     if coverage > MAX_COVERAGE:
+        training = config["training settings"]
         enough = max(int(round(100 * pixels / (size * size), -2)), 100)
+        # With steps_per_epoch = 0 an epoch is one pass over the patches: fewer patches would mean shorter epochs.
+        steps = round(n * (1 - training["validation_fraction"])) // training["batch_size"]
+        keep = f" --set steps_per_epoch={steps}" if training["steps_per_epoch"] == 0 else ""
         print(f"  note: the patches cover each training pixel about {coverage:,.0f} times, in "
-              f"{out_path.stat().st_size / 2**20:,.0f} MiB; for so few pixels --set N_subimgs={enough} (100 times) "
-              "would train as well from a smaller file (DRIVE's 100,000 patches cover its pixels about 100 times).")
+              f"{out_path.stat().st_size / 2**20:.1f} MiB. For so few pixels a smaller file does as well: "
+              f"--set N_subimgs={enough}{keep} (100 times; DRIVE's 100,000 patches cover its pixels about 100 "
+              "times).")
     if classes is None:
         foreground = np.mean([r["label"][r["fov"]].mean() for r in train_rows])
         inverted = (" (over half: labels that draw the structure dark on a light background are inverted; "

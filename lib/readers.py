@@ -522,6 +522,12 @@ _BY_STEM = ("Files are paired by name without the extension (a.png with a.tif), 
             "{what}.")
 
 
+def fold(text: str) -> str:
+    """A name as pairing and ids compare it: letter case aside, and the Unicode form (macOS writes accented names
+    decomposed, NFD; most other systems composed, NFC)."""
+    return unicodedata.normalize("NFC", text).casefold()
+
+
 def key_by_image_name(images: Iterable[str], others: dict[str, Path]) -> dict[str, Path]:
     """others (labels or masks, by file stem) keyed by the image name they belong to: an image's own name,
     else its name plus the suffix most of the other files end with, from a separator on (case01_mask.png
@@ -531,11 +537,8 @@ def key_by_image_name(images: Iterable[str], others: dict[str, Path]) -> dict[st
     names = set(images)
     keyed = dict(others)
     free = [stem for stem in others if stem not in names]  # a file named as an image is that image's
-    # Letter case aside, except for files that differ only by it: those pair with no image, and are named. So is
-    # the Unicode form: macOS writes accented names decomposed (NFD), most other systems composed (NFC).
-    def fold(text: str) -> str:
-        return unicodedata.normalize("NFC", text).casefold()
-
+    # Letter case and Unicode form aside, except for files that differ only by them: those pair with no image,
+    # and are named.
     folds = collections.Counter(fold(stem) for stem in free)
     by_fold = {fold(stem): stem for stem in free if folds[fold(stem)] == 1}
     unpaired = []
@@ -774,8 +777,9 @@ def _natural_key(text: str | int) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(text))]
 
 
-def files_by_stem(folder: Path) -> dict[str, Path]:
-    """Map file stem -> image file in folder; other files and two files with one stem are errors."""
+def files_by_stem(folder: Path, refuse_nested: bool = True) -> dict[str, Path]:
+    """Map file stem -> image file in folder; other files and two files with one stem are errors, and so are images
+    in subfolders unless refuse_nested is False (they are not read)."""
     if not folder.is_dir():
         raise UserError(f"folder {folder} not found. Check [data paths] dataset_dir and the layout "
                         "described in README.md (sections Your data and Multi-class (CamVid)).")
@@ -796,7 +800,7 @@ def files_by_stem(folder: Path) -> dict[str, Path]:
     if unexpected:
         raise UserError(f"unexpected files in {folder}: {', '.join(unexpected)}. Expected only images "
                         f"({', '.join(IMAGE_EXTENSIONS)}); move the others away.")
-    nested = images_in_subfolders(folder)
+    nested = images_in_subfolders(folder) if refuse_nested else ""
     if nested:  # reading the rest would train on part of the data without a word
         raise UserError(f"{folder} has images in subfolders, which are not read: {nested}. Move those images "
                         f"into {folder} itself (and their labels or masks likewise), or move the subfolders out.")
@@ -805,7 +809,8 @@ def files_by_stem(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
+    """Whether a file name has an image extension (gzipped too: STARE's im0001.ppm.gz)."""
     return Path(_without_gz(name)).suffix.lower() in IMAGE_EXTENSIONS
 
 
@@ -814,7 +819,7 @@ def images_in_subfolders(folder: Path) -> str:
     e.g. 'extra/ (2 images)'; empty when there are none."""
     found = []
     for sub in sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")):
-        count = sum(1 for path in sub.rglob("*") if _is_image_name(path.name) and path.is_file()
+        count = sum(1 for path in sub.rglob("*") if is_image_name(path.name) and path.is_file()
                     and not any(part.startswith(".") for part in path.relative_to(sub).parts))
         if count:
             found.append(f"{sub.name}/ ({plural(count, 'image')})")
@@ -912,8 +917,8 @@ def fixed_validation(dataset: str, root: Path, classes: ClassSpec | None = None)
 
 def _normalize_key(text: str) -> str:
     """'01L' -> '1l', '05_dr' -> '5dr': leading zeros, case and an underscore after the number do not matter."""
-    match = re.fullmatch(r"0*(\d+)_?(.*)", text.lower())
-    return f"{int(match.group(1))}{match.group(2)}" if match else text.lower()
+    match = re.fullmatch(r"0*(\d+)_?(.*)", fold(text))
+    return f"{int(match.group(1))}{match.group(2)}" if match else fold(text)
 
 
 def describe_ids(entries: Sequence[Entry], limit: int = 12) -> str:
@@ -1088,7 +1093,7 @@ def input_entries(path: Path, mask: Path | None) -> list[Entry]:
             entries.append(Entry(name, number, key, load))
     clashes = collections.defaultdict(list)
     for entry in entries:
-        clashes[entry.key.casefold()].append(entry.name)
+        clashes[fold(entry.key)].append(entry.name)
     clashes = {key: names for key, names in clashes.items() if len(names) > 1}
     if clashes:
         raise UserError(f"images whose outputs would have the same name ({', '.join(clashes)}): "
@@ -1123,7 +1128,7 @@ def _input_files(path: Path) -> list[Path]:
     """The image file, or every image file (gzipped too) in the folder, given to predict.py --input."""
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.is_file()
-                       and _is_image_name(p.name))
+                       and is_image_name(p.name))
         nested = images_in_subfolders(path)
         if not files:
             inside = f"; its subfolders {nested} are not read: give one of them as --input" if nested else ""
@@ -1142,7 +1147,7 @@ def _input_masks(files: list[Path], mask: Path | None) -> list[Path | None]:
         return [mask] * len(files)
     if not mask.is_dir():
         raise UserError(f"--mask {mask} not found: give a mask file or a folder of masks named like the images.")
-    masks = key_by_image_name([image_stem(file.name) for file in files], files_by_stem(mask))
+    masks = key_by_image_name([image_stem(file.name) for file in files], files_by_stem(mask, refuse_nested=False))
     missing = [file.name for file in files if image_stem(file.name) not in masks]
     if missing:
         raise UserError(f"no FOV mask for {', '.join(missing)} in {mask}: masks are named as their image "

@@ -4,24 +4,27 @@ TensorFlow prints a dozen native log lines on import (oneDNN, CPU instructions, 
 drivers", and on a machine without an NVIDIA driver an E-line "failed call to cuInit") before its log
 level setting applies. They say nothing a user can act on, and the E-line reads like a failure, so the
 scripts import Keras here: stderr passes through a filter that drops only those lines, live, so any
-other message (a real error, a Python warning) still reaches the terminal as it happens. Setting
-TF_CPP_MIN_LOG_LEVEL yourself (0 shows everything) turns the filter off.
+other message (a real error, a Python warning, a fatal F-line before an abort) still reaches the terminal
+as it happens. The filter is a small child process, so whatever this process writes last before it dies
+still gets through. TF_CPP_MIN_LOG_LEVEL = 0 turns the filter off and shows everything.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import subprocess
 import sys
-import threading
+from pathlib import Path
 from types import ModuleType
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 # absl's native log prefix: severity letter, MMDD, time, thread id, file:line]
 _NATIVE_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] ")
 _BANNERS = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
             "To enable the following instructions:")
 _NO_DRIVER = "Could not find cuda drivers on your machine"
+_WAIT_SECONDS = 5  # for the filter to pass on the last lines before the script prints its own
 
 
 class StartUpFilter:
@@ -46,41 +49,49 @@ class StartUpFilter:
         return not (severity == "E" and self.no_driver and "cuInit" in line)
 
 
-def _forward(read_fd: int, write_fd: int, line_filter: StartUpFilter) -> None:
-    """Copy the pipe to the real stderr a line at a time, leaving out what the filter drops."""
-    pending = b""
-    with os.fdopen(read_fd, "rb", buffering=0) as pipe, contextlib.suppress(OSError):
-        while chunk := pipe.read(65536):
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                if line_filter.keep(line.decode("utf-8", "replace")):
-                    os.write(write_fd, line + b"\n")
-        if pending and line_filter.keep(pending.decode("utf-8", "replace")):
-            os.write(write_fd, pending)
+def forward(source: BinaryIO, target: BinaryIO) -> None:
+    """Copy source to target line by line, as they come, leaving out what StartUpFilter drops."""
+    line_filter = StartUpFilter()
+    for line in iter(source.readline, b""):
+        if line_filter.keep(line.decode("utf-8", "replace").rstrip("\n")):
+            target.write(line)
+            target.flush()
+
+
+def _stderr_usable() -> bool:
+    if sys.stderr is None:  # started with 2>&-
+        return False
+    try:
+        os.fstat(2)
+    except OSError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
 def filtered_stderr() -> Iterator[None]:
     """Within this block, TensorFlow's start-up lines are dropped from stderr (file descriptor 2)."""
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        yield  # the user chose what to see
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0" or not _stderr_usable():
+        yield  # the user asked to see everything, or there is no stderr to filter
         return
-    # Later INFO lines (e.g. tf.data's "Memory patch applied") obey the level once the log is set up.
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
     sys.stderr.flush()
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+            "from lib.start_up import forward; forward(sys.stdin.buffer, sys.stdout.buffer)")
+    # The filter writes to the real stderr; it ends when every copy of the pipe's write end is closed.
+    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=2, stderr=2)
     real_stderr = os.dup(2)
-    read_fd, write_fd = os.pipe()
-    os.dup2(write_fd, 2)
-    os.close(write_fd)
-    thread = threading.Thread(target=_forward, args=(read_fd, real_stderr, StartUpFilter()), daemon=True)
-    thread.start()
+    os.dup2(process.stdin.fileno(), 2)
+    process.stdin.close()
+    # Later INFO lines (e.g. tf.data's "Memory patch applied") obey the level once the log is set up.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     try:
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(real_stderr, 2)  # closes the pipe's last write end, so the thread reads to its end
-        thread.join(timeout=5)
+        os.dup2(real_stderr, 2)  # this process's last write end: the filter reads to the end and stops
         os.close(real_stderr)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=_WAIT_SECONDS)  # a child started meanwhile may hold the pipe: it then runs on
 
 
 def import_keras() -> ModuleType:

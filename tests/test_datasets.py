@@ -525,8 +525,9 @@ def test_prepare_notes_far_more_patches_than_a_few_small_images_need(tmp_path: P
                                           f"N_subimgs={n}"])
         assert prepare_datasets.main() == 0
         out = capsys.readouterr().out
-        assert ("cover each training pixel about 1,037 times" in out and "--set N_subimgs=700 (100 times)" in out
-                ) == noted, out
+        # configuration_sample.txt has steps_per_epoch = 0 (one pass an epoch): the note keeps the epoch's length.
+        assert ("cover each training pixel about 1,037 times" in out
+                and "--set N_subimgs=700 --set steps_per_epoch=207 (100 times" in out) == noted, out
 
 
 def test_prepare_names_images_turned_by_a_tag_their_labels_cannot_confirm(tmp_path: Path, monkeypatch,

@@ -15,8 +15,8 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO))
 from lib.errors import UserError  # noqa: E402
-from lib.readers import (ClassSpec, LabelError, input_entries, key_by_image_name, read_image, read_label,  # noqa: E402
-                         read_split, to_binary, to_classes)
+from lib.readers import (ClassSpec, Entry, LabelError, input_entries, key_by_image_name, read_image,  # noqa: E402
+                         read_label, read_split, resolve_ids, to_binary, to_classes)
 
 H, W = 40, 56
 
@@ -295,6 +295,9 @@ def test_images_named_with_a_suffix_or_in_another_letter_case_pair_with_their_la
     assert composed != decomposed
     keyed = key_by_image_name([composed, "x"], {decomposed: Path(f"{decomposed}.png"), "x_mask": Path("x_mask.png")})
     assert {name: path.stem for name, path in keyed.items()} == {composed: decomposed, "x": "x_mask"}
+    # So do ids given by name: holdout_ids typed composed for a file named decomposed.
+    entries = [Entry(f"{decomposed}3.png", 1, f"{decomposed}3", lambda: None), Entry("x4.png", 2, "x4", lambda: None)]
+    assert resolve_ids([f"{composed}3"], entries, "holdout_ids", "training") == {1}
 
 
 def test_predict_pairs_input_images_with_masks_named_with_a_suffix(tmp_path: Path) -> None:
@@ -441,6 +444,12 @@ def test_input_folder_names_the_subfolders_it_does_not_read(tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in" / "b.png")
     assert [entry.name for entry in input_entries(tmp_path / "in", None)] == ["b.png"]
     assert "not those in its subfolders scans/ (1 image)" in capsys.readouterr().out
+    # A mask folder with a subfolder of older masks is read as it is: only its own files are masks.
+    (tmp_path / "masks" / "old").mkdir(parents=True)
+    for folder in (tmp_path / "masks", tmp_path / "masks" / "old"):
+        Image.fromarray(np.full((8, 8), 255, np.uint8)).save(folder / "b.png")
+    (entry,) = input_entries(tmp_path / "in", tmp_path / "masks")
+    assert entry.load().fov.all()
 
 
 def test_labels_that_look_like_class_maps_in_a_binary_task_point_at_the_multi_class_settings(tmp_path):

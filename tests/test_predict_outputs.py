@@ -195,3 +195,27 @@ def test_a_prepared_dataset_whose_labels_mean_something_else_is_refused(tmp_path
             predict.check_same_labels(h5, tmp_path / "camvid.h5", run, camvid)
         h5.attrs["classes"] = json.dumps({"n_classes": 11, "ignore_index": 11})
         predict.check_same_labels(h5, tmp_path / "camvid.h5", run, camvid)
+
+
+def test_a_run_from_before_the_clahe_tile_accepts_its_data_prepared_again_only_where_nothing_changed(tmp_path):
+    import h5py
+
+    settings = {"channels": 1, "gray_mode": "luminance", "standardize": True, "rescale": True, "clahe": True,
+                "clahe_clip": 0.01, "gamma": 1.0}
+    statistics = {"mean": [100.0], "std": [20.0]}
+    old_run = {"settings": settings, "statistics": statistics}  # trained when each image had its own tile
+
+    def prepared_again(shapes) -> h5py.File:
+        h5 = h5py.File(tmp_path / f"{len(shapes)}.h5", "w")
+        h5.attrs["preprocessing"] = json.dumps({**settings, "clahe_tile": [8, 8]})
+        h5.attrs["statistics"] = json.dumps(statistics)
+        for index, shape in enumerate(shapes):
+            h5.create_dataset(f"train/images/{index:05d}", data=np.zeros(shape, np.float16))
+        return h5
+
+    with prepared_again([(64, 64, 1), (64, 64, 1)]) as h5:  # 1/8 of every image is the tile: the same data
+        predict.check_same_preparation(h5, tmp_path / "a.h5", tmp_path / "run", old_run, 1.0, 1.0)
+    with prepared_again([(64, 64, 1), (128, 96, 1), (64, 64, 1)]) as h5:  # the 128x96 image was equalized anew
+        with pytest.raises(UserError, match=r"prepared again since .* with other preprocessing: clahe_tile \[8, 8\] "
+                                            r"\(model: None\)"):
+            predict.check_same_preparation(h5, tmp_path / "a.h5", tmp_path / "run", old_run, 1.0, 1.0)

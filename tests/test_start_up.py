@@ -33,7 +33,8 @@ def test_the_filter_drops_banners_info_and_the_expected_cuinit_error_only():
 
 
 def test_filtered_stderr_passes_other_lines_through_as_written(capfd, monkeypatch):
-    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "x")  # so that monkeypatch restores what the filter sets
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
     with filtered_stderr():
         for line in (INFO, "a message of our own", NO_DRIVER, CUINIT, OTHER_ERROR):
             os.write(2, (line + "\n").encode())
@@ -42,11 +43,25 @@ def test_filtered_stderr_passes_other_lines_through_as_written(capfd, monkeypatc
     assert capfd.readouterr().err == (f"a message of our own\n{OTHER_ERROR}\nno newline at the end{INFO}\n")
 
 
-def test_a_log_level_set_by_the_user_turns_the_filter_off(capfd, monkeypatch):
+def test_log_level_0_turns_the_filter_off_and_a_higher_one_is_kept(capfd, monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
     with filtered_stderr():
         os.write(2, (INFO + "\n").encode())
     assert capfd.readouterr().err == INFO + "\n"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")  # quiet asked for: TensorFlow ignores it for these lines
+    with filtered_stderr():
+        os.write(2, (INFO + "\n").encode())
+    assert capfd.readouterr().err == "" and os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
+
+
+def test_the_last_lines_before_a_crash_still_get_through():
+    fatal = "F0000 00:00:1796051708.467514   23056 cpu_check.cc:9] Check failed: the CPU lacks AVX"
+    code = (f"import os, sys; sys.path.insert(0, {str(REPO)!r}); from lib.start_up import filtered_stderr\n"
+            f"with filtered_stderr():\n os.write(2, {(INFO + chr(10) + fatal + chr(10)).encode()!r}); os.abort()")
+    env = script_env()
+    del env["TF_CPP_MIN_LOG_LEVEL"]
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and result.stderr == fatal + "\n"
 
 
 def test_importing_keras_prints_none_of_tensorflows_start_up_lines():
@@ -59,4 +74,5 @@ def test_importing_keras_prints_none_of_tensorflows_start_up_lines():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "backend " in result.stderr
     lines = result.stderr.splitlines()
-    assert not [line for line in lines if line.startswith(("I0", "WARNING: All log messages", "To enable"))], lines
+    assert not [line for line in lines if line.startswith(("I0", "WARNING: All log messages", "To enable"))
+                or "cuInit" in line], lines
