@@ -65,7 +65,9 @@ def _id_list(text: str) -> list[int | str]:
         elif re.fullmatch(r"[\w.-]*\d[\w.-]*", part):
             ids.append(part)   # a name with a number, e.g. CHASE_DB1's 01L, HRF's 05_dr, a file's case03
         else:
-            raise ValueError(f"'{part}' is neither a number nor an image name with a number (01L, 05_dr, case03)")
+            raise ValueError(f"'{part}' is neither a number nor an image name with a number (01L, 05_dr, case03); "
+                             "for a name with spaces give its number, which prepare_datasets.py lists as "
+                             "'1 (Patient 1 scan)'")
     return ids
 
 
