@@ -179,6 +179,40 @@ def case_input_folder_with_a_mask_missing(tmp, drive, trained):
     return "predict.py", tiny_settings(tmp, drive) + args, f"no FOV mask for {last.name}"
 
 
+def _own_folders(tmp, drive) -> Path:
+    """A dataset = folders copy of the DRIVE training images and labels (images/, labels/) in tmp/mine."""
+    root = tmp / "mine"
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True)
+    for image in (drive / "training" / "images").iterdir():
+        number = image.name.split("_")[0]
+        (root / "images" / f"case{number}.tif").write_bytes(image.read_bytes())
+        (root / "labels" / f"case{number}.gif").write_bytes(
+            (drive / "training" / "1st_manual" / f"{number}_manual1.gif").read_bytes())
+    return root
+
+
+def case_images_in_a_subfolder(tmp, drive, trained):
+    root = _own_folders(tmp, drive)
+    (root / "images" / "extra").mkdir()
+    first = sorted((root / "images").glob("*.tif"))[0]
+    first.rename(root / "images" / "extra" / first.name)  # would be left out of training without a word
+    args = tiny_settings(tmp, root, extra=["dataset=folders", "holdout_ids="])
+    return "prepare_datasets.py", args, "has images in subfolders, which are not read: extra/ (1 image)"
+
+
+def case_labels_in_a_masks_folder(tmp, drive, trained):
+    root = _own_folders(tmp, drive)
+    (root / "labels").rename(root / "masks")  # the Kaggle layout, where masks are the structures
+    args = tiny_settings(tmp, root, extra=["dataset=folders", "holdout_ids="])
+    return "prepare_datasets.py", args, "labels not found, but"
+
+
+def case_data_given_a_dataset_folder(tmp, drive, trained):
+    _copy_run(tmp, trained)
+    return "predict.py", tiny_settings(tmp, drive) + ["--data", str(drive)], "holds no dataset.h5: --data takes"
+
+
 def _one_input_image(tmp, drive, trained) -> Path:
     """The trained run copied into tmp, and a folder tmp/images holding the first test image."""
     _copy_run(tmp, trained)
