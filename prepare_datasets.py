@@ -60,9 +60,9 @@ def load_checked(entry: Entry, scale: float, bad_labels: list[LabelError]) -> Sa
         bad_labels.append(error)
         return None
     if not sample.fov.any():
-        # Nothing of the image would be trained on or scored: an all-black or wrongly exported mask.
-        raise UserError(f"the field-of-view mask of image {sample.name} is empty (all zero). Check its mask "
-                        "file: inside the field of view must be white (255 or 1).")
+        # A mask file that is empty is refused by name when read; this one was derived from the image.
+        raise UserError(f"the field of view derived from image {sample.name} (its bright disc) is empty. Check the "
+                        "image, or give field-of-view masks.")
     return sample
 
 

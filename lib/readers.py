@@ -300,19 +300,33 @@ def to_binary(array: np.ndarray, path: Path | str, what: str = "label") -> np.nd
             few = what == "label" and not jpeg and np.unique(packed).size <= MAX_CLASSES
             raise LabelError(path, f"the {what} is a colour image", f"{rule}.{_COLOUR_CLASSES if few else ''}")
         array = array[..., 0]
-    values = np.unique(array)
+    values, counts = np.unique(array, return_counts=True)
     if set(values.tolist()) <= {0, 255}:
         return array == 255
     if set(values.tolist()) <= {0, 1}:
         return array == 1
     near = values.size >= 6 and np.mean((array <= 16) | (array >= 239)) > 0.9  # many levels, mostly extremes
     smooth = "its values cluster near 0 and 255, as resampling or anti-aliasing leaves them; " if near else ""
+    common = set(values[np.argsort(counts, kind="stable")[-2:]].tolist())  # a two-level map's levels, when it is one
     classes = set(values.tolist()) - {255}
+    # Class indices, or a VOC-style 0/1 map with a void 255; not a 0/255 map with a few stray values.
     indices = (what == "label" and not near and max(classes, default=255) < MAX_CLASSES
-               and (len(classes) >= 3 or (len(classes) == 2 and 255 in values)))
+               and ((len(classes) >= 3 and common != {0, 255}) or (len(classes) == 2 and 255 in values
+                                                                    and common == {0, 1})))
     fix = (f"{rule}: JPEG compression blurs edges into other values, so save {what}s as PNG, GIF or TIFF." if jpeg
            else f"{rule}: {smooth}re-export it as a two-level image.{_INDEX_CLASSES if indices else ''}")
-    raise LabelError(path, f"the {what} has values {listed(values.tolist(), 10)}", fix)
+    stray = _stray(array, values, counts, common) if common in ({0, 255}, {0, 1}) and len(values) <= 6 else ""
+    raise LabelError(path, f"the {what} has values {listed(values.tolist(), 10)}{stray}", fix)
+
+
+def _stray(array: np.ndarray, values: np.ndarray, counts: np.ndarray, common: set[int]) -> str:
+    """For a two-level map with a few other values: how many pixels have each, and where the first is."""
+    found = []
+    for value, count in zip(values.tolist(), counts.tolist()):
+        if value not in common:
+            row, column = np.argwhere(array == value)[0]
+            found.append(f"{value}: {plural(count, 'pixel')}, the first at row {row}, column {column}")
+    return f" ({'; '.join(found)})"
 
 
 MAX_CLASSES = 64  # labels with fewer distinct values or colours than this may be class maps
@@ -612,6 +626,9 @@ def _load_files(number: int, key: str, image_path: Path, label_path: Path | None
     if mask is not None:
         _check_same_size(image, mask, image_path, mask_path)
         fov = to_binary(mask, mask_path, "mask")
+        if not fov.any():  # nothing of the image would be trained on, segmented or scored
+            raise UserError(f"the field-of-view mask {mask_path} of image {image_path.name} is empty (all zero). "
+                            "Inside the field of view must be white (255 or 1): check that it is the right file.")
     elif derive:
         fov = derive_fov(image)
     else:

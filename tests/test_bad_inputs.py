@@ -63,7 +63,7 @@ def case_zero_byte_file(tmp, drive, trained):
 def case_empty_fov_mask(tmp, drive, trained):
     root = copy_drive(drive, tmp)
     gray_gif(root / "test" / "mask" / "01_test_mask.gif", np.zeros((120, 128)))
-    return "prepare_datasets.py", tiny_settings(tmp, root), "mask of image 01_test.tif is empty"
+    return "prepare_datasets.py", tiny_settings(tmp, root), "01_test_mask.gif of image 01_test.tif is empty (all zero)"
 
 
 def case_size_mismatch(tmp, drive, trained):

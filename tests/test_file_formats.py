@@ -459,16 +459,20 @@ def test_labels_that_look_like_class_maps_in_a_binary_task_point_at_the_multi_cl
     colours[:4] = (128, 0, 0)
     colours[4:6] = (0, 128, 0)
     resampled = (np.linspace(0, 255, 64).reshape(8, 8)).astype(np.uint8)  # many levels: no class map
-    void_only = np.array([[0, 1], [255, 1]], np.uint8)  # VOC style: one class, void 255
-    for name, array in (("indices.png", indices), ("colours.png", colours), ("resampled.png", resampled),
-                        ("void.png", void_only)):
+    void_only = np.zeros((8, 8), np.uint8)  # VOC style: one class, a void 255 border around it
+    void_only[2:6, 2:6], void_only[1, 1:7] = 1, 255
+    stray = np.zeros((8, 8), np.uint8)  # a 0/255 map with two pixels of 7: not a class map
+    stray[:3], stray[5, 2], stray[6, 4] = 255, 7, 7
+    files = {"indices.png": indices, "colours.png": colours, "resampled.png": resampled, "void.png": void_only,
+             "stray.png": stray}
+    hints, problems = {}, {}
+    for name, array in files.items():
         Image.fromarray(array).save(tmp_path / name)
-    hints = {}
-    for name in ("indices.png", "colours.png", "resampled.png", "void.png"):
         with pytest.raises(LabelError) as info:
             to_binary(read_label(tmp_path / name), tmp_path / name)
-        hints[name] = info.value.fix
+        hints[name], problems[name] = info.value.fix, info.value.problem
     assert "set [model] n_classes (how many), [training settings] loss = cce" in hints["indices.png"]
     assert "ignore_index for a void value such as 255" in hints["void.png"]
     assert "colour-coded class maps" in hints["colours.png"] and "palette" in hints["colours.png"]
-    assert "n_classes" not in hints["resampled.png"]
+    assert "n_classes" not in hints["resampled.png"] and "n_classes" not in hints["stray.png"]
+    assert problems["stray.png"] == "the label has values 0, 7, 255 (7: 2 pixels, the first at row 5, column 2)"
