@@ -22,7 +22,7 @@ from lib.errors import UserError, run_cli
 from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores
 from lib.outputs import check_output_folder, publish, remove_abandoned, staging_prefix
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
-from lib.preprocessing import preprocess
+from lib.preprocessing import clahe_tile, preprocess
 from lib.progress import progress
 from lib.readers import ClassSpec, Entry, image_stem, input_entries, is_image_name, output_stem, scale_sample
 from lib.runs import CONFIG_NAME, FINISHED, find_run_folder, training_now
@@ -88,13 +88,17 @@ def read_run_json(path: Path) -> dict:
                         "with --overwrite.") from None
 
 
-def ignored_overrides(overrides: Sequence[str], current: Mapping[str, Any], run_config: Mapping[str, Any]) -> list[str]:
-    """The --set options outside [testing settings] whose values differ from the run's, which predict.py does not
-    use (the run name and folder find the run; another prepared_dir has its own note)."""
+RUN_LOOKUP = (("experiment", "name"), ("experiment", "runs_dir"))  # the settings predict.py finds the run by
+
+
+def ignored_overrides(overrides: Sequence[str], current: Mapping[str, Any], run_config: Mapping[str, Any],
+                      noted: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """The --set options outside [testing settings] whose values differ from the run's: predict.py does not use
+    them. Those that find the run, and the noted ones (said otherwise), are left out."""
     ignored = []
     for override in overrides:
         section, key, _ = parse_override(override)
-        if (section not in ("testing settings", "experiment") and (section, key) != ("data paths", "prepared_dir")
+        if (section != "testing settings" and (section, key) not in (*RUN_LOOKUP, *noted)
                 and current[section][key] != run_config[section][key]):
             ignored.append(f"{section.replace(' ', '_')}.{key}")
     return list(dict.fromkeys(ignored))
@@ -103,7 +107,7 @@ def ignored_overrides(overrides: Sequence[str], current: Mapping[str, Any], run_
 def data_file(path: Path) -> Path:
     """The dataset.h5 that --data names: the file, or the one in the prepared folder; a folder without one (such
     as a dataset's own folder of images) is refused with what to give instead."""
-    if path.suffix == ".h5":
+    if path.suffix.lower() == ".h5":
         return path
     if path.is_dir() and not (path / FILE_NAME).is_file():
         images = any(is_image_name(child.name) for child in path.rglob("*"))
@@ -127,7 +131,7 @@ def image_shapes(h5: h5py.File) -> list[tuple[int, ...]]:
             for key in h5[split]["images"]]
 
 
-def check_same_preparation(h5, path: Path, run: Path, preprocessing: dict, resize: float,
+def check_same_preparation(h5: h5py.File, path: Path, run: Path, preprocessing: dict, resize: float,
                            their_resize: float) -> None:
     """Refuse the run's own prepared dataset when it was prepared again, differently (preprocessing, or
     resize: the run's against their_resize, the file's), after training."""
@@ -135,7 +139,7 @@ def check_same_preparation(h5, path: Path, run: Path, preprocessing: dict, resiz
     ours = {key: preprocessing[key] for key in theirs}
     tile = theirs["settings"].get("clahe_tile")
     if tile is not None and "clahe_tile" not in ours["settings"] and all(
-            [shape[0] // 8, shape[1] // 8] == tile for shape in image_shapes(h5)):
+            clahe_tile([shape]) == tile for shape in image_shapes(h5)):
         # Trained before the tile was recorded, when each image had its own: the same wherever that is the tile.
         del theirs["settings"]["clahe_tile"]
     if theirs != ours or their_resize != resize:
@@ -410,10 +414,12 @@ def main() -> int:
     from lib.inference import predict_image, resolve_tta, tta_flips
 
     config, model, preprocessing, info = load_run(run, current)
-    if current["data paths"]["prepared_dir"] != config["data paths"]["prepared_dir"] and not (args.input or args.data):
+    other_data = current["data paths"]["prepared_dir"] != config["data paths"]["prepared_dir"]
+    if other_data and not (args.input or args.data):
         print(f"note: predict.py scores the data the run was trained with, {config['data paths']['prepared_dir']}, "
               f"not {current['data paths']['prepared_dir']}; use --data to score another prepared dataset.")
-    ignored = ignored_overrides(args.overrides, current, config)
+    noted = [] if args.input or args.data else [("data paths", "prepared_dir")]
+    ignored = ignored_overrides(args.overrides, current, config, noted)
     if ignored:
         print(f"note: --set {', '.join(ignored)} ignored: predict.py takes only [testing settings] from the command "
               f"line and configuration, and the rest from the run ({run / CONFIG_NAME}), as it was trained.")

@@ -21,7 +21,8 @@ from lib.errors import UserError, run_cli
 from lib.fingerprint import (FOV_FOLDER, describe_differences, fingerprint, prepare_outputs, setting_differences,
                              source_changes, source_files)
 from lib.locks import exclusive_lock
-from lib.patches import check_fits, extract_patches, iter_chunks, sample_centres
+from lib.patches import (batches_per_pass, check_fits, extract_patches, iter_chunks, sample_centres,
+                         validation_split)
 from lib.preprocessing import clahe_tile, fit_statistics, preprocess, preprocessing_settings, select_channels
 from lib.progress import listed, plural, progress
 from lib.readers import (CONFIGURED_SPLIT, DERIVED_FOV, ClassSpec, Entry, LabelError, Sample, describe_ids,
@@ -115,7 +116,7 @@ def check_foreground(rows: Sequence[Mapping[str, Any]], root: Path) -> None:
     """Refuse binary training labels with no foreground, or only foreground, inside the field of view."""
     inside = sum(int(r["fov"].sum()) for r in rows)
     foreground = sum(int(r["label"][r["fov"]].sum()) for r in rows)
-    names = ", ".join(r["name"] for r in rows[:3]) + (", ..." if len(rows) > 3 else "")
+    names = listed((r["name"] for r in rows), 3)
     if foreground == 0:
         raise UserError(f"no training label in {root} marks any foreground inside the field of view (images "
                         f"{names}): there is nothing to learn. Foreground must be 255 (or 1) on 0; check that "
@@ -265,13 +266,14 @@ def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
           f"{'inside the FOV' if config['training settings']['inside_FOV'] else 'anywhere'}"
           + (f", {focus:.0%} of them on {'foreground' if classes is None else 'a class drawn per patch'}"
              if focus else ""))
-    pixels = sum(int(row["fov"].sum()) for row in train_rows)
+    inside = config["training settings"]["inside_FOV"]  # patch centres in the FOV, or anywhere
+    pixels = sum(int(row["fov"].sum()) if inside else row["fov"].size for row in train_rows)
     coverage = n * size * size / max(pixels, 1)
     if coverage > MAX_COVERAGE:
         training = config["training settings"]
         enough = max(int(round(100 * pixels / (size * size), -2)), 100)
         # With steps_per_epoch = 0 an epoch is one pass over the patches: fewer patches would mean shorter epochs.
-        steps = round(n * (1 - training["validation_fraction"])) // training["batch_size"]
+        steps = batches_per_pass(validation_split(n, training["validation_fraction"])[0], training["batch_size"])
         keep = f" --set steps_per_epoch={steps}" if training["steps_per_epoch"] == 0 else ""
         print(f"  note: the patches cover each training pixel about {coverage:,.0f} times, in "
               f"{out_path.stat().st_size / 2**20:.1f} MiB. For so few pixels a smaller file does as well: "
@@ -295,10 +297,10 @@ def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
     print(f"  statistics: mean {np.round(stats['mean'], 2).tolist()}, std {np.round(stats['std'], 2).tolist()}")
     turned = [row["name"] for rows in splits.values() for row in rows if row["turned"]]
     if turned:
-        print(f"  note: {plural(len(turned), 'image')} ({listed(turned, 10)}) carry an orientation tag that "
-              "turns or mirrors them, and their labels fit either way (square, or turned by 180 degrees): they are "
-              "read as viewers show them, with the labels drawn on that view. If the labels were drawn on the "
-              "pixels as stored, save the images without the tag and prepare again.")
+        print(f"  note: {plural(len(turned), 'image')} ({listed(turned, 10)}) with an orientation tag that turns "
+              "or mirrors them, and labels that fit either way (square, or turned by 180 degrees, or mirrored): read "
+              "as viewers show them, with the labels drawn on that view. If the labels were drawn on the pixels as "
+              "stored, save the images without the tag and prepare again.")
     return 0
 
 

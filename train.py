@@ -21,6 +21,7 @@ from lib.errors import UserError, run_cli
 from lib.fingerprint import (describe_differences, fingerprint, matters_for_training, setting_differences,
                              source_changes, with_prepared_settings)
 from lib.metrics import best_f1_threshold
+from lib.patches import validation_split
 from lib.plots import save_learning_curves
 from lib.progress import listed, plural
 from lib.runs import CONFIG_NAME, FINISHED, prepare_run_folder, run_lock
@@ -162,8 +163,7 @@ def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
     distribution = make_distribution(training["strategy"])
     policy = configure_precision(training["mixed_precision"])
     # Every check that can refuse the run comes before the run folder is touched (--overwrite empties it).
-    n_val = int(round(prepared.n_patches * training["validation_fraction"]))
-    n_train = prepared.n_patches - n_val
+    n_train, n_val = validation_split(prepared.n_patches, training["validation_fraction"])
     batch = training["batch_size"]
     check_global_batch(batch, distribution)
     if n_train < batch:

@@ -66,8 +66,8 @@ def _id_list(text: str) -> list[int | str]:
             ids.append(part)   # a name with a number, e.g. CHASE_DB1's 01L, HRF's 05_dr, a file's case03
         else:
             raise ValueError(f"'{part}' is neither a number nor an image name with a number (01L, 05_dr, case03); "
-                             "for a name with spaces give its number, which prepare_datasets.py lists as "
-                             "'1 (Patient 1 scan)'")
+                             "for an image whose name has no number, or has spaces, give its number, which "
+                             "prepare_datasets.py lists as '1 (Patient 1 scan)'")
     return ids
 
 

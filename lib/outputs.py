@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lib.atomic import write_text
 from lib.errors import UserError
+from lib.progress import listed
 
 # What predict.py writes into its output folder: per image <stem><suffix>, and once per prediction.
 OUTPUT_SUFFIXES = ("_probability.png", "_binary.png", "_compare.png", "_overlay.png", "_cells.png",
@@ -135,9 +136,9 @@ def check_output_folder(out: Path, overwrite: bool, input_path: Path | None, sou
         theirs = [path.name for path in sorted(out.iterdir()) if path.is_file() and not path.name.startswith(".")
                   and is_prediction_output(path.name) and path.name not in (earlier or [])]
         if theirs:
-            raise UserError(f"{out} holds files named as predictions are ({', '.join(theirs[:4])}"
-                            f"{', ...' if len(theirs) > 4 else ''}) that no earlier prediction there wrote (its "
-                            "outputs.txt lists them): choose another --output, or move those files away.")
+            raise UserError(f"{out} holds files named as predictions are ({listed(theirs, 4)}) that no earlier "
+                            "prediction there wrote (its outputs.txt lists them): choose another --output, or move "
+                            "those files away.")
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK | os.X_OK):
         raise UserError(f"{out} cannot be written: no permission. Choose another --output, or fix its "

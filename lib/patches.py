@@ -9,6 +9,17 @@ from numpy.lib.stride_tricks import sliding_window_view
 from lib.errors import UserError
 
 
+def validation_split(n_patches: int, fraction: float) -> tuple[int, int]:
+    """(training, validation) patch counts: the last round(n_patches * fraction) patches validate."""
+    n_val = int(round(n_patches * fraction))
+    return n_patches - n_val, n_val
+
+
+def batches_per_pass(n_patches: int, batch_size: int) -> int:
+    """Whole batches in one pass over n_patches (at least one)."""
+    return max(n_patches // batch_size, 1)
+
+
 def check_fits(height: int, width: int, size: int, image: str) -> None:
     """Refuse an image smaller than the patch, naming it and the settings that fix it."""
     if height < size or width < size:

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from lib.augment import augment_batch
+from lib.patches import batches_per_pass
 
 
 class PatchStream(keras.utils.PyDataset):
@@ -27,7 +28,7 @@ class PatchStream(keras.utils.PyDataset):
         self.path = str(path)
         self.start, self.stop = start, stop
         self.batch_size = batch_size
-        self.n_batches = max((stop - start) // batch_size, 1)
+        self.n_batches = batches_per_pass(stop - start, batch_size)
         self.steps = steps or self.n_batches
         self.shuffle, self.augment, self.seed = shuffle, augment, seed
         self.epoch = 0

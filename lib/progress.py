@@ -9,8 +9,9 @@ T = TypeVar("T")
 
 
 def plural(count: float, word: str) -> str:
-    """'1 epoch', '3 epochs', '0.5 minutes'."""
-    return f"{count:g} {word}{'' if count == 1 else 's'}"
+    """'1 epoch', '3 epochs', '0.5 minutes', '1,200,000 pixels'."""
+    shown = f"{int(count):,}" if float(count).is_integer() else f"{count:g}"
+    return f"{shown} {word}{'' if count == 1 else 's'}"
 
 
 def listed(values: Iterable, limit: int = 12) -> str:

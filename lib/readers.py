@@ -296,8 +296,7 @@ def to_binary(array: np.ndarray, path: Path | str, what: str = "label") -> np.nd
     jpeg = Path(str(path)).suffix.lower() in (".jpg", ".jpeg")
     if array.ndim == 3:
         if not (array == array[..., :1]).all():
-            packed = array[..., :3].astype(np.int64) @ np.array([65536, 256, 1])
-            few = what == "label" and not jpeg and np.unique(packed).size <= MAX_CLASSES
+            few = what == "label" and not jpeg and np.unique(colour_codes(array)).size <= MAX_CLASSES
             raise LabelError(path, f"the {what} is a colour image", f"{rule}.{_COLOUR_CLASSES if few else ''}")
         array = array[..., 0]
     values, counts = np.unique(array, return_counts=True)
@@ -307,26 +306,33 @@ def to_binary(array: np.ndarray, path: Path | str, what: str = "label") -> np.nd
         return array == 1
     near = values.size >= 6 and np.mean((array <= 16) | (array >= 239)) > 0.9  # many levels, mostly extremes
     smooth = "its values cluster near 0 and 255, as resampling or anti-aliasing leaves them; " if near else ""
-    common = set(values[np.argsort(counts, kind="stable")[-2:]].tolist())  # a two-level map's levels, when it is one
+    stray = _stray_values(values, counts)
     classes = set(values.tolist()) - {255}
-    # Class indices, or a VOC-style 0/1 map with a void 255; not a 0/255 map with a few stray values.
+    # Class indices (not a two-level map with a few stray pixels), or a VOC-style 0/1 map with a void 255.
     indices = (what == "label" and not near and max(classes, default=255) < MAX_CLASSES
-               and ((len(classes) >= 3 and common != {0, 255}) or (len(classes) == 2 and 255 in values
-                                                                    and common == {0, 1})))
+               and ((len(classes) >= 3 and not stray) or (classes == {0, 1} and 255 in values)))
     fix = (f"{rule}: JPEG compression blurs edges into other values, so save {what}s as PNG, GIF or TIFF." if jpeg
            else f"{rule}: {smooth}re-export it as a two-level image.{_INDEX_CLASSES if indices else ''}")
-    stray = _stray(array, values, counts, common) if common in ({0, 255}, {0, 1}) and len(values) <= 6 else ""
-    raise LabelError(path, f"the {what} has values {listed(values.tolist(), 10)}{stray}", fix)
-
-
-def _stray(array: np.ndarray, values: np.ndarray, counts: np.ndarray, common: set[int]) -> str:
-    """For a two-level map with a few other values: how many pixels have each, and where the first is."""
     found = []
-    for value, count in zip(values.tolist(), counts.tolist()):
-        if value not in common:
-            row, column = np.argwhere(array == value)[0]
-            found.append(f"{value}: {plural(count, 'pixel')}, the first at row {row}, column {column}")
-    return f" ({'; '.join(found)})"
+    for value, count in stray.items():
+        row, column = divmod(int(np.flatnonzero(array == value)[0]), array.shape[1])
+        found.append(f"{value}: {plural(count, 'pixel')}, the first at row {row}, column {column}")
+    where = f" ({'; '.join(found)})" if found else ""
+    raise LabelError(path, f"the {what} has values {listed(values.tolist(), 10)}{where}", fix)
+
+
+STRAY_SHARE = 0.01  # values other than a map's two levels on fewer pixels than this are strays to point at
+
+
+def _stray_values(values: np.ndarray, counts: np.ndarray) -> dict[int, int]:
+    """For a 0/255 (or 0/1) map with a few other values on under 1% of its pixels: those values and their pixel
+    counts; empty otherwise."""
+    for levels in ({0, 255}, {0, 1}):
+        others = {int(v): int(c) for v, c in zip(values, counts) if int(v) not in levels}
+        few = 0 < len(others) <= 4 and sum(others.values()) < STRAY_SHARE * counts.sum()
+        if levels <= set(values.tolist()) and few:
+            return others
+    return {}
 
 
 MAX_CLASSES = 64  # labels with fewer distinct values or colours than this may be class maps
@@ -411,6 +417,15 @@ class LabelError(UserError):
         super().__init__(f"{path}: {problem}. {fix}")
 
 
+def colour_codes(array: np.ndarray) -> np.ndarray:
+    """One int32 per pixel of an RGB(A) array, R << 16 | G << 8 | B, so colours can be counted and looked up."""
+    return (array[..., 0].astype(np.int32) << 16) | (array[..., 1].astype(np.int32) << 8) | array[..., 2]
+
+
+def _colour(code: int) -> tuple[int, int, int]:
+    return (code >> 16) & 255, (code >> 8) & 255, code & 255
+
+
 def to_classes(array: np.ndarray, path: Path | str, classes: ClassSpec) -> np.ndarray:
     """Turn a label file into a uint8 class map: class indices as they are, RGB colours via the palette.
 
@@ -421,9 +436,9 @@ def to_classes(array: np.ndarray, path: Path | str, classes: ClassSpec) -> np.nd
         array = array[..., 0]
     if array.ndim == 3 and classes.palette:
         table = classes.colour_to_class()
-        codes = (array[..., 0].astype(np.int32) << 16) | (array[..., 1].astype(np.int32) << 8) | array[..., 2]
+        codes = colour_codes(array)
         unique, inverse = np.unique(codes, return_inverse=True)
-        colours = [((int(c) >> 16) & 255, (int(c) >> 8) & 255, int(c) & 255) for c in unique]
+        colours = [_colour(code) for code in unique.tolist()]
         unknown = [c for c in colours if c not in table]
         if unknown:
             raise LabelError(path, f"the colour label has colours not in [data attributes] palette: "
@@ -433,9 +448,7 @@ def to_classes(array: np.ndarray, path: Path | str, classes: ClassSpec) -> np.nd
         return lookup[inverse.reshape(codes.shape)]
     if array.ndim == 3:
         if not (array == array[..., :1]).all():
-            codes = np.unique((array[..., 0].astype(np.int32) << 16) | (array[..., 1].astype(np.int32) << 8)
-                              | array[..., 2])
-            found = listed([f"({c >> 16 & 255} {c >> 8 & 255} {c & 255})" for c in codes.tolist()])
+            found = listed("({} {} {})".format(*_colour(code)) for code in np.unique(colour_codes(array)).tolist())
             raise LabelError(path, f"the label is a colour image (colours {found}) but [data attributes] palette "
                              "is empty",
                              "Declare the colour of each class in palette (R G B triples), or give class-index labels.")
@@ -615,7 +628,7 @@ def _load_files(number: int, key: str, image_path: Path, label_path: Path | None
     label = read_label(label_path, classes) if label_path is not None else None
     drawn = [raw for raw in (mask, label) if raw is not None]
     tag = _orientation(image_path) if drawn and image_path.suffix.lower() != ".gz" else 1
-    turned = tag != 1
+    turned = tag in range(2, 9)  # 0 and 9 are not orientations: Pillow leaves such files as they are
     if drawn and all(raw.shape[:2] != image.shape[:2] for raw in drawn):
         # Labels drawn on the pixels as stored, not as the orientation tag turns them: the image as stored.
         stored = as_rgb(read_image(image_path, turn=False, page=page))
@@ -625,10 +638,7 @@ def _load_files(number: int, key: str, image_path: Path, label_path: Path | None
     # Sizes first: a resized label or mask also has odd values.
     if mask is not None:
         _check_same_size(image, mask, image_path, mask_path)
-        fov = to_binary(mask, mask_path, "mask")
-        if not fov.any():  # nothing of the image would be trained on, segmented or scored
-            raise UserError(f"the field-of-view mask {mask_path} of image {image_path.name} is empty (all zero). "
-                            "Inside the field of view must be white (255 or 1): check that it is the right file.")
+        fov = fov_from_mask(mask, page_name(str(mask_path), mask_page), f" of image {page_name(image_path.name, page)}")
     elif derive:
         fov = derive_fov(image)
     else:
@@ -637,6 +647,16 @@ def _load_files(number: int, key: str, image_path: Path, label_path: Path | None
         _check_same_size(image, label, image_path, label_path)
         label = to_binary(label, label_path) if classes is None else to_classes(label, label_path, classes)
     return Sample(page_name(image_path.name, page), number, image, label, fov, key, unconfirmed)
+
+
+def fov_from_mask(mask: np.ndarray, mask_path: str, of_image: str = "") -> np.ndarray:
+    """The field of view a mask file gives (0/255 or 0/1); an empty one (all zero) is refused by name, since nothing
+    of its image would be trained on, segmented or scored."""
+    fov = to_binary(mask, mask_path, "mask")
+    if not fov.any():
+        raise UserError(f"the field-of-view mask {mask_path}{of_image} is empty (all zero). Inside the field of view "
+                        "must be white (255 or 1): check that it is the right file.")
+    return fov
 
 
 def _file_entry(number: int, key: str, image: Path, label: Path | None, mask: Path | None,
@@ -1096,6 +1116,9 @@ def input_entries(path: Path, mask: Path | None) -> list[Entry]:
     masks = _input_masks(files, mask)
     entries = []
     mask_pages_of = {mask_file: page_count(mask_file) for mask_file in set(masks) if mask_file is not None}
+    for mask_file, mask_pages in mask_pages_of.items():  # an empty mask stops the run before any work
+        for page in range(mask_pages) if mask_pages > 1 else [None]:
+            fov_from_mask(read_label(mask_file, page=page), page_name(str(mask_file), page))
     for file, mask_file in zip(files, masks):
         pages = page_count(file)
         mask_pages = mask_pages_of.get(mask_file, 1)

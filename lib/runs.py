@@ -10,6 +10,7 @@ from lib.errors import UserError
 from lib.fingerprint import PATCH_KEYS, describe_differences, setting_differences
 from lib.locks import exclusive_lock, lock_holder
 from lib.outputs import LEFTOVER, is_prediction_output
+from lib.progress import listed
 
 FINISHED = "training_summary.json"
 CONFIG_NAME = "configuration.txt"
@@ -75,10 +76,9 @@ def prepare_run_folder(config: Config, overwrite: bool) -> tuple[Path, bool]:
                             "move it away.")
         others = _foreign_files(folder)
         if others:
-            raise UserError(f"{folder} holds files that train.py and predict.py do not write ({', '.join(others[:5])}"
-                            f"{', ...' if len(others) > 5 else ''}), so --overwrite will not delete it: it may not "
-                            "be a run folder. Move those files away, or choose another name with --set "
-                            "experiment.name=NEW_NAME.")
+            raise UserError(f"{folder} holds files that train.py and predict.py do not write ({listed(others, 5)}), "
+                            "so --overwrite will not delete it: it may not be a run folder. Move those files away, "
+                            "or choose another name with --set experiment.name=NEW_NAME.")
         contents = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
         print(f"Deleting the earlier run {folder} (--overwrite): {', '.join(contents) or 'empty'}")
         shutil.rmtree(folder)

@@ -25,6 +25,7 @@ _BANNERS = ("WARNING: All log messages before absl::InitializeLog() is called ar
             "To enable the following instructions:")
 _NO_DRIVER = "Could not find cuda drivers on your machine"
 _WAIT_SECONDS = 5  # for the filter to pass on the last lines before the script prints its own
+_RUNNING: list[subprocess.Popen] = []  # filters still held open by a child process: kept, not reported as leaked
 
 
 class StartUpFilter:
@@ -77,8 +78,15 @@ def filtered_stderr() -> Iterator[None]:
     sys.stderr.flush()
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
             "from lib.start_up import forward; forward(sys.stdin.buffer, sys.stdout.buffer)")
-    # The filter writes to the real stderr; it ends when every copy of the pipe's write end is closed.
-    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=2, stderr=2)
+    try:
+        # The filter writes to the real stderr and ends when every copy of the pipe's write end is closed. -I: a
+        # user's re.py in the current folder must not shadow the standard library there. Its own session: a
+        # Ctrl-C in the terminal is this script's to handle, not the filter's.
+        process = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=2, stderr=2,
+                                   start_new_session=True)
+    except OSError:  # no process to spare: unfiltered is better than not starting
+        yield
+        return
     real_stderr = os.dup(2)
     os.dup2(process.stdin.fileno(), 2)
     process.stdin.close()
@@ -87,11 +95,14 @@ def filtered_stderr() -> Iterator[None]:
     try:
         yield
     finally:
-        sys.stderr.flush()
+        with contextlib.suppress(OSError):  # a filter that died must not keep stderr on its broken pipe
+            sys.stderr.flush()
         os.dup2(real_stderr, 2)  # this process's last write end: the filter reads to the end and stops
         os.close(real_stderr)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=_WAIT_SECONDS)  # a child started meanwhile may hold the pipe: it then runs on
+        try:
+            process.wait(timeout=_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            _RUNNING.append(process)  # a child started meanwhile holds the pipe: the filter runs on for it
 
 
 def import_keras() -> ModuleType:

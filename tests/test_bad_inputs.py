@@ -213,6 +213,18 @@ def case_data_given_a_dataset_folder(tmp, drive, trained):
     return "predict.py", tiny_settings(tmp, drive) + ["--data", str(drive)], "holds no dataset.h5: --data takes"
 
 
+def case_input_with_an_empty_mask(tmp, drive, trained):
+    _copy_run(tmp, trained)
+    masks = tmp / "masks"
+    masks.mkdir()
+    for mask in sorted((drive / "test" / "mask").iterdir()):
+        (masks / mask.name).write_bytes(mask.read_bytes())
+    last = sorted(masks.iterdir())[-1]
+    gray_gif(last, np.zeros((120, 128)))  # the last image's: refused before the first image is segmented
+    args = ["--input", str(drive / "test" / "images"), "--mask", str(masks)]
+    return "predict.py", tiny_settings(tmp, drive) + args, f"{last.name} is empty (all zero)"
+
+
 def _one_input_image(tmp, drive, trained) -> Path:
     """The trained run copied into tmp, and a folder tmp/images holding the first test image."""
     _copy_run(tmp, trained)

@@ -554,4 +554,4 @@ def test_prepare_names_images_turned_by_a_tag_their_labels_cannot_confirm(tmp_pa
     assert prepare_datasets.main() == 0
     out = capsys.readouterr().out
     # The wide photo's label fits only its turned view; the plain one has no tag.
-    assert "note: 2 images (square.jpg, upside.jpg) carry an orientation tag that turns or mirrors them" in out
+    assert "note: 2 images (square.jpg, upside.jpg) with an orientation tag that turns or mirrors them" in out

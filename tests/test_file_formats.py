@@ -461,10 +461,12 @@ def test_labels_that_look_like_class_maps_in_a_binary_task_point_at_the_multi_cl
     resampled = (np.linspace(0, 255, 64).reshape(8, 8)).astype(np.uint8)  # many levels: no class map
     void_only = np.zeros((8, 8), np.uint8)  # VOC style: one class, a void 255 border around it
     void_only[2:6, 2:6], void_only[1, 1:7] = 1, 255
-    stray = np.zeros((8, 8), np.uint8)  # a 0/255 map with two pixels of 7: not a class map
-    stray[:3], stray[5, 2], stray[6, 4] = 255, 7, 7
+    stray = np.zeros((20, 20), np.uint8)  # a 0/255 map with two pixels of 7: not a class map
+    stray[:6], stray[10, 2], stray[12, 4] = 255, 7, 7
+    wide_void = np.zeros((20, 20), np.uint8)  # thin vessels (1) inside a wider void band (255)
+    wide_void[:1], wide_void[1:6] = 1, 255
     files = {"indices.png": indices, "colours.png": colours, "resampled.png": resampled, "void.png": void_only,
-             "stray.png": stray}
+             "stray.png": stray, "wide_void.png": wide_void}
     hints, problems = {}, {}
     for name, array in files.items():
         Image.fromarray(array).save(tmp_path / name)
@@ -475,4 +477,6 @@ def test_labels_that_look_like_class_maps_in_a_binary_task_point_at_the_multi_cl
     assert "ignore_index for a void value such as 255" in hints["void.png"]
     assert "colour-coded class maps" in hints["colours.png"] and "palette" in hints["colours.png"]
     assert "n_classes" not in hints["resampled.png"] and "n_classes" not in hints["stray.png"]
-    assert problems["stray.png"] == "the label has values 0, 7, 255 (7: 2 pixels, the first at row 5, column 2)"
+    assert problems["stray.png"] == "the label has values 0, 7, 255 (7: 2 pixels, the first at row 10, column 2)"
+    assert "ignore_index for a void value such as 255" in hints["wide_void.png"]
+    assert problems["indices.png"] == "the label has values 0, 1, 2, 255"  # a class map: no pixels called stray

@@ -219,3 +219,19 @@ def test_a_run_from_before_the_clahe_tile_accepts_its_data_prepared_again_only_w
         with pytest.raises(UserError, match=r"prepared again since .* with other preprocessing: clahe_tile \[8, 8\] "
                                             r"\(model: None\)"):
             predict.check_same_preparation(h5, tmp_path / "a.h5", tmp_path / "run", old_run, 1.0, 1.0)
+
+
+def test_predict_names_the_set_options_it_ignores():
+    from lib.config import load_config
+    from conftest import REPO
+
+    run = load_config(REPO / "configuration.txt")
+    overrides = ["base_filters=64", "tta_flips=false", "name=other", "seed=7", "prepared_dir=elsewhere",
+                 "model.depth=3", "training_settings.batch_size=8"]
+    current = load_config(REPO / "configuration.txt", overrides)
+    # The model's width, the seed, the batch and another prepared_dir differ from the run's and are not used;
+    # the depth is the run's own, tta_flips is a testing setting and the name finds the run.
+    assert predict.ignored_overrides(overrides, current, run) == [
+        "model.base_filters", "experiment.seed", "data_paths.prepared_dir", "training_settings.batch_size"]
+    assert "data_paths.prepared_dir" not in predict.ignored_overrides(overrides, current, run,
+                                                                      [("data paths", "prepared_dir")])

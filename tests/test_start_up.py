@@ -76,3 +76,15 @@ def test_importing_keras_prints_none_of_tensorflows_start_up_lines():
     lines = result.stderr.splitlines()
     assert not [line for line in lines if line.startswith(("I0", "WARNING: All log messages", "To enable"))
                 or "cuInit" in line], lines
+
+
+def test_a_module_in_the_current_folder_cannot_break_the_filter(tmp_path):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "re.py").write_text("raise SystemExit('a user module named re')\n")
+    script = tmp_path / "script.py"
+    script.write_text(f"import os, sys; sys.path.insert(0, {str(REPO)!r}); from lib.start_up import filtered_stderr\n"
+                      f"with filtered_stderr():\n os.write(2, b'a real error\\n' + {(INFO + chr(10)).encode()!r})\n")
+    env = {key: value for key, value in os.environ.items() if key not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONPATH")}
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path / "work", env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == "a real error\n"
