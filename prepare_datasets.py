@@ -191,7 +191,8 @@ def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
               f"test images) in {root} ...")
         write_drive_sample(root, n_train=SAMPLE_TRAIN, n_test=SAMPLE_TEST, seed=seed)
 
-    files = source_files(root, exclude=prepare_outputs(out_path))  # before reading: a later edit makes it stale
+    # Before reading: a later edit makes the file stale. The digests tell a later touch from an edit.
+    files = source_files(root, exclude=prepare_outputs(out_path), digests=True)
     classes = ClassSpec.from_config(config)
     train, test = read_dataset(paths["dataset"], root, config["data attributes"]["positive_class"],
                                paths["test_ids"], paths["test_fraction"], seed, classes)

@@ -1,6 +1,7 @@
 """What a prepared dataset.h5 depends on: the settings and the source files, and how they differ from now."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -114,9 +115,19 @@ def describe_differences(differences: Mapping[str, tuple[Any, Any]]) -> str:
                      for key, (old, new) in differences.items())
 
 
-def source_files(root: Path, exclude: Iterable[Path] = ()) -> dict[str, list[int]]:
-    """Relative path -> [size, modification time in ns] of every visible file under root, through linked folders,
-    except the paths in exclude (prepare's own outputs, which may lie among the sources) and what is under them."""
+def file_digest(path: Path) -> str:
+    """A content digest of a file (BLAKE2b, 128 bits): tells a file that was only touched from one that was edited."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_files(root: Path, exclude: Iterable[Path] = (), digests: bool = False) -> dict[str, list]:
+    """Relative path -> [size, modification time in ns] (and with digests, the file_digest) of every visible file
+    under root, through linked folders, except the paths in exclude (prepare's own outputs, which may lie among the
+    sources) and what is under them."""
     root = Path(root)
     skip = {Path(path).resolve() for path in exclude}
     seen: set[Path] = set()  # folders walked, by their real path: a link back up must not loop
@@ -134,7 +145,8 @@ def source_files(root: Path, exclude: Iterable[Path] = ()) -> dict[str, list[int
             if name.startswith(".") or path.resolve() in skip or not path.exists():
                 continue  # hidden, prepare's own, or a dangling link
             status = path.stat()
-            files[path.relative_to(root).as_posix()] = [status.st_size, status.st_mtime_ns]
+            entry: list = [status.st_size, status.st_mtime_ns]
+            files[path.relative_to(root).as_posix()] = entry + [file_digest(path)] if digests else entry
     return files
 
 
@@ -149,17 +161,28 @@ def source_changes(saved: Mapping[str, list[int]] | None, root: Path, out_path: 
     the dataset's own folder) or a removed dataset folder: nothing to compare, so no change."""
     if not saved or not root.is_dir():
         return []
-    return changed_files(saved, source_files(root, exclude=prepare_outputs(out_path)))
+    return changed_files(saved, source_files(root, exclude=prepare_outputs(out_path)), root)
 
 
-def changed_files(saved: Mapping[str, list[int]], current: Mapping[str, list[int]]) -> list[str]:
-    """'path (added|removed|changed)' for each source file that differs from when the file was prepared."""
+def changed_files(saved: Mapping[str, list], current: Mapping[str, list], root: Path) -> list[str]:
+    """'path (added|removed|changed)' for each source file under root that differs from when the file was
+    prepared (saved, from source_files with digests) to now (current, without)."""
     changes = []
     for path in sorted(set(saved) | set(current)):
         if path not in current:
             changes.append(f"{path} (removed)")
         elif path not in saved:
             changes.append(f"{path} (added)")
-        elif list(saved[path]) != list(current[path]):
+        elif not _unchanged(saved[path], current[path], root / path):
             changes.append(f"{path} (changed)")
     return changes
+
+
+def _unchanged(saved: list, current: list, path: Path) -> bool:
+    if saved[0] != current[0]:
+        return False  # another size
+    if saved[1] == current[1]:
+        return True
+    # Touched but perhaps not edited (a copy, a checkout, a re-provisioned disk): the content decides, where it was
+    # recorded (files prepared by earlier versions kept size and time only).
+    return len(saved) > 2 and file_digest(path) == saved[2]
