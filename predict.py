@@ -401,8 +401,7 @@ def main() -> int:
     if args.mask and not args.input:
         parser.error("--mask gives the FOV masks of --input images; prepared splits have their own")
 
-    if args.data:
-        data_file(args.data)  # a raw dataset folder is answered before TensorFlow starts
+    data = data_file(args.data) if args.data else None  # a raw dataset folder is answered before TensorFlow starts
     # Model, preprocessing and data paths come from the run; inference choices from the current config.
     current = load_config(args.config, args.overrides)
     run = find_run_folder(current, args.run)
@@ -454,10 +453,7 @@ def main() -> int:
             count, where = len(entries), f"input_{image_stem(name) if args.input.is_file() else name}"
             dataset = preprocessing["dataset"]
         else:
-            if args.data:
-                data_path = data_file(args.data)
-            else:
-                data_path = Path(config["data paths"]["prepared_dir"]) / FILE_NAME
+            data_path = data or Path(config["data paths"]["prepared_dir"]) / FILE_NAME
             h5 = stack.enter_context(open_prepared(data_path))
             source_scale = float(read_attr_json(h5, "fingerprint")["data paths"].get("resize", 1.0))
             check_same_labels(h5, data_path, run, config)

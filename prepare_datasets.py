@@ -6,7 +6,6 @@ output (disk, not memory), so large releases such as HRF fit in a small machine.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -28,7 +27,8 @@ from lib.progress import listed, plural, progress
 from lib.readers import (CONFIGURED_SPLIT, DERIVED_FOV, ClassSpec, Entry, LabelError, Sample, describe_ids,
                          fixed_validation, load_sample, read_dataset, resolve_ids)
 from lib.sample_data import write_drive_sample
-from lib.storage import FILE_NAME, class_statistics, open_prepared, write_prepared
+from lib.storage import (FILE_NAME, class_statistics, open_prepared, read_attr_json, read_source_files,
+                         write_prepared)
 
 SAMPLE_TRAIN, SAMPLE_TEST = 10, 4  # images in the generated demo dataset (DRIVE size)
 EXTRACT_BLOCK = 4096  # patches cut and written at a time: bounds memory whatever N_subimgs is
@@ -39,8 +39,8 @@ def stale_reason(path: Path, wanted: Mapping[str, Any], root: Path) -> str | Non
     """Why an existing dataset.h5 does not match the settings and source files now; None when it does."""
     try:
         with open_prepared(path) as h5:
-            saved = json.loads(h5.attrs["fingerprint"])
-            saved_files = json.loads(h5.attrs["source_files"]) if "source_files" in h5.attrs else None
+            saved = read_attr_json(h5, "fingerprint")
+            saved_files = read_source_files(h5)
     except (UserError, KeyError):
         return "is unfinished or from another version"
     differences = setting_differences(saved, wanted)
@@ -288,7 +288,7 @@ def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
     else:
         info = attrs["classes"]
         total = max(sum(info["pixel_counts"]), 1)
-        print(f"  classes (train pixels, void left out; median-frequency weight):")
+        print("  classes (train pixels, void left out; median-frequency weight):")
         for name, count, weight in zip(classes.names, info["pixel_counts"], info["median_frequency_weights"]):
             print(f"    {name:12s} {100 * count / total:5.1f}%  weight {weight:.3f}{'  (no pixels)' * (count == 0)}")
         absent = [name for name, count in zip(classes.names, info["pixel_counts"]) if count == 0]

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import json
 import shlex
 import shutil
 import sys
@@ -25,7 +24,7 @@ from lib.patches import validation_split
 from lib.plots import save_learning_curves
 from lib.progress import listed, plural
 from lib.runs import CONFIG_NAME, FINISHED, prepare_run_folder, run_lock
-from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes
+from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, read_source_files
 
 if TYPE_CHECKING:  # these import Keras, which train.py loads only once the configuration and data are checked
     from lib.callbacks import CtrlC, NaNGuard, TimeLimit
@@ -122,7 +121,7 @@ def read_prepared(config: Config) -> Prepared:
         holdout = list(iter_split(h5, "val"))
         classes = read_classes(h5)
         differences = setting_differences(read_attr_json(h5, "fingerprint"), fingerprint(config))
-        saved_files = read_attr_json(h5, "source_files") if "source_files" in h5.attrs else None
+        saved_files = read_source_files(h5)
     check_prepared_settings(differences, data_path)
     source = Path(preprocessing["source"])
     check_sources(source_changes(saved_files, source, data_path), source, data_path)

@@ -99,6 +99,12 @@ def read_attr_json(h5: h5py.File, key: str) -> Any:
     return json.loads(h5.attrs[key])
 
 
+def read_source_files(h5: h5py.File) -> dict[str, list] | None:
+    """The source files the file was prepared from, as lib.fingerprint.source_files gave them; None for files
+    prepared before they were recorded."""
+    return read_attr_json(h5, "source_files") if "source_files" in h5.attrs else None
+
+
 def read_classes(h5: h5py.File) -> dict[str, Any] | None:
     """The label set of a multi-class file (n_classes, class_names, ignore_index, palette, frequencies,
     median_frequency_weights), or None for a binary one."""
