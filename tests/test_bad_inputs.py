@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import REPO, run_script, script_env, set_args, tiny_settings  # noqa: E402
+from conftest import REPO, run_script, script_env, tiny_settings  # noqa: E402
 
 
 def copy_drive(drive: Path, tmp: Path) -> Path:

@@ -34,8 +34,6 @@ def test_dropblock_zeroes_whole_blocks_covering_about_its_rate_and_keeps_the_mea
 
 
 def test_a_unet_with_dropblock_trains_saves_and_loads_for_inference(tmp_path: Path) -> None:
-    import keras
-
     from lib.folding import load_for_inference
     from lib.unet import build_unet
 
