@@ -19,11 +19,11 @@ from lib.atomic import write_json, write_text
 from lib.config import add_config_arguments, load_config, load_run_config, parse_override
 from lib.cells import cell_colours, watershed_cells
 from lib.errors import UserError, run_cli
-from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores
+from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores, per_image_means
 from lib.outputs import check_output_folder, publish, remove_abandoned, staging_prefix
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
 from lib.preprocessing import clahe_tile, preprocess
-from lib.progress import progress
+from lib.progress import listed, progress
 from lib.readers import ClassSpec, Entry, image_stem, input_entries, is_image_name, output_stem, scale_sample
 from lib.runs import CONFIG_NAME, FINISHED, find_run_folder, training_now
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, split_size
@@ -239,6 +239,15 @@ def unscored(unlabelled: int, total: int) -> str:
             "labelled ones would not describe the split (give every image a label, or score a split that has them)")
 
 
+def undefined_note(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
+    """A summary line naming the per-image scores that some images leave undefined (an image without foreground
+    labelled or predicted has no F1; one without both classes no AUC), which their means leave out."""
+    left_out = {key: [row["name"] for row in rows if row[key] is None] for key in keys}
+    parts = [f"{key} ({listed(names)})" for key, names in left_out.items() if names]
+    return [f"left out of the per-image means, as undefined: {'; '.join(parts)} (no foreground labelled or "
+            "predicted, or for AUC only one class labelled)"] if parts else []
+
+
 def score(value: float | None) -> str:
     """A score for the summary lines: four decimals, or n/a where it is undefined (e.g. AUC without vessels)."""
     return "n/a" if value is None else f"{value:.4f}"
@@ -308,12 +317,9 @@ def predict_multiclass(infer: Callable[[np.ndarray], np.ndarray], samples, count
     pooled = multiclass_scores(np.concatenate(pooled_pred), np.concatenate(pooled_true), classes.n_classes,
                                None, classes.names)
     pooled["ignore_index"] = classes.ignore_index
-    means = {}
-    for key in MULTICLASS_IMAGE_KEYS:
-        values = [row[key] for row in per_image if row[key] is not None]
-        means[key] = float(np.mean(values)) if values else None
+    means, sds = per_image_means(per_image, MULTICLASS_IMAGE_KEYS)
     write_json(out / "metrics.json", {"pooled": pooled, "per_image": per_image, "per_image_mean": means,
-                                      "settings": settings})
+                                      "per_image_sd": sds, "settings": settings})
     write_text(out / "per_image.csv", per_image_csv(per_image, MULTICLASS_IMAGE_KEYS))
     save_confusion_matrix(np.array(pooled["confusion_matrix"]), list(classes.names), out / "confusion_matrix.png")
     iou = ", ".join(f"{name} {score(v['iou'])}"
@@ -359,10 +365,9 @@ def predict_binary(infer: Callable[[np.ndarray], np.ndarray], samples, count: in
     results = evaluate_images(fov_probs, fov_labels, None, threshold=threshold, names=names)
     for row, values in zip(results["per_image"], extra):
         row.update(values)
-    for key in extra[0]:
-        column = [values[key] for values in extra]
-        results["per_image_mean"][key] = float(np.mean(column))
-        results["per_image_sd"][key] = float(np.std(column, ddof=1)) if len(column) > 1 else 0.0
+    mean, sd = per_image_means(results["per_image"], list(extra[0]))
+    results["per_image_mean"].update(mean)
+    results["per_image_sd"].update(sd)
     results["settings"] = settings
     write_json(out / "metrics.json", results)
     write_text(out / "per_image.csv", per_image_csv(results["per_image"], [*PER_IMAGE_KEYS, *extra[0]]))
@@ -372,9 +377,10 @@ def predict_binary(infer: Callable[[np.ndarray], np.ndarray], samples, count: in
         save_roc_pr({settings["split"]: (pooled_labels, np.concatenate(fov_probs))}, out / "roc.png",
                     out / "pr.png", threshold)
     pooled, mean, sd = results["pooled"], results["per_image_mean"], results["per_image_sd"]
+    shown = ("f1", "auc_roc", *extra[0])
     return ["pooled inside the FOV:  " + "  ".join(f"{k} {score(pooled[k])}" for k in PER_IMAGE_KEYS),
-            "per image (mean ± sd):  " + "  ".join(f"{k} {score(mean[k])}±{score(sd[k])}"
-                                                   for k in ("f1", "auc_roc", *extra[0])),
+            "per image (mean ± sd):  " + "  ".join(f"{k} {score(mean[k])}±{score(sd[k])}" for k in shown),
+            *undefined_note(results["per_image"], shown),
             *([] if curves else ["no ROC / PR curves: the labels inside the FOV are all of one class"])]
 
 

@@ -7,10 +7,12 @@ Conventions (shared by every function here):
   (the same rule the curve thresholds use, so a threshold read off a curve reproduces that point).
 - Only pixels inside the field-of-view mask count; pooled scores are computed over all FOV pixels of all
   images together (the standard retinal-vessel protocol), not averaged per image.
-- A ratio whose denominator is zero (e.g. precision when nothing is predicted positive) is reported as 0.0
-  rather than NaN, so results stay plain JSON. Threshold-free scores that are undefined because only one
-  class is present (AUC-ROC, AUC-PR) are NaN from ``auc_roc`` / ``average_precision`` and None in the
-  result dictionaries of ``binary_scores`` / ``evaluate_images`` (``json.dumps(..., allow_nan=False)`` works).
+- A ratio whose denominator is zero is undefined and reported as None (JSON null), not 0.0: an image with no
+  foreground labelled or predicted has no F1, rather than an F1 of 0 that would pull a per-image mean down
+  (MONAI and nnU-Net leave such images out of their means too). Threshold-free scores that are undefined
+  because only one class is present (AUC-ROC, AUC-PR) are NaN from ``auc_roc`` / ``average_precision`` and
+  None in the result dictionaries of ``binary_scores`` / ``evaluate_images`` (``json.dumps(...,
+  allow_nan=False)`` works). Per-image means leave undefined scores out.
 """
 from __future__ import annotations
 
@@ -62,9 +64,9 @@ def _check_same_shape(a: np.ndarray, b: np.ndarray, what_a: str, what_b: str) ->
         raise ValueError(f"{what_a} has shape {a.shape} but {what_b} has shape {b.shape}")
 
 
-def _ratio(num: float, den: float) -> float:
-    """num / den as a python float, 0.0 when den is 0 (see module docstring)."""
-    return float(num) / float(den) if den else 0.0
+def _ratio(num: float, den: float) -> float | None:
+    """num / den as a python float, None when den is 0 (see module docstring)."""
+    return float(num) / float(den) if den else None
 
 
 def _json_float(x: float) -> float | None:
@@ -87,8 +89,8 @@ def confusion_counts(labels: np.ndarray, predicted: np.ndarray) -> dict[str, int
     return {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
 
 
-def scores_from_counts(counts: dict[str, int]) -> dict[str, float]:
-    """Accuracy, sensitivity, specificity, precision, F1 (= Dice) and Jaccard from counts; x/0 -> 0.0."""
+def scores_from_counts(counts: dict[str, int]) -> dict[str, float | None]:
+    """Accuracy, sensitivity, specificity, precision, F1 (= Dice) and Jaccard from counts; x/0 -> None."""
     tp, fp, tn, fn = (int(counts[k]) for k in ("tp", "fp", "tn", "fn"))
     return {
         "accuracy": _ratio(tp + tn, tp + fp + tn + fn),
@@ -273,13 +275,21 @@ def evaluate_images(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray],
         per_image.append({"name": name_list[i], **_binary_scores_flat(p, y, threshold)})
     pooled = _binary_scores_flat(np.concatenate(flat_p), np.concatenate(flat_y), threshold)
 
+    mean, sd = per_image_means(per_image, SCORE_KEYS)
+    return {"pooled": pooled, "per_image": per_image, "per_image_mean": mean, "per_image_sd": sd}
+
+
+def per_image_means(rows: Sequence[dict[str, Any]], keys: Sequence[str]
+                    ) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """Mean and sample SD (ddof=1; 0.0 for one image) of each key over the rows where it is defined (not None);
+    None for a key defined in no row."""
     mean: dict[str, float | None] = {}
     sd: dict[str, float | None] = {}
-    for key in SCORE_KEYS:
-        values = np.array([r[key] for r in per_image if r[key] is not None], dtype=np.float64)
+    for key in keys:
+        values = np.array([r[key] for r in rows if r[key] is not None], dtype=np.float64)
         mean[key] = float(values.mean()) if values.size else None
         sd[key] = (float(values.std(ddof=1)) if values.size > 1 else 0.0) if values.size else None
-    return {"pooled": pooled, "per_image": per_image, "per_image_mean": mean, "per_image_sd": sd}
+    return mean, sd
 
 
 def best_f1_threshold(probs: np.ndarray, labels: np.ndarray,
@@ -297,8 +307,8 @@ def best_f1_threshold(probs: np.ndarray, labels: np.ndarray,
     return float(c.thr[best]), float(f1[best])
 
 
-def cldice(predicted: np.ndarray, labels: np.ndarray, fov: np.ndarray | None = None) -> float:
-    """Centerline Dice (Shit et al. 2021) of bool masks, skeletons by skimage; 0.0 when undefined."""
+def cldice(predicted: np.ndarray, labels: np.ndarray, fov: np.ndarray | None = None) -> float | None:
+    """Centerline Dice (Shit et al. 2021) of bool masks, skeletons by skimage; None when neither has a skeleton."""
     from skimage.morphology import skeletonize  # imported here: only clDice needs scikit-image
 
     p = _as_bool(predicted, "predicted")
@@ -311,9 +321,12 @@ def cldice(predicted: np.ndarray, labels: np.ndarray, fov: np.ndarray | None = N
         p, y = p & f, y & f
     skel_p = skeletonize(p)
     skel_y = skeletonize(y)
-    t_prec = _ratio(np.count_nonzero(skel_p & y), np.count_nonzero(skel_p))
-    t_sens = _ratio(np.count_nonzero(skel_y & p), np.count_nonzero(skel_y))
-    return _ratio(2.0 * t_prec * t_sens, t_prec + t_sens)
+    if not skel_p.any() and not skel_y.any():
+        return None
+    # With one skeleton empty the other's share is 0, and so is clDice, as F1 is 0 when only one side has pixels.
+    t_prec = _ratio(np.count_nonzero(skel_p & y), np.count_nonzero(skel_p)) or 0.0
+    t_sens = _ratio(np.count_nonzero(skel_y & p), np.count_nonzero(skel_y)) or 0.0
+    return _ratio(2.0 * t_prec * t_sens, t_prec + t_sens) or 0.0
 
 
 # ----------------------------------------------------------------------------- multi-class

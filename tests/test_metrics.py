@@ -66,10 +66,13 @@ def test_scores_from_counts_by_hand():
     assert s["jaccard"] == pytest.approx(2 / 5)  # TP / (TP + FP + FN)
 
 
-def test_scores_zero_denominators_are_zero_not_nan():
+def test_scores_zero_denominators_are_undefined_not_zero():
     s = metrics.scores_from_counts({"tp": 0, "fp": 0, "tn": 5, "fn": 0})
-    assert s == {"accuracy": 1.0, "sensitivity": 0.0, "specificity": 1.0, "precision": 0.0,
-                 "f1": 0.0, "jaccard": 0.0}
+    assert s == {"accuracy": 1.0, "sensitivity": None, "specificity": 1.0, "precision": None,
+                 "f1": None, "jaccard": None}
+    # Foreground predicted where none is labelled: F1 is defined, and 0.
+    s = metrics.scores_from_counts({"tp": 0, "fp": 2, "tn": 3, "fn": 0})
+    assert (s["f1"], s["precision"], s["sensitivity"]) == (0.0, 0.0, None)
 
 
 def test_binary_scores_counts_and_threshold():
@@ -276,6 +279,20 @@ def test_cldice_fov_and_empty():
     assert metrics.cldice(other, v) < 1.0
     assert metrics.cldice(other, v, fov) == 1.0  # outside the FOV it does not exist
     assert metrics.cldice(np.zeros_like(v), v) == 0.0
+    assert metrics.cldice(v, np.zeros_like(v)) == 0.0
+    assert metrics.cldice(np.zeros_like(v), np.zeros_like(v)) is None  # nothing to find, nothing found
+
+
+def test_an_image_without_foreground_is_left_out_of_the_per_image_f1_not_scored_zero():
+    y1 = np.array([[1, 0], [0, 1]])
+    p1 = np.array([[0.9, 0.2], [0.4, 0.3]])  # F1 2/3
+    empty = np.zeros((2, 2))
+    r = metrics.evaluate_images([p1, empty, empty + 0.6], [y1, empty, empty], None)
+    assert [row["f1"] for row in r["per_image"]] == [pytest.approx(2 / 3), None, 0.0]
+    assert r["per_image_mean"]["f1"] == pytest.approx(1 / 3)  # the empty, correctly empty image is not a 0
+    assert r["per_image_sd"]["f1"] == pytest.approx(np.std([2 / 3, 0.0], ddof=1))
+    assert r["per_image"][1]["accuracy"] == 1.0 and r["per_image"][1]["specificity"] == 1.0
+    json.dumps(r, allow_nan=False)
 
 
 # ----------------------------------------------------------------------------- multi-class

@@ -41,6 +41,11 @@ def test_an_image_without_vessels_is_scored_with_undefined_scores_left_empty(tmp
     assert metrics["per_image"][1]["auc_roc"] is None and metrics["pooled"]["auc_roc"] == pytest.approx(1.0)
     assert (tmp_path / "out" / "roc.png").is_file() and (tmp_path / "out" / "without_compare.png").is_file()
     assert any(line.startswith("pooled inside the FOV") for line in lines)
+    # Correctly left empty, the image has no F1 or clDice (not 0), and the means are those of the other image.
+    assert rows["without"]["f1"] == "" and rows["without"]["cldice"] == "" and float(rows["with"]["f1"]) == 1.0
+    assert metrics["per_image_mean"]["f1"] == 1.0 and metrics["per_image_mean"]["cldice"] == 1.0
+    assert ("left out of the per-image means, as undefined: f1 (without); auc_roc (without); cldice (without)"
+            in " ".join(lines))
 
 
 def test_no_vessel_in_any_image_gives_n_a_and_no_curves(tmp_path):
