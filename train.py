@@ -331,7 +331,7 @@ def training_callbacks(config: Config, prepared: Prepared, run: Path, distributi
             scoring = {**testing, "tta_flips": False, "tta_scales": [1.0]}
             callbacks.append(HoldoutScore(prepared.holdout,
                                           lambda m, image: predict_image(m, image, scoring, depth, flips),
-                                          training["validate_every"], n_classes, prepared.ignore_index))
+                                          training["validate_every"], n_classes, prepared.ignore_index, time_limit))
         mode = "max" if monitor.startswith("holdout_") else "min"
         callbacks += [
             Checkpoints(run, monitor, mode, training["early_stopping_patience"]),

@@ -39,7 +39,7 @@ class EpochSetter(keras.callbacks.Callback):
 
 
 class HoldoutScore(keras.callbacks.Callback):
-    """Every k epochs and after the last, score full holdout images as predict.py would (without flip TTA); add
+    """Every k epochs and after the last (planned, or the time budget's), score full holdout images as predict.py would (without flip TTA); add
     holdout_* to the logs.
 
     Binary: holdout_auc_roc, _f1, _accuracy. Several classes (n_classes > 1): holdout_mean_iou,
@@ -47,9 +47,10 @@ class HoldoutScore(keras.callbacks.Callback):
     """
 
     def __init__(self, samples: Sequence[Mapping[str, Any]], predict: Callable[[keras.Model, np.ndarray], np.ndarray],
-                 every: int, n_classes: int = 1, ignore_index: int | None = None) -> None:
+                 every: int, n_classes: int = 1, ignore_index: int | None = None,
+                 budget: TimeLimit | None = None) -> None:
         super().__init__()
-        self.samples, self.predict, self.every = samples, predict, every
+        self.samples, self.predict, self.every, self.budget = samples, predict, every, budget
         self.n_classes, self.ignore_index = n_classes, ignore_index
         self.inference: keras.Model | None = None  # the folded copy, reused so its predict function is too
         self.keys = ("auc_roc", "f1", "accuracy") if n_classes == 1 else ("mean_iou", "pixel_accuracy", "mean_accuracy")
@@ -57,7 +58,8 @@ class HoldoutScore(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if logs is None:
             return
-        last = epoch + 1 == self.params.get("epochs")  # always scored, so a run's end has a score
+        # Always scored, so a run's end has a score: its last planned epoch, or the one the time budget ends it on.
+        last = epoch + 1 == self.params.get("epochs") or (self.budget is not None and self.budget.stops_after(epoch))
         if ((epoch + 1) % self.every and not last) or not _finite_loss(logs):
             # Always present (NaN when not scored): the CSV log fixes its columns at the first epoch.
             # An epoch whose loss went NaN has NaN weights: nothing to score.
@@ -221,6 +223,14 @@ class TimeLimit(keras.callbacks.Callback):
         self.minutes = minutes
         self.start = time.monotonic()
         self.epoch_start = self.start
+        self.decided: tuple[int, bool] | None = None  # (epoch, stops): asked once, so every callback hears the same
+
+    def stops_after(self, epoch: int) -> bool:
+        """Whether the budget ends training after this epoch, as another would not finish within it."""
+        if self.decided is None or self.decided[0] != epoch:
+            now = time.monotonic()
+            self.decided = (epoch, bool(self.minutes) and now - self.start + (now - self.epoch_start) > 60 * self.minutes)
+        return self.decided[1]
 
     def fraction_used(self) -> float:
         """Share of the budget spent so far (0.0 without a budget)."""
@@ -230,8 +240,7 @@ class TimeLimit(keras.callbacks.Callback):
         self.epoch_start = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        now = time.monotonic()
-        if self.minutes and now - self.start + (now - self.epoch_start) > 60 * self.minutes:
+        if self.stops_after(epoch):
             print(f"\nTime budget of {plural(self.minutes, 'minute')}: stopping after epoch {epoch + 1}, as another "
                   "epoch would not finish within it.")
             self.model.stop_training = True

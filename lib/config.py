@@ -257,7 +257,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "class_weighting": (_choice("none", "median_frequency"), "multi-class only: cross-entropy class weights: none, or median_frequency (median class frequency / class frequency, from the training labels)"),
         "validation_fraction": (_fraction, "fraction of the training patches held out for validation loss"),
         "early_stopping_patience": (_non_negative(int), "stop after this many epochs without improvement of the monitored score; 0 disables"),
-        "validate_every": (_non_negative(int), "score the holdout images every this many epochs; 0 disables"),
+        "validate_every": (_non_negative(int), "score the holdout images every this many epochs and on the epoch training ends with (the last, or where the time budget stops it); 0 disables"),
         "max_train_minutes": (_non_negative(float), "wall-clock budget of train.py in minutes: it stops after the last epoch that fits; 0 means no limit"),
         "strategy": (_choice("auto", "single", "mirrored", "multi_worker"), "devices: auto (all local GPUs if more than one, else single), single, mirrored (all local GPUs) or multi_worker (machines listed in TF_CONFIG); mirrored and multi_worker need TensorFlow"),
         "mixed_precision": (_auto_bool, "mixed precision with float32 weights and output layer: float16 with loss scaling on a GPU, bfloat16 on a CPU with AMX (Intel Sapphire Rapids and later, TensorFlow backend); auto: wherever it is faster (a GPU, or a CPU with AMX: about twice as fast), float32 elsewhere; true: the same, with a warning where it has no effect; false: float32"),

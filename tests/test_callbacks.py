@@ -146,6 +146,27 @@ def test_holdout_scoring_every_k_epochs_also_scores_the_last_one():
     assert scored == [False, True, True]
 
 
+def test_the_epoch_a_time_budget_ends_the_run_on_is_scored_between_every_k(monkeypatch):
+    def predict(model, image):
+        return keras.ops.convert_to_numpy(model(image[None]))[0]
+
+    budget = TimeLimit(minutes=10)
+    monkeypatch.setattr(budget, "stops_after", lambda epoch: epoch == 2)  # the budget ends it after epoch 3 of 6
+    logs = _fit([HoldoutScore(_holdout(), predict, every=2, budget=budget), budget], epochs=6)
+    assert [math.isfinite(log["holdout_auc_roc"]) for log in logs] == [False, True, True]
+
+
+def test_the_time_limit_decides_once_per_epoch(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    limit = TimeLimit(minutes=1)
+    clock[0] = 25.0
+    assert not limit.stops_after(0)  # 25 s + another 25 s fits in 60 s
+    clock[0] = 40.0  # e.g. the holdout scoring ran in between: the answer for this epoch stays
+    assert not limit.stops_after(0)
+    assert limit.stops_after(1)
+
+
 def test_a_run_with_no_scored_epoch_still_gets_best_keras_and_a_state_file(tmp_path):
     # A run stopped before its first scored epoch: the monitored score is NaN throughout.
     nan_score = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, log: log.update(score=float("nan")))
