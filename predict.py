@@ -19,17 +19,16 @@ from lib.atomic import write_json, write_text
 from lib.config import add_config_arguments, load_config, load_run_config, parse_override
 from lib.cells import cell_colours, watershed_cells
 from lib.errors import UserError, run_cli
-from lib.metrics import cldice, evaluate_images, isbi_scores, multiclass_scores, per_image_means
+from lib.metrics import SCORE_KEYS, cldice, evaluate_images, isbi_scores, multiclass_scores, per_image_means
 from lib.outputs import check_output_folder, publish, remove_abandoned, staging_prefix
 from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
 from lib.preprocessing import clahe_tile, preprocess
 from lib.progress import listed, progress
 from lib.readers import ClassSpec, Entry, image_stem, input_entries, is_image_name, output_stem, scale_sample
 from lib.runs import CONFIG_NAME, FINISHED, find_run_folder, training_now
-from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, split_size
+from lib.storage import FILE_NAME, image_shapes, iter_split, open_prepared, read_attr_json, read_classes, split_size
 from lib.tiling import resize_map
 
-PER_IMAGE_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "jaccard", "auc_roc", "auc_pr")
 MULTICLASS_IMAGE_KEYS = ("pixel_accuracy", "mean_iou", "mean_accuracy")
 
 
@@ -123,12 +122,6 @@ def preprocessing_differences(theirs: Mapping[str, Any], ours: Mapping[str, Any]
     """'key their value (model: our value)' for each preprocessing setting of a dataset that differs from the run's."""
     return [f"{key} {theirs.get(key)} (model: {ours.get(key)})" for key in dict.fromkeys([*ours, *theirs])
             if theirs.get(key) != ours.get(key)]
-
-
-def image_shapes(h5: h5py.File) -> list[tuple[int, ...]]:
-    """The shape of every image of every split in a prepared dataset (read from the file's index, not the pixels)."""
-    return [h5[split]["images"][key].shape for split in ("train", "val", "test") if split in h5
-            for key in h5[split]["images"]]
 
 
 def check_same_preparation(h5: h5py.File, path: Path, run: Path, preprocessing: dict, resize: float,
@@ -370,7 +363,7 @@ def predict_binary(infer: Callable[[np.ndarray], np.ndarray], samples, count: in
     results["per_image_sd"].update(sd)
     results["settings"] = settings
     write_json(out / "metrics.json", results)
-    write_text(out / "per_image.csv", per_image_csv(results["per_image"], [*PER_IMAGE_KEYS, *extra[0]]))
+    write_text(out / "per_image.csv", per_image_csv(results["per_image"], [*SCORE_KEYS, *extra[0]]))
     pooled_labels = np.concatenate(fov_labels)
     curves = pooled_labels.any() and not pooled_labels.all()  # both classes, else the curves are undefined
     if curves:
@@ -378,7 +371,7 @@ def predict_binary(infer: Callable[[np.ndarray], np.ndarray], samples, count: in
                     out / "pr.png", threshold)
     pooled, mean, sd = results["pooled"], results["per_image_mean"], results["per_image_sd"]
     shown = ("f1", "auc_roc", *extra[0])
-    return ["pooled inside the FOV:  " + "  ".join(f"{k} {score(pooled[k])}" for k in PER_IMAGE_KEYS),
+    return ["pooled inside the FOV:  " + "  ".join(f"{k} {score(pooled[k])}" for k in SCORE_KEYS),
             "per image (mean ± sd):  " + "  ".join(f"{k} {score(mean[k])}±{score(sd[k])}" for k in shown),
             *undefined_note(results["per_image"], shown),
             *([] if curves else ["no ROC / PR curves: the labels inside the FOV are all of one class"])]
@@ -428,8 +421,11 @@ def main() -> int:
     if ignored:
         print(f"note: --set {', '.join(ignored)} ignored: predict.py takes only [testing settings] from the command "
               f"line and configuration, and the rest from the run ({run / CONFIG_NAME}), as it was trained.")
-    testing, depth = resolve_tta(config["testing settings"], model), config["model"]["depth"]
     flips = config["augmentation"]["flips"]  # TTA averages only the flips the model was trained with
+    testing, depth = resolve_tta(config["testing settings"], model, flips), config["model"]["depth"]
+    if flips == "none" and tta_flips(testing, flips):
+        print(f"note: tta_flips = {testing['tta_flips']} averages flipped views, which this model, trained with "
+              "[augmentation] flips = none, has not seen; --set tta_flips=false leaves them out.")
     threshold = testing["threshold"]
     classes = ClassSpec.from_config(config)
     trainer = training_now(run)

@@ -25,7 +25,7 @@ from lib.patches import (batches_per_pass, check_fits, extract_patches, iter_chu
 from lib.preprocessing import clahe_tile, fit_statistics, preprocess, preprocessing_settings, select_channels
 from lib.progress import listed, plural, progress
 from lib.readers import (CONFIGURED_SPLIT, DERIVED_FOV, ClassSpec, Entry, LabelError, Sample, describe_ids,
-                         fixed_validation, load_sample, read_dataset, resolve_ids)
+                         fixed_validation, load_sample, output_stem, read_dataset, resolve_ids)
 from lib.sample_data import write_drive_sample
 from lib.storage import (FILE_NAME, class_statistics, open_prepared, read_attr_json, read_source_files,
                          write_prepared)
@@ -88,7 +88,7 @@ def spill(array: np.ndarray, folder: Path) -> np.ndarray:
 def save_fov(sample: Sample, folder: Path | None) -> None:
     """Write a sample's (derived) FOV as a 0/255 PNG into folder; None: nothing to save."""
     if folder is not None:
-        with atomic_path(folder / f"{sample.name.split('.')[0]}_fov.png") as tmp:
+        with atomic_path(folder / f"{output_stem(sample.name)}_fov.png") as tmp:
             Image.fromarray(sample.fov.astype(np.uint8) * 255).save(tmp, format="PNG")
 
 

@@ -376,7 +376,7 @@ def finish(config: Config, prepared: Prepared, run: Path, monitor: str, minutes:
             scored = {}  # checkpoint -> (threshold, F1); best.keras is last.keras when the best epoch was last
             for name in ("best",) if state["best_epoch"] in (None, epochs_run) else ("best", "last"):
                 model = load_for_inference(run / f"{name}.keras")
-                chosen_with = resolve_tta(testing, model)  # the probabilities predict.py will threshold
+                chosen_with = resolve_tta(testing, model, flips)  # the probabilities predict.py will threshold
                 probs = np.concatenate([predict_image(model, s["image"], chosen_with, depth, flips)[..., 0][s["fov"]]
                                         for s in prepared.holdout])
                 scored[name] = best_f1_threshold(probs, labels)

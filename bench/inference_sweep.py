@@ -52,7 +52,7 @@ def main() -> None:
         size = whole if window == "whole" else int(window)
         stride = max(int(size * (1 - overlap)), 1)
         testing = resolve_tta(dict(config["testing settings"], window=size, stride=stride, blend=blend,
-                                   batch_size=4, tta_flips=tta), model)
+                                   batch_size=4, tta_flips=tta), model, flips)
         predict_image(model, samples[0]["image"], testing, depth, flips)  # warm-up (graph tracing)
         start = time.perf_counter()
         probs = np.concatenate([predict_image(model, s["image"], testing, depth, flips)[..., 0][s["fov"]]

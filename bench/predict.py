@@ -107,8 +107,8 @@ def main() -> int:
               "configuration_sample.txt && python train.py --config configuration_sample.txt", file=sys.stderr)
         return 2
     config, model, info = load_run(run, args.checkpoint, args.config, args.overrides)
-    testing, depth = resolve_tta(config["testing settings"], model), config["model"]["depth"]
     flips = config["augmentation"]["flips"]  # as predict.py: TTA averages only the flips the model was trained with
+    testing, depth = resolve_tta(config["testing settings"], model, flips), config["model"]["depth"]
     multiple = 2 ** depth
     if args.classic_window % multiple:
         parser.error(f"--classic-window {args.classic_window} is not a multiple of 2^depth = {multiple}")

@@ -309,4 +309,3 @@ class AgreeToStop(keras.callbacks.Callback):
             self.model.stop_training = self.distribution.agree(bool(self.model.stop_training))
 
 
-make_strategy = make_distribution  # the name used in the design notes

@@ -26,9 +26,10 @@ def runs_fast(model: keras.Model) -> bool:
     return compute_dtype(model) != "float32" or has_gpu()
 
 
-def resolve_tta(testing: Mapping[str, Any], model: keras.Model) -> dict[str, Any]:
+def resolve_tta(testing: Mapping[str, Any], model: keras.Model, trained_flips: str) -> dict[str, Any]:
     """testing with tta_flips = auto replaced by what it means for model on this machine: all four flips where
-    the model runs fast, none elsewhere.
+    the model runs fast, none elsewhere, and none for a model trained without flips ([augmentation] flips = none:
+    its images have an up and a left, which flipped views would lose).
 
     Four flips add about 0.002 F1 on DRIVE at four times the model's time: on a CPU with AMX the default's
     20 images then take 14 s, inside the 20-s target, and about 40 s in float32 without AMX (README.md,
@@ -36,7 +37,7 @@ def resolve_tta(testing: Mapping[str, Any], model: keras.Model) -> dict[str, Any
     """
     if testing["tta_flips"] != "auto":
         return dict(testing)
-    return {**testing, "tta_flips": runs_fast(model)}
+    return {**testing, "tta_flips": trained_flips != "none" and runs_fast(model)}
 
 
 def tta_flips(testing: Mapping[str, Any], trained_flips: str) -> str | None:

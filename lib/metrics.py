@@ -360,6 +360,9 @@ def isbi_scores(predicted: np.ndarray, labels: np.ndarray, fov: np.ndarray, memb
     given) of one thresholded slice."""
     predicted = _as_bool(predicted, "predicted")
     labels = _as_bool(labels, "labels")
+    fov = _as_bool(fov, "fov")  # a 0/1 integer mask would index rows, not select pixels
+    _check_same_shape(predicted, labels, "predicted", "labels")
+    _check_same_shape(fov, labels, "fov", "labels")
     interior_pred = ~predicted if membrane_positive else predicted
     interior_true = ~labels if membrane_positive else labels
     scores = {"pixel_error": float(np.mean(predicted[fov] != labels[fov])),

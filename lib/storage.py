@@ -165,3 +165,8 @@ def iter_split(h5: h5py.File, split: str) -> Iterator[dict[str, Any]]:
                       group["labels"][key][()] if multiclass else group["labels"][key][()].astype(bool)),
             "fov": group["fovs"][key][()].astype(bool),
         }
+
+
+def image_shapes(h5: h5py.File) -> list[tuple[int, ...]]:
+    """The shape of every image of every split in a prepared dataset (read from the file's index, not the pixels)."""
+    return [h5[split]["images"][key].shape for split in SPLITS if split in h5 for key in h5[split]["images"]]

@@ -435,3 +435,5 @@ def test_isbi_scores_agree_whichever_class_is_the_foreground():
     assert as_membrane["pixel_error"] == pytest.approx((4 * 40 - 8) / 1600)
     assert as_membrane["adapted_rand_error_filled"] == pytest.approx(0.0, abs=1e-12)
     assert as_membrane["adapted_rand_error"] > 0.0
+    # A 0/1 integer FOV mask selects the same pixels as a bool one (it would otherwise index rows 0 and 1).
+    assert isbi_scores(~predicted_interior, ~interior, fov.astype(np.uint8), membrane_positive=True) == as_membrane

@@ -313,12 +313,14 @@ def test_auto_tta_means_four_flips_where_the_model_runs_fast_and_none_elsewhere(
 
     auto = {"tta_flips": "auto", "window": 16}
     # A float32 model is fast only on a GPU; a bfloat16 one (an AMX CPU's inference copy) is fast anywhere.
-    assert resolve_tta(auto, model("float32")) == {"tta_flips": has_gpu(), "window": 16}
-    assert resolve_tta(auto, model("mixed_bfloat16"))["tta_flips"] is True
-    assert tta_flips(resolve_tta(auto, model("mixed_bfloat16")), "all") == "all"
-    assert tta_flips(resolve_tta(auto, model("mixed_bfloat16")), "horizontal") == "horizontal"
+    assert resolve_tta(auto, model("float32"), "all") == {"tta_flips": has_gpu(), "window": 16}
+    assert resolve_tta(auto, model("mixed_bfloat16"), "all")["tta_flips"] is True
+    assert tta_flips(resolve_tta(auto, model("mixed_bfloat16"), "all"), "all") == "all"
+    assert tta_flips(resolve_tta(auto, model("mixed_bfloat16"), "horizontal"), "horizontal") == "horizontal"
+    # Trained without flips, the model has not seen flipped views: auto adds none.
+    assert tta_flips(resolve_tta(auto, model("mixed_bfloat16"), "none"), "none") is None
     for chosen in (False, True, "horizontal", "rotations"):  # a value given outright is kept
-        assert resolve_tta({"tta_flips": chosen}, model("mixed_bfloat16"))["tta_flips"] == chosen
+        assert resolve_tta({"tta_flips": chosen}, model("mixed_bfloat16"), "none")["tta_flips"] == chosen
     with pytest.raises(ValueError, match="resolve_tta"):  # never read as true by accident
         tta_flips(auto, "all")
 
