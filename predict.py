@@ -21,7 +21,8 @@ from lib.cells import cell_colours, watershed_cells
 from lib.errors import UserError, run_cli
 from lib.metrics import SCORE_KEYS, cldice, evaluate_images, isbi_scores, multiclass_scores, per_image_means
 from lib.outputs import check_output_folder, publish, remove_abandoned, staging_prefix
-from lib.plots import GAP, colorize, overlay, save_confusion_matrix, save_legend, save_png, save_roc_pr, side_by_side
+from lib.plots import (colorize, overlay, panels, save_confusion_matrix, save_legend, save_png, save_roc_pr,
+                       side_by_side, stretched)
 from lib.preprocessing import clahe_tile, preprocess
 from lib.progress import listed, progress
 from lib.readers import ClassSpec, Entry, image_stem, input_entries, is_image_name, output_stem, scale_sample
@@ -256,19 +257,6 @@ def per_image_csv(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str
     return buffer.getvalue()
 
 
-def display_image(image: np.ndarray) -> np.ndarray:
-    """A preprocessed H x W x C float image stretched to uint8 RGB for the comparison panels."""
-    x = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, axis=-1)
-    low, high = float(x.min()), float(x.max())
-    return np.rint(255 * (x - low) / max(high - low, 1e-6)).astype(np.uint8)
-
-
-def colour_panels(panels: list[np.ndarray]) -> np.ndarray:
-    """H x W x 3 uint8 panels side by side, separated by white gaps (as plots.side_by_side)."""
-    gap = np.full((panels[0].shape[0], GAP, 3), 255, np.uint8)
-    return np.concatenate([part for panel in panels for part in (gap, panel)][1:], axis=1)
-
-
 def predict_multiclass(infer: Callable[[np.ndarray], np.ndarray], samples, count: int, classes: ClassSpec,
                        out: Path, settings: dict) -> list[str]:
     """Class maps, colourized maps, comparisons, legend; with labels metrics.json, per_image.csv and the
@@ -286,10 +274,10 @@ def predict_multiclass(infer: Callable[[np.ndarray], np.ndarray], samples, count
         coloured = colorize(classes.display_map(predicted), palette)
         save_png(predicted, out / f"{stem}_classes.png")   # class indices, like the annotations
         save_png(coloured, out / f"{stem}_color.png")
-        panels = [resize_map(display_image(s["image"]), s["fov"].shape)]
+        shown = [resize_map(stretched(s["image"]), s["fov"].shape)]
         if s["label"] is not None:
-            panels.append(colorize(classes.display_map(s["label"]), palette))
-        save_png(colour_panels([*panels, coloured]), out / f"{stem}_compare.png")
+            shown.append(colorize(classes.display_map(s["label"]), palette))
+        save_png(panels([*shown, coloured]), out / f"{stem}_compare.png")
         if s["label"] is None:
             unlabelled += 1
             continue
@@ -336,7 +324,7 @@ def predict_binary(infer: Callable[[np.ndarray], np.ndarray], samples, count: in
         stem = output_stem(s["name"])
         binary = prob >= threshold
         # Stretched: a preprocessed image need not lie in [0, 1].
-        shown = resize_map(display_image(s["image"]), s["fov"].shape)
+        shown = resize_map(stretched(s["image"]), s["fov"].shape)
         save_png(prob, out / f"{stem}_probability.png")
         save_png(binary, out / f"{stem}_binary.png")
         save_png(side_by_side(shown, s["label"], binary), out / f"{stem}_compare.png")

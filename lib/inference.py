@@ -5,7 +5,6 @@ from typing import Any, Mapping
 
 import keras
 import numpy as np
-from skimage.transform import resize
 
 from lib.backend import has_gpu
 from lib.folding import compute_dtype
@@ -98,8 +97,7 @@ def _predict_at(predictor, image: np.ndarray, testing: Mapping[str, Any], depth:
     height, width = image.shape[:2]
     if zoom != 1.0:
         size = (max(1, round(height * zoom)), max(1, round(width * zoom)))
-        image = resize(image, (*size, image.shape[2]), order=1, anti_aliasing=zoom < 1.0,
-                       preserve_range=True).astype(np.float32)
+        image = resize_map(image.astype(np.float32), size, anti_aliasing=zoom < 1.0)
     # The U-Net paper's overlap-tile strategy: where the image ends, the model sees mirrored tissue
     # instead of the zeros of its own padding, as it does everywhere inside the image.
     margin_h, margin_w = (min(testing["mirror_margin"], side - 1) for side in image.shape[:2])

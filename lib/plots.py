@@ -320,21 +320,27 @@ def side_by_side(image: np.ndarray, label: np.ndarray | None, prediction: np.nda
     """uint8 RGB panel image | ground truth | prediction (image | prediction without label), white gaps."""
     rgb = _rgb_u8(image)
     hw = rgb.shape[:2]
-    panels = [rgb]
+    shown = [rgb]
     if label is not None:
         lab = _gray_u8(label, "label")
         _check_hw(lab, hw, "label")
-        panels.append(np.repeat(lab[..., None], 3, axis=2))
+        shown.append(np.repeat(lab[..., None], 3, axis=2))
     pred = _gray_u8(prediction, "prediction")
     _check_hw(pred, hw, "prediction")
-    panels.append(np.repeat(pred[..., None], 3, axis=2))
-    sep = np.full((hw[0], gap, 3), 255, dtype=np.uint8)
-    parts: list[np.ndarray] = []
-    for i, panel in enumerate(panels):
-        if i:
-            parts.append(sep)
-        parts.append(panel)
-    return np.concatenate(parts, axis=1)
+    return panels([*shown, np.repeat(pred[..., None], 3, axis=2)], gap)
+
+
+def panels(images: Sequence[np.ndarray], gap: int = GAP) -> np.ndarray:
+    """H x W x 3 uint8 images side by side, separated by white gaps."""
+    sep = np.full((images[0].shape[0], gap, 3), 255, dtype=np.uint8)
+    return np.concatenate([part for image in images for part in (sep, image)][1:], axis=1)
+
+
+def stretched(image: np.ndarray) -> np.ndarray:
+    """An H x W x C float image (e.g. preprocessed, not in [0, 1]) stretched to its min..max as uint8 RGB."""
+    x = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, axis=-1)
+    low, high = float(x.min()), float(x.max())
+    return np.rint(255 * (x - low) / max(high - low, 1e-6)).astype(np.uint8)
 
 
 def overlay(image: np.ndarray, predicted: np.ndarray, label: np.ndarray | None = None) -> np.ndarray:

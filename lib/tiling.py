@@ -81,10 +81,11 @@ def sliding_window(image: np.ndarray, predict: Predictor, window: int, stride: i
     return (total / norm)[:height, :width]
 
 
-def resize_map(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """An H x W x C map resized (bilinear) to shape's height and width, in its own dtype (rounded for integers);
-    unchanged when it has that size. Maps inferred at another scale go back to their image's size this way."""
+def resize_map(array: np.ndarray, shape: tuple[int, ...], anti_aliasing: bool = False) -> np.ndarray:
+    """An H x W x C map resized (bilinear; smoothed first with anti_aliasing) to shape's height and width, in its
+    own dtype (rounded for integers); unchanged when it has that size. Maps inferred at another scale go back to
+    their image's size this way, and images go to that scale (anti-aliased when shrunk)."""
     if array.shape[:2] == tuple(shape[:2]):
         return array
-    out = resize(array, (*shape[:2], array.shape[2]), order=1, preserve_range=True, anti_aliasing=False)
+    out = resize(array, (*shape[:2], array.shape[2]), order=1, preserve_range=True, anti_aliasing=anti_aliasing)
     return (np.rint(out) if np.issubdtype(array.dtype, np.integer) else out).astype(array.dtype)
