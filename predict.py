@@ -10,13 +10,13 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
 
 from lib.atomic import write_json, write_text
-from lib.config import add_config_arguments, load_config, load_run_config, parse_override
+from lib.config import Config, add_config_arguments, load_config, load_run_config, parse_override
 from lib.cells import cell_colours, watershed_cells
 from lib.errors import UserError, run_cli
 from lib.metrics import SCORE_KEYS, cldice, evaluate_images, isbi_scores, multiclass_scores, per_image_means
@@ -33,7 +33,7 @@ from lib.tiling import resize_map
 MULTICLASS_IMAGE_KEYS = ("pixel_accuracy", "mean_iou", "mean_accuracy")
 
 
-def load_run(run: Path, current: dict):
+def load_run(run: Path, current: Config) -> tuple[Config, Any, dict[str, Any], dict[str, Any]]:
     """Load a run's saved configuration (with the current [testing settings]), model and preprocessing."""
     from lib.folding import for_this_machine, load_saved  # Keras: imported only once a run is found (see main)
 
@@ -173,7 +173,8 @@ def check_same_labels(h5: h5py.File, path: Path, run: Path, config: Mapping[str,
                         f"scores would count other pixels. Prepare it with --set ignore_index={ours}.")
 
 
-def samples_from_input(entries: Sequence[Entry], scale: float, preprocessing: Mapping[str, Any]):
+def samples_from_input(entries: Sequence[Entry], scale: float, preprocessing: Mapping[str, Any]
+                       ) -> Iterator[dict[str, Any]]:
     """Images given with --input, read one at a time and preprocessed as the model's training images were:
     resized by the run's [data paths] resize first. Their FOV stays at their own size, as do the outputs."""
     for entry in entries:
@@ -211,8 +212,8 @@ def check_other_dataset(h5: h5py.File, path: Path, run: Path, preprocessing: dic
               f"{', '.join(differ)}. Each dataset is normalized with its own training-split statistics.")
 
 
-def extra_scores(prob, label, fov, threshold: float, dataset: str, config,
-                 cells: np.ndarray | None = None) -> dict[str, float]:
+def extra_scores(prob: np.ndarray, label: np.ndarray, fov: np.ndarray, threshold: float, dataset: str, config: Config,
+                 cells: np.ndarray | None = None) -> dict[str, float | None]:
     """Task-specific scores of one image: clDice for vessels; pixel and adapted Rand errors for ISBI."""
     predicted = prob >= threshold
     if dataset == "ISBI2012":
@@ -220,7 +221,7 @@ def extra_scores(prob, label, fov, threshold: float, dataset: str, config,
     return {"cldice": cldice(predicted, label, fov)}
 
 
-def membrane_positive(config) -> bool:
+def membrane_positive(config: Config) -> bool:
     """Whether the model's foreground (probability) is the membrane, as for ISBI 2012 by default."""
     return config["data attributes"]["positive_class"] == "membrane"
 
@@ -257,8 +258,8 @@ def per_image_csv(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str
     return buffer.getvalue()
 
 
-def predict_multiclass(infer: Callable[[np.ndarray], np.ndarray], samples, count: int, classes: ClassSpec,
-                       out: Path, settings: dict) -> list[str]:
+def predict_multiclass(infer: Callable[[np.ndarray], np.ndarray], samples: Iterable[dict[str, Any]], count: int,
+                       classes: ClassSpec, out: Path, settings: dict) -> list[str]:
     """Class maps, colourized maps, comparisons, legend; with labels metrics.json, per_image.csv and the
     confusion matrix (void pixels and pixels outside the FOV left out). infer maps a preprocessed image to
     class probabilities; maps are written at the size of the sample's FOV. Returns the summary lines."""
@@ -311,8 +312,8 @@ def predict_multiclass(infer: Callable[[np.ndarray], np.ndarray], samples, count
             f"per-class IoU: {iou}"]
 
 
-def predict_binary(infer: Callable[[np.ndarray], np.ndarray], samples, count: int, threshold: float,
-                   out: Path, settings: dict, dataset: str, config) -> list[str]:
+def predict_binary(infer: Callable[[np.ndarray], np.ndarray], samples: Iterable[dict[str, Any]], count: int,
+                   threshold: float, out: Path, settings: dict, dataset: str, config: Config) -> list[str]:
     """Probability, binary, comparison and overlay PNGs; with labels metrics.json, per_image.csv and
     ROC / PR curves (pixels inside the FOV). infer maps a preprocessed image to H x W x 1 probabilities;
     maps are written at the size of the sample's FOV. Keeps only FOV pixels between images. Returns summary
@@ -366,6 +367,7 @@ def predict_binary(infer: Callable[[np.ndarray], np.ndarray], samples, count: in
 
 
 def main() -> int:
+    """Segment and score a prepared split, another prepared dataset or --input images with a trained run."""
     parser = argparse.ArgumentParser(description=__doc__)
     add_config_arguments(parser)
     parser.add_argument("--run", help="run folder to use (default: <runs_dir>/<name> from the configuration)")

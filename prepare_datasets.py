@@ -153,6 +153,7 @@ def prepare_split(entries: Sequence[Entry], split: str, settings: Mapping[str, A
 
 
 def main() -> int:
+    """Read the configured dataset, preprocess it and write dataset.h5 with its training patches; 0 on success."""
     parser = argparse.ArgumentParser(description=__doc__)
     add_config_arguments(parser)
     parser.add_argument("--overwrite", action="store_true",

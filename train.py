@@ -88,6 +88,7 @@ def check_holdout(holdout: list[dict], multiclass: bool, ignore_index: int | Non
 
 
 def main() -> int:
+    """Train the configured U-Net on a prepared dataset into its run folder, resuming an unfinished one."""
     parser = argparse.ArgumentParser(description=__doc__)
     add_config_arguments(parser)
     parser.add_argument("--overwrite", action="store_true",

@@ -45,11 +45,12 @@ class Distribution:
     devices: list[str] = field(default_factory=list)
     gpu: bool = False              # single: whether the device is a GPU
 
-    def scope(self):
+    def scope(self) -> contextlib.AbstractContextManager:
         """Context manager to build and compile the model in (a no-op for a single device)."""
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
     def describe(self) -> str:
+        """Where training runs, for the log: one GPU, the CPU, or the strategy with its replicas and workers."""
         if self.name == "single":
             # Said plainly: a GPU that CUDA cannot reach would otherwise leave a run on the CPU, hours slower.
             return "one GPU" if self.gpu else "the CPU (no GPU is visible; see README.md, GPU)"

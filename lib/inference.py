@@ -1,7 +1,7 @@
 """Full-image prediction with a trained model: sliding windows, optional flip and scale TTA."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import keras
 import numpy as np
@@ -65,7 +65,7 @@ def _unview(batch: np.ndarray, axes: tuple[int, ...], transpose: bool) -> np.nda
     return np.flip(out, axis=axes) if axes else out
 
 
-def model_predictor(model: keras.Model, flips: str | None = None):
+def model_predictor(model: keras.Model, flips: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """A batch -> probabilities function; with flips (a TTA_VIEWS key), the average over those views."""
     # predict_on_batch runs a compiled graph (tf.function, jax.jit): faster than eager op-by-op calls.
     def predict(batch: np.ndarray) -> np.ndarray:

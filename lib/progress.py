@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from typing import Iterable, Iterator, TextIO, TypeVar
 
 T = TypeVar("T")
 
@@ -20,7 +20,7 @@ def listed(values: Iterable, limit: int = 12) -> str:
     return ", ".join(str(v) for v in values[:limit]) + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 
 
-def progress(items: Iterable[T], total: int, label: str, stream=None) -> Iterator[T]:
+def progress(items: Iterable[T], total: int, label: str, stream: TextIO | None = None) -> Iterator[T]:
     """Yield items while drawing `label [#####.....] k/total elapsed` on stderr."""
     stream = stream or sys.stderr
     interactive = stream.isatty()

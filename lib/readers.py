@@ -15,7 +15,7 @@ import unicodedata
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
@@ -366,7 +366,7 @@ class ClassSpec:
     palette: tuple[tuple[int, int, int], ...] = ()
 
     @classmethod
-    def from_config(cls, config) -> "ClassSpec | None":
+    def from_config(cls, config: Mapping[str, Mapping[str, Any]]) -> "ClassSpec | None":
         """The configuration's label set; None for a binary task (n_classes = 1)."""
         n = config["model"]["n_classes"]
         if n == 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from lib.config import Config
 from lib.dropblock import DropBlock
 
 
@@ -59,7 +60,7 @@ def build_unet(channels: int = 1, n_classes: int = 1, depth: int = 3, base_filte
     return keras.Model(inputs, outputs, name=f"unet_d{depth}_f{base_filters}")
 
 
-def unet_from_config(config) -> keras.Model:
+def unet_from_config(config: Config) -> keras.Model:
     """Build the U-Net described by the [model] and [data attributes] sections."""
     model = config["model"]
     return build_unet(channels=config["data attributes"]["channels"], n_classes=model["n_classes"],
