@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from lib.atomic import atomic_path, write_json
+from lib.errors import UserError
 from lib.folding import fold_batch_norm
 from lib.metrics import binary_scores, multiclass_scores
 from lib.progress import plural
@@ -165,6 +166,43 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if _finite_loss(logs):
             super().on_epoch_end(epoch, logs)
+
+    def on_train_begin(self, logs=None) -> None:
+        # Keras' own fallback to the previous backup acts only on OSError and silently; a file cut short (as one
+        # written in place by an earlier version could be) may fail with ValueError instead.
+        try:
+            return self._load_model()
+        except (OSError, ValueError) as error:
+            failure = error
+        if os.path.exists(self._prev_weights_path):
+            print(f"note: the backup {self._weights_path} cannot be read; resuming from the one before it.")
+            for previous, current in ((self._prev_weights_path, self._weights_path),
+                                      (self._prev_training_metadata_path, self._training_metadata_path)):
+                if os.path.exists(previous):
+                    with atomic_path(current) as tmp:
+                        shutil.copyfile(previous, tmp)
+                elif os.path.exists(current):
+                    os.remove(current)
+            try:
+                return self._load_model()
+            except (OSError, ValueError) as error:
+                failure = error
+        raise UserError(f"the training backup in {self.backup_dir} cannot be read ({type(failure).__name__}: "
+                        f"{str(failure).splitlines()[0][:200]}). Delete that folder to train this run again from its "
+                        "first epoch, or start over with --overwrite.") from failure
+
+    def _save_model(self) -> None:
+        # Written under temporary names and renamed: a second Ctrl-C or a kill mid-write leaves the last whole
+        # backup (and the one before it) in place, never a file cut short.
+        os.makedirs(self.backup_dir, exist_ok=True)
+        for current, previous in ((self._weights_path, self._prev_weights_path),
+                                  (self._training_metadata_path, self._prev_training_metadata_path)):
+            if self.double_checkpoint and os.path.exists(current):
+                with atomic_path(previous) as tmp:
+                    shutil.copyfile(current, tmp)
+        with atomic_path(self._weights_path, suffix=".tmp.weights.h5") as tmp:
+            self.model.save_weights(tmp, overwrite=True)
+        write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
 
 
 class NaNGuard(keras.callbacks.Callback):

@@ -6,14 +6,17 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
 from lib.callbacks import Checkpoints, CosineSchedule, CtrlC, HoldoutScore, LogProgress, SafeBackupAndRestore, TimeLimit
+from lib.errors import UserError
 
 
 def test_ctrl_c_is_deferred_to_the_next_batch_end_and_a_second_one_stops_at_once():
@@ -178,6 +181,42 @@ def test_a_run_with_no_scored_epoch_still_gets_best_keras_and_a_state_file(tmp_p
     score = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, log: log.update(score=0.7))
     _fit([score, Checkpoints(tmp_path, "score", "max")], epochs=1)
     assert json.loads((tmp_path / "checkpoint_state.json").read_text())["best"] == 0.7
+
+
+def test_a_backup_write_cut_short_leaves_the_last_whole_backup(tmp_path, monkeypatch):
+    backup = tmp_path / "backup"
+    _fit([SafeBackupAndRestore(str(backup), double_checkpoint=True)], epochs=1)
+    whole = (backup / "latest.weights.h5").read_bytes()
+
+    def cut_short(self, filepath, overwrite=True):
+        Path(filepath).write_bytes(whole[:1000])
+        raise KeyboardInterrupt  # a second Ctrl-C while the weights are written
+
+    monkeypatch.setattr(keras.Model, "save_weights", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        _fit([SafeBackupAndRestore(str(backup), double_checkpoint=True)], epochs=2)
+    assert (backup / "latest.weights.h5").read_bytes() == whole
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 1
+    assert sorted(p.name for p in backup.iterdir()) == ["latest.weights.h5", "latest.weights.h5.bkp",
+                                                        "training_metadata.json", "training_metadata.json.bkp"]
+
+
+def test_an_unreadable_backup_resumes_from_the_one_before_it_or_is_refused_with_the_fix(tmp_path, capsys):
+    backup = tmp_path / "backup"
+    latest = backup / "latest.weights.h5"
+    for cut in (1000, 0.5):  # h5py fails with OSError on the first, Keras with ValueError on the second
+        _fit([SafeBackupAndRestore(str(backup), double_checkpoint=True)], epochs=2)  # latest: epoch 2, .bkp: 1
+        whole = latest.read_bytes()
+        latest.write_bytes(whole[:cut if cut > 1 else int(len(whole) * cut)])  # cut short, as an in-place write was
+        logs = _fit([SafeBackupAndRestore(str(backup), double_checkpoint=True)], epochs=3)
+        assert len(logs) == 2  # epochs 2 and 3: resumed after epoch 1
+        assert "cannot be read; resuming from the one before it" in capsys.readouterr().out
+        shutil.rmtree(backup)
+    _fit([SafeBackupAndRestore(str(backup), double_checkpoint=True)], epochs=2)
+    for name in ("latest.weights.h5", "latest.weights.h5.bkp"):
+        (backup / name).write_bytes(b"not a weights file")
+    with pytest.raises(UserError, match="Delete that folder to train this run again"):
+        _fit([SafeBackupAndRestore(str(backup), double_checkpoint=True)], epochs=4)
 
 
 def test_the_backup_outlives_training_so_a_kill_before_the_run_is_finished_resumes_at_its_end(tmp_path):
