@@ -71,12 +71,32 @@ def _id_list(text: str) -> list[int | str]:
     return ids
 
 
+# Longest file or folder name most file systems take (bytes); a run's lock file adds 15 to its name.
+NAME_MAX = 255
+MAX_RUN_NAME = NAME_MAX - len(".training.lock") - 1
+
+
 def _run_name(text: str) -> str:
     name = text.strip()
     # The run folder is runs_dir/name, and --overwrite deletes it: the name must not reach outside runs_dir.
     if not name or name in (".", "..") or "/" in name or "\\" in name:
         raise ValueError("give a plain folder name such as drive_holdout (not empty, no / or \\, not . or ..)")
+    if len(name.encode()) > MAX_RUN_NAME:
+        raise ValueError(f"{len(name.encode())} bytes long; a run name takes at most {MAX_RUN_NAME}, as file systems "
+                         f"take names of {NAME_MAX} and its lock file adds 15")
     return name
+
+
+def _folder(text: str) -> str:
+    folder = os.path.expanduser(text.strip())  # as the shell does for --set: the same value means the same folder
+    long = [part for part in Path(folder).parts if len(part.encode()) > NAME_MAX]
+    if long:
+        raise ValueError(f"the name '{long[0][:40]}...' in it is {len(long[0].encode())} bytes long; file systems "
+                         f"take at most {NAME_MAX}")
+    return folder
+
+
+_folder.__name__ = "a folder path"
 
 
 _run_name.__name__ = "a run name"
@@ -204,8 +224,8 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
     "data paths": {
         "dataset": (_choice("DRIVE", "ISBI2012", "STARE", "CHASE_DB1", "HRF", "folders", "sample", "CamVid"),
                     "dataset reader: DRIVE, ISBI2012, STARE, CHASE_DB1, HRF, folders (your own images/ + labels/), sample (generated DRIVE-like data, created if missing), or CamVid (multi-class, SegNet layout)"),
-        "dataset_dir": (str, "folder holding the dataset in its original layout (see data/README.md)"),
-        "prepared_dir": (str, "folder where prepare_datasets.py writes dataset.h5"),
+        "dataset_dir": (_folder, "folder holding the dataset in its original layout (see data/README.md)"),
+        "prepared_dir": (_folder, "folder where prepare_datasets.py writes dataset.h5"),
         "holdout_ids": (_id_list, "training image ids kept out of training and scored as full images each epoch (e.g. 37,38,39,40); empty for none"),
         "test_ids": (_id_list, "image ids forming the test split of a dataset without a fixed split (STARE, HRF, folders without test/); empty: use test_fraction"),
         "test_fraction": (_fraction, "fraction of the images drawn with the seed as the test split when test_ids is empty (datasets without a fixed split); 0 for none"),
@@ -213,7 +233,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
     },
     "experiment": {
         "name": (_run_name, "run name: the run folder is <runs_dir>/<name>"),
-        "runs_dir": (str, "folder holding all run folders"),
+        "runs_dir": (_folder, "folder holding all run folders"),
         "seed": (_seed, "random seed for patch sampling, weight initialization and augmentation"),
     },
     "data attributes": {
@@ -350,6 +370,16 @@ def parse_override(text: str) -> tuple[str, str, str]:
     return section, key, value.strip()
 
 
+def _indented_setting(value: str) -> str | None:
+    """The first continuation line of a value that looks like a setting of its own ('key = value' with a known
+    key): INI files join indented lines to the value above, which a long palette may want but a key never does."""
+    for line in value.splitlines()[1:]:
+        match = re.match(r"\s*([A-Za-z_]\w*)\s*[=:]", line)
+        if match and match[1] in _key_index():
+            return line.strip()
+    return None
+
+
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), fallback: Config | None = None,
                 from_current: Sequence[str] = ()) -> Config:
     """Read an INI configuration, apply 'section.key=value' overrides, and return typed values."""
@@ -364,7 +394,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), fallback
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
     parser.optionxform = str  # keys are case-sensitive (N_subimgs)
     try:
-        parser.read(path, encoding="utf-8")
+        parser.read(path, encoding="utf-8-sig")  # -sig: a byte-order mark, as Windows editors write, is no section
     except (configparser.Error, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not a valid INI file: {exc}. Compare it with configuration.txt "
                         "in the repository.") from exc
@@ -380,6 +410,10 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), fallback
             raise UserError(f"{path}: unknown section [{section}]. Valid sections: "
                             f"{', '.join(SCHEMA)}.{_suggest(section, list(SCHEMA))}")
         for key, value in parser.items(section):
+            swallowed = _indented_setting(value)
+            if swallowed:
+                raise UserError(f"{path}: the line '{swallowed}' is indented, so it is read as part of the value of "
+                                f"[{section}] {key} above it; remove the spaces or tabs before it.")
             if key not in SCHEMA[section] and fallback is not None:
                 obsolete.append(f"{section}.{key}")  # a run saved by an older version
                 continue
@@ -419,7 +453,9 @@ def _typed(raw: dict[str, dict[str, str]], source: str, fallback: Config | None 
             if key not in raw.get(section, {}):
                 raise UserError(f"{source}: missing key '{key}' in [{section}] ({comment}). "
                                 f"Add it, or start from configuration.txt in the repository.")
-            text = raw[section][key]
+            text = raw[section][key].strip()
+            if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+                text = text[1:-1]  # quoted as in YAML or TOML; INI values take no quotes
             try:
                 value = parse(text)
             except ValueError as exc:

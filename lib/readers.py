@@ -1107,6 +1107,10 @@ def read_split(dataset: str, root: Path, split: str, positive_class: str = "memb
     return [load_sample(entry, scale) for entry in entries]
 
 
+# Longest output stem: a file name takes 255 bytes, and '.<stem>_probability.XXXXXXXX.tmp.png' adds 30.
+MAX_OUTPUT_STEM = 225
+
+
 def input_entries(path: Path, mask: Path | None) -> list[Entry]:
     """predict.py --input: every page of the image file, or of each image in the folder, with its FOV mask
     (the mask file, or the file of the mask folder named as the image; a mask stack gives each page its own).
@@ -1139,6 +1143,12 @@ def input_entries(path: Path, mask: Path | None) -> list[Entry]:
         raise UserError(f"images whose outputs would have the same name ({', '.join(clashes)}): "
                         f"{'; '.join(' and '.join(names) for names in clashes.values())}. Outputs are named by the "
                         "image without its extension, and page i of a stack x.tif as x_i: rename or move one of each.")
+    long = [entry.name for entry in entries if len(entry.key.encode()) > MAX_OUTPUT_STEM]
+    if long:
+        raise UserError(f"image names too long for their output files: {listed(long, 3)}. Outputs are named by the "
+                        "image without its extension plus up to 30 bytes (_probability.png, under a temporary name "
+                        f"first), and file systems take names of at most 255 bytes: rename them to at most "
+                        f"{MAX_OUTPUT_STEM} bytes without the extension.")
     return entries
 
 

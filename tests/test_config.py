@@ -130,6 +130,30 @@ def test_a_key_in_the_wrong_section_is_answered_with_its_section(tmp_path: Path)
         load_config(path)
 
 
+def test_hand_edits_from_other_editors_and_formats_read_as_meant(tmp_path: Path) -> None:
+    # A byte-order mark (Windows editors), a quoted value (as in YAML or TOML) and ~ for the home folder.
+    path = _edited(tmp_path, "name = drive", 'name = "my run"')
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"runs_dir = runs", b"runs_dir = ~/unet_runs"))
+    config = load_config(path)
+    assert config["experiment"]["name"] == "my run"
+    assert config["experiment"]["runs_dir"] == str(Path.home() / "unet_runs")
+    assert load_config(REPO / "configuration.txt", ["runs_dir=~/x"])["experiment"]["runs_dir"] == str(Path.home() / "x")
+
+
+def test_an_indented_key_is_named_not_read_into_the_value_above(tmp_path: Path) -> None:
+    path = _edited(tmp_path, "N_epochs = 16", "  N_epochs = 16")
+    with pytest.raises(UserError, match=r"the line 'N_epochs = 16' is indented, so it is read as part of the value of "
+                                        r"\[training settings\] foreground_fraction above it"):
+        load_config(path)
+
+
+def test_names_longer_than_a_file_system_takes_are_refused_up_front() -> None:
+    with pytest.raises(UserError, match=r"name = 'n+' is not valid: .*246 bytes long; a run name takes at most 240"):
+        load_config(REPO / "configuration.txt", ["name=" + "n" * 246])
+    with pytest.raises(UserError, match=r"prepared_dir = .* is 300 bytes long; file systems take at most 255"):
+        load_config(REPO / "configuration.txt", ["prepared_dir=/tmp/" + "p" * 300 + "/x"])
+
+
 def test_missing_key_is_a_user_error_naming_it(tmp_path: Path) -> None:
     path = _edited(tmp_path, "clahe_clip = 0.01", None)
     with pytest.raises(UserError) as info:

@@ -480,3 +480,13 @@ def test_labels_that_look_like_class_maps_in_a_binary_task_point_at_the_multi_cl
     assert problems["stray.png"] == "the label has values 0, 7, 255 (7: 2 pixels, the first at row 10, column 2)"
     assert "ignore_index for a void value such as 255" in hints["wide_void.png"]
     assert problems["indices.png"] == "the label has values 0, 1, 2, 255"  # a class map: no pixels called stray
+
+
+def test_input_images_too_long_named_for_their_outputs_are_refused_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    for name in ("i" * 225, "j" * 226):  # 225 is the longest stem whose outputs fit in a 255-byte name
+        Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "in" / f"{name}.png")
+    with pytest.raises(UserError, match=r"image names too long for their output files: j{226}\.png\. .*at most 225"):
+        input_entries(tmp_path / "in", None)
+    (entry,) = input_entries(tmp_path / "in" / f"{'i' * 225}.png", None)
+    assert len(f".{entry.key}_probability.abcdefgh.tmp.png") == 255
