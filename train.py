@@ -182,7 +182,9 @@ def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
             stack.enter_context(run_lock(run))  # before --overwrite may delete the folder
             run, resuming = prepare_run_folder(config, overwrite)
             reason = training_ended(read_state(run), training["early_stopping_patience"]) if resuming else None
-            print(f"{'Resuming' if resuming else 'Starting'} run {run}")
+            fresh = resuming and not (run / "last.keras").exists()
+            print(f"{'Resuming' if resuming else 'Starting'} run {run}"
+                  f"{': no epoch had finished, so training starts at epoch 1' if fresh else ''}")
             write_config(config, run / CONFIG_NAME)
             write_json(run / "preprocessing.json", prepared.preprocessing)
         else:
@@ -264,6 +266,9 @@ def fit(config: Config, prepared: Prepared, run: Path, distribution: Distributio
     except KeyboardInterrupt:
         kept = (f"Checkpoints are kept in {run}" if (run / "last.keras").exists() else
                 "No epoch had finished, so there is no checkpoint yet")
+        if ctrl_c.unfinished is not None and (run / "last.keras").exists():
+            kept += (f"; epoch {ctrl_c.unfinished + 1} had not finished (its training or validation), so it runs "
+                     "again from its start")
         print(f"\nInterrupted. {kept}; run the same command to resume:\n  {command}", file=sys.stderr)
         if distribution.strategy is not None:
             distribution.abort(130)

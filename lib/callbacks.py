@@ -335,6 +335,7 @@ class CtrlC(keras.callbacks.Callback):
     def __init__(self) -> None:
         super().__init__()
         self.requested = False
+        self.unfinished: int | None = None  # the epoch under way, whose end (and checkpoints) has not come
         self._previous: Any = None
 
     def __enter__(self) -> "CtrlC":
@@ -360,4 +361,11 @@ class CtrlC(keras.callbacks.Callback):
         if self.requested:
             raise KeyboardInterrupt
 
-    on_train_batch_end = on_test_batch_end = on_predict_batch_end = on_epoch_end = _raise_if_requested
+    on_train_batch_end = on_test_batch_end = on_predict_batch_end = _raise_if_requested
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.unfinished = epoch
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self.unfinished = None  # last among the callbacks: this epoch's checkpoints are written
+        self._raise_if_requested()

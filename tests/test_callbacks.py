@@ -35,6 +35,18 @@ def test_ctrl_c_is_deferred_to_the_next_batch_end_and_a_second_one_stops_at_once
         signal.signal(signal.SIGINT, previous)
 
 
+def test_ctrl_c_knows_which_epoch_it_left_unfinished():
+    ctrl_c = CtrlC()
+    ctrl_c.on_epoch_begin(0)
+    ctrl_c.on_epoch_end(0)
+    assert ctrl_c.unfinished is None
+    ctrl_c.on_epoch_begin(1)
+    ctrl_c.requested = True  # pressed after the epoch's last training step, during validation
+    with pytest.raises(KeyboardInterrupt):
+        ctrl_c.on_test_batch_end(0)
+    assert ctrl_c.unfinished == 1  # train.py says epoch 2 runs again
+
+
 def test_ctrl_c_leaves_an_ignored_sigint_ignored():
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
