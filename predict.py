@@ -17,7 +17,7 @@ import numpy as np
 
 from lib.atomic import write_json, write_text
 from lib.config import Config, add_config_arguments, load_config, load_run_config, parse_override
-from lib.cells import cell_colours, watershed_cells
+from lib.cells import cell_colours, closed_membranes, watershed_cells
 from lib.errors import UserError, run_cli
 from lib.metrics import SCORE_KEYS, cldice, evaluate_images, isbi_scores, multiclass_scores, per_image_means
 from lib.outputs import check_output_folder, publish, remove_abandoned, staging_prefix
@@ -177,8 +177,14 @@ def samples_from_input(entries: Sequence[Entry], scale: float, preprocessing: Ma
                        ) -> Iterator[dict[str, Any]]:
     """Images given with --input, read one at a time and preprocessed as the model's training images were:
     resized by the run's [data paths] resize first. Their FOV stays at their own size, as do the outputs."""
+    noted = False
     for entry in entries:
         sample = entry.load()
+        if preprocessing["settings"]["channels"] == 3 and (sample.image.ndim == 2 or sample.image.shape[-1] == 1) \
+                and not noted:
+            noted = True
+            print(f"\nnote: {sample.name} is gray, but the model was trained on colour images: its gray level goes "
+                  "to all three channels, a kind of image the model has not seen (said once, for the first).")
         small = scale_sample(sample, scale)
         image = preprocess(small.image, small.fov, preprocessing["settings"], preprocessing["statistics"])
         yield {"name": sample.name, "image": image, "label": None, "fov": sample.fov}
@@ -209,7 +215,9 @@ def check_other_dataset(h5: h5py.File, path: Path, run: Path, preprocessing: dic
                                          for settings in (theirs, ours)))
     if differ:
         print(f"note: {path} was prepared with other preprocessing than the model's training data: "
-              f"{', '.join(differ)}. Each dataset is normalized with its own training-split statistics.")
+              f"{', '.join(differ)}. Its images are segmented as prepared, with its own settings (each dataset is "
+              "normalized with its own training-split statistics); to match the model's, prepare it again with "
+              "those values (--set).")
 
 
 def extra_scores(prob: np.ndarray, label: np.ndarray, fov: np.ndarray, threshold: float, dataset: str, config: Config,
@@ -323,6 +331,13 @@ def predict_binary(infer: Callable[[np.ndarray], np.ndarray], samples: Iterable[
         prob = resize_map(infer(s["image"]), s["fov"].shape)[..., 0]
         prob = np.where(s["fov"], prob, 0.0)
         stem = output_stem(s["name"])
+        cells = None
+        if dataset == "ISBI2012" and settings["watershed_seed"] > 0:
+            membrane = membrane_positive(config)
+            cells = watershed_cells(prob if membrane else 1.0 - prob, settings["watershed_seed"])
+            save_png(cell_colours(cells), out / f"{stem}_cells.png")
+            if settings["close_membranes"]:
+                prob = np.where(s["fov"], closed_membranes(prob, cells, membrane), 0.0)
         binary = prob >= threshold
         # Stretched: a preprocessed image need not lie in [0, 1].
         shown = resize_map(stretched(s["image"]), s["fov"].shape)
@@ -330,10 +345,6 @@ def predict_binary(infer: Callable[[np.ndarray], np.ndarray], samples: Iterable[
         save_png(binary, out / f"{stem}_binary.png")
         save_png(side_by_side(shown, s["label"], binary), out / f"{stem}_compare.png")
         save_png(overlay(shown, binary, s["label"]), out / f"{stem}_overlay.png")
-        cells = None
-        if dataset == "ISBI2012" and settings["watershed_seed"] > 0:
-            cells = watershed_cells(prob if membrane_positive(config) else 1.0 - prob, settings["watershed_seed"])
-            save_png(cell_colours(cells), out / f"{stem}_cells.png")
         if s["label"] is None:
             unlabelled += 1
             continue
@@ -473,6 +484,8 @@ def main() -> int:
         # What is segmented, recorded in summary.txt and metrics.json: the --input path, or the dataset.h5.
         kind, segmented = ("input", args.input) if args.input else ("data", data_path)
         source, source_line = {kind: str(segmented.resolve())}, f"{kind}: {segmented.resolve()}"
+        if args.mask:
+            source["mask"] = str(args.mask.resolve())
         earlier = check_output_folder(out, args.overwrite, args.input, source_line)
         if created:  # a run that fails leaves no empty output folder behind
             stack.callback(lambda: out.rmdir() if out.is_dir() and not any(out.iterdir()) else None)
@@ -483,7 +496,8 @@ def main() -> int:
             print(f"note: removed {', '.join(abandoned)} from {out}: the unfinished outputs of a prediction that "
                   "was killed.")
         staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=staging_prefix(), dir=out)))
-        header = [f"run: {run}", f"images: {count} ({where})", source_line]
+        header = [f"run: {run}", f"images: {count} ({where})", source_line,
+                  *([f"mask: {source['mask']}"] if args.mask else [])]
         windows = (f"window {testing['window']}, stride {testing['stride']}, blend {testing['blend']}, "
                    f"tta_flips {tta_flips(testing, flips) or False}, "
                    f"tta_scales {', '.join(map(format, testing['tta_scales']))}, "

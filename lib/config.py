@@ -302,6 +302,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "mirror_margin": (_non_negative(int), "pixels of mirrored image added on each side before inference and cropped after, so the model sees context instead of zero padding at the image border (the U-Net paper's overlap-tile; helps where structures reach the border, as in ISBI 2012); 0 disables it"),
         "zoom": (_positive(float), "resize each image by this factor before inference and the probabilities back to its size (another dataset: match vessel widths); 1 = as prepared"),
         "watershed_seed": (_fraction, "ISBI 2012 only: also split each slice into cells by a watershed of the membrane probabilities from seeds where they are below this value, scored as adapted_rand_error_watershed and drawn in NAME_cells.png; 0 disables it"),
+        "close_membranes": (_bool, "ISBI 2012 only, with watershed_seed above 0: draw the borders of the watershed cells into the membrane probabilities as certain membrane, closing the gaps of the thresholded membranes, so that their cells are the watershed's; the PNGs and every score but adapted_rand_error_watershed come from the closed map"),
     },
 }
 
@@ -461,7 +462,7 @@ def _typed(raw: dict[str, dict[str, str]], source: str, fallback: Config | None 
             except ValueError as exc:
                 origin = _origin(source, overridden, (section, key))
                 raise UserError(f"{origin}: [{section}] {key} = '{text}' is not valid: expected "
-                                f"{parse.__name__} ({exc}). This key is the {comment}.") from None
+                                f"{parse.__name__} ({exc}). About {key}: {comment}.") from None
             config[section][key] = value
     if filled:
         print(f"note: {source} predates the keys {', '.join(filled)}; using their current values.")

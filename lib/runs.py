@@ -21,7 +21,8 @@ RUN_CONTENTS = {CONFIG_NAME, FINISHED, STATE_NAME, "preprocessing.json", "best.k
                 "predictions"}
 # Settings training never reads (predict.py takes the testing ones from the current configuration, and the patches
 # come from dataset.h5, whose settings the run records): a resume may change them.
-RESUMABLE_CHANGES = ({f"testing settings.{key}" for key in ("checkpoint", "threshold", "watershed_seed", "batch_size")}
+RESUMABLE_CHANGES = ({f"testing settings.{key}"
+                      for key in ("checkpoint", "threshold", "watershed_seed", "close_membranes", "batch_size")}
                      | {f"training settings.{key}" for key in PATCH_KEYS})
 
 
@@ -83,8 +84,9 @@ def prepare_run_folder(config: Config, overwrite: bool) -> tuple[Path, bool]:
         print(f"Deleting the earlier run {folder} (--overwrite): {', '.join(contents) or 'empty'}")
         shutil.rmtree(folder)
     if (folder / FINISHED).exists():
-        raise UserError(f"{folder} already holds a finished run. Use --overwrite to replace it, or "
-                        "choose another name with --set experiment.name=NEW_NAME.")
+        raise UserError(f"{folder} already holds a finished run, which cannot be trained further. To train more "
+                        "(e.g. more epochs), choose another name with --set experiment.name=NEW_NAME, or replace "
+                        "this one with --overwrite.")
     if saved.exists():
         differences = setting_differences(load_run_config(saved, config), config)
         differences = {key: values for key, values in differences.items() if key not in RESUMABLE_CHANGES}

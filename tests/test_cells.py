@@ -39,6 +39,28 @@ def test_watershed_keeps_cells_apart_across_a_gap_in_the_membrane() -> None:
     assert cells[10, 20] != cells[10, 30]
 
 
+def test_closed_membranes_split_the_thresholded_interior_into_the_watershed_cells() -> None:
+    from lib.cells import cell_borders, closed_membranes, watershed_cells
+    from lib.metrics import adapted_rand
+    from skimage.measure import label
+
+    membrane = membrane_grid()
+    prob = np.where(membrane, 0.9, 0.02).astype(np.float32)
+    prob[10:13, 20:26] = 0.35  # a gap right through the wall between the first two cells
+    interior = ~membrane
+    assert label(prob < 0.5, connectivity=1).max() == 8  # the gap merges two of the nine cells
+    cells = watershed_cells(prob, seed_threshold=0.05)
+    closed = closed_membranes(prob, cells, membrane_positive=True)
+    assert closed.dtype == prob.dtype and (closed >= prob).all()
+    assert label(closed < 0.5, connectivity=1).max() == 9
+    assert adapted_rand(closed < 0.5, interior) < adapted_rand(prob < 0.5, interior)
+    # Lines one pixel wide: on the 4 walls of 3 px between the 9 cells, one column or row each.
+    borders = cell_borders(cells)
+    assert borders[12, :].sum() == 2 and borders[:, 12].sum() == 2
+    # With the interior as the foreground the borders are certain background instead.
+    assert (closed_membranes(1.0 - prob, cells, membrane_positive=False)[borders] == 0.0).all()
+
+
 def test_watershed_drops_specks_and_returns_no_cells_without_seeds() -> None:
     from lib.cells import watershed_cells
 
@@ -104,3 +126,6 @@ def test_predict_on_isbi_writes_cells_and_scores_them(tmp_path: Path) -> None:
     off = tmp_path / "off"
     result = run_script("predict.py", *args, "--split", "val", "--set", "watershed_seed=0", "--output", str(off))
     assert "adapted_rand_error_watershed" not in result.stdout and not list(off.glob("*_cells.png"))
+    # On (the profile's close_membranes), the cell borders were drawn into the membrane map: it only gained membrane.
+    closed, opened = (np.asarray(Image.open(folder / "train-volume_6_binary.png")) > 0 for folder in (out, off))
+    assert (closed >= opened).all()

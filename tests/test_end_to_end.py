@@ -193,6 +193,7 @@ def test_predict_input_folder_reuses_saved_preprocessing(trained, small_drive):
     b = np.asarray(Image.open(prepared / "01_test_probability.png"), dtype=int)
     assert np.abs(a - b).max() <= 1  # same up to PNG rounding
     assert not (out / "metrics.json").exists()  # no labels given, no metrics invented
+    assert f"mask: {(small_drive / 'test' / 'mask').resolve()}" in (out / "summary.txt").read_text()
 
 
 def test_predict_input_refuses_unreadable_files_first_and_a_failed_run_leaves_the_output_as_it_was(
