@@ -245,10 +245,14 @@ def unscored(unlabelled: int, total: int) -> str:
 def undefined_note(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
     """A summary line naming the per-image scores that some images leave undefined (an image without foreground
     labelled or predicted has no F1; one without both classes no AUC), which their means leave out."""
-    left_out = {key: [row["name"] for row in rows if row[key] is None] for key in keys}
-    parts = [f"{key} ({listed(names)})" for key, names in left_out.items() if names]
-    return [f"left out of the per-image means, as undefined: {'; '.join(parts)} (no foreground labelled or "
-            "predicted, or for AUC only one class labelled)"] if parts else []
+    by_images: dict[tuple[str, ...], list[str]] = {}  # the images left out -> the keys that leave them out
+    for key in keys:
+        names = tuple(row["name"] for row in rows if row[key] is None)
+        if names:
+            by_images.setdefault(names, []).append(key)
+    parts = [f"{', '.join(group)} of {listed(names)}" for names, group in by_images.items()]
+    return [f"left out of the per-image means (in metrics.json), as undefined: {'; '.join(parts)} (no foreground "
+            "labelled or predicted, or nothing predicted for precision, or one class labelled for AUC)"] if parts else []
 
 
 def score(value: float | None) -> str:
@@ -373,7 +377,7 @@ def predict_binary(infer: Callable[[np.ndarray], np.ndarray], samples: Iterable[
     shown = ("f1", "auc_roc", *extra[0])
     return ["pooled inside the FOV:  " + "  ".join(f"{k} {score(pooled[k])}" for k in SCORE_KEYS),
             "per image (mean ± sd):  " + "  ".join(f"{k} {score(mean[k])}±{score(sd[k])}" for k in shown),
-            *undefined_note(results["per_image"], shown),
+            *undefined_note(results["per_image"], [*SCORE_KEYS, *extra[0]]),
             *([] if curves else ["no ROC / PR curves: the labels inside the FOV are all of one class"])]
 
 

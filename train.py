@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import json
 import shlex
 import shutil
 import sys
@@ -266,7 +267,8 @@ def fit(config: Config, prepared: Prepared, run: Path, distribution: Distributio
     except KeyboardInterrupt:
         kept = (f"Checkpoints are kept in {run}" if (run / "last.keras").exists() else
                 "No epoch had finished, so there is no checkpoint yet")
-        if ctrl_c.unfinished is not None and (run / "last.keras").exists():
+        if ctrl_c.unfinished is not None and ctrl_c.unfinished >= backed_up_epochs(run) > 0:
+            # Compared with the backup: a second Ctrl-C can land after an epoch's backup, before its end.
             kept += (f"; epoch {ctrl_c.unfinished + 1} had not finished (its training or validation), so it runs "
                      "again from its start")
         print(f"\nInterrupted. {kept}; run the same command to resume:\n  {command}", file=sys.stderr)
@@ -356,6 +358,14 @@ def training_callbacks(config: Config, prepared: Prepared, run: Path, distributi
     ctrl_c = CtrlC()
     callbacks += [time_limit, SyncFromChief(distribution), AgreeToStop(distribution), ctrl_c]
     return callbacks, nan_guard, ctrl_c
+
+
+def backed_up_epochs(run: Path) -> int:
+    """How many epochs the run's training backup holds, where a resume starts (0 without one)."""
+    try:
+        return int(json.loads((run / "backup" / "training_metadata.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def finish(config: Config, prepared: Prepared, run: Path, monitor: str, minutes: float, ended_before: bool,

@@ -52,6 +52,7 @@ class HoldoutScore(keras.callbacks.Callback):
                  budget: TimeLimit | None = None) -> None:
         super().__init__()
         self.samples, self.predict, self.every, self.budget = samples, predict, every, budget
+        self.seconds = 0.0  # how long the last scoring took: the budget's decision comes after it
         self.n_classes, self.ignore_index = n_classes, ignore_index
         self.inference: keras.Model | None = None  # the folded copy, reused so its predict function is too
         self.keys = ("auc_roc", "f1", "accuracy") if n_classes == 1 else ("mean_iou", "pixel_accuracy", "mean_accuracy")
@@ -59,13 +60,21 @@ class HoldoutScore(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if logs is None:
             return
-        # Always scored, so a run's end has a score: its last planned epoch, or the one the time budget ends it on.
-        last = epoch + 1 == self.params.get("epochs") or (self.budget is not None and self.budget.stops_after(epoch))
+        # Always scored, so a run's end has a score: its last planned epoch, or the one the time budget will end it
+        # on once this scoring is done.
+        last = epoch + 1 == self.params.get("epochs") or (self.budget is not None
+                                                          and self.budget.stops_after(self.seconds))
         if ((epoch + 1) % self.every and not last) or not _finite_loss(logs):
             # Always present (NaN when not scored): the CSV log fixes its columns at the first epoch.
             # An epoch whose loss went NaN has NaN weights: nothing to score.
             logs.update({f"holdout_{key}": float("nan") for key in self.keys})
             return
+        started = time.monotonic()
+        self._score(logs)
+        self.seconds = time.monotonic() - started
+
+    def _score(self, logs: dict) -> None:
+        """Score the holdout images with the current weights into logs (holdout_*), and print the scores."""
         model = self.inference = fold_batch_norm(self.model, self.inference)  # the weights change every epoch
         if self.n_classes > 1:
             predicted = np.concatenate([np.argmax(self.predict(model, s["image"]), axis=-1)[s["fov"]]
@@ -175,7 +184,8 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         except (OSError, ValueError) as error:
             failure = error
         if os.path.exists(self._prev_weights_path):
-            print(f"note: the backup {self._weights_path} cannot be read; resuming from the one before it.")
+            print(f"note: the backup in {self.backup_dir} cannot be read ({type(failure).__name__}); resuming from the "
+                  "one before it, an epoch earlier.")
             for previous, current in ((self._prev_weights_path, self._weights_path),
                                       (self._prev_training_metadata_path, self._training_metadata_path)):
                 if os.path.exists(previous):
@@ -188,8 +198,8 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
             except (OSError, ValueError) as error:
                 failure = error
         raise UserError(f"the training backup in {self.backup_dir} cannot be read ({type(failure).__name__}: "
-                        f"{str(failure).splitlines()[0][:200]}). Delete that folder to train this run again from its "
-                        "first epoch, or start over with --overwrite.") from failure
+                        f"{str(failure).splitlines()[0][:200]}), nor the one before it, so this run cannot resume: "
+                        "start it over with --overwrite (or train under another name).") from failure
 
     def _save_model(self) -> None:
         # Written under temporary names and renamed: a second Ctrl-C or a kill mid-write leaves the last whole
@@ -261,14 +271,12 @@ class TimeLimit(keras.callbacks.Callback):
         self.minutes = minutes
         self.start = time.monotonic()
         self.epoch_start = self.start
-        self.decided: tuple[int, bool] | None = None  # (epoch, stops): asked once, so every callback hears the same
 
-    def stops_after(self, epoch: int) -> bool:
-        """Whether the budget ends training after this epoch, as another would not finish within it."""
-        if self.decided is None or self.decided[0] != epoch:
-            now = time.monotonic()
-            self.decided = (epoch, bool(self.minutes) and now - self.start + (now - self.epoch_start) > 60 * self.minutes)
-        return self.decided[1]
+    def stops_after(self, extra_seconds: float = 0.0) -> bool:
+        """Whether the budget ends training after the current epoch, as another would not finish within it, were
+        the epoch to take extra_seconds more (a callback's work still to come, such as holdout scoring)."""
+        now = time.monotonic() + extra_seconds
+        return bool(self.minutes) and now - self.start + (now - self.epoch_start) > 60 * self.minutes
 
     def fraction_used(self) -> float:
         """Share of the budget spent so far (0.0 without a budget)."""
@@ -278,7 +286,7 @@ class TimeLimit(keras.callbacks.Callback):
         self.epoch_start = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if self.stops_after(epoch):
+        if self.stops_after():
             print(f"\nTime budget of {plural(self.minutes, 'minute')}: stopping after epoch {epoch + 1}, as another "
                   "epoch would not finish within it.")
             self.model.stop_training = True

@@ -234,7 +234,8 @@ def save_roc_pr(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], roc_path: s
         # Mark the operating point of the threshold the reported scores use.
         counts = metrics.confusion_counts(y, s >= threshold)
         rates = metrics.scores_from_counts(counts)
-        roc_ax.plot(1.0 - rates["specificity"], rates["sensitivity"], "o", color=colour, markersize=5)
+        if rates["specificity"] is not None and rates["sensitivity"] is not None:  # None: one class only
+            roc_ax.plot(1.0 - rates["specificity"], rates["sensitivity"], "o", color=colour, markersize=5)
         if counts["tp"] + counts["fp"]:
             pr_ax.plot(rates["sensitivity"], rates["precision"], "o", color=colour, markersize=5)
         if i == 0:

@@ -44,8 +44,8 @@ def test_an_image_without_vessels_is_scored_with_undefined_scores_left_empty(tmp
     # Correctly left empty, the image has no F1 or clDice (not 0), and the means are those of the other image.
     assert rows["without"]["f1"] == "" and rows["without"]["cldice"] == "" and float(rows["with"]["f1"]) == 1.0
     assert metrics["per_image_mean"]["f1"] == 1.0 and metrics["per_image_mean"]["cldice"] == 1.0
-    assert ("left out of the per-image means, as undefined: f1 (without); auc_roc (without); cldice (without)"
-            in " ".join(lines))
+    assert ("left out of the per-image means (in metrics.json), as undefined: sensitivity, precision, f1, jaccard, "
+            "auc_roc, auc_pr, cldice of without (no foreground" in " ".join(lines))
 
 
 def test_no_vessel_in_any_image_gives_n_a_and_no_curves(tmp_path):
