@@ -329,7 +329,8 @@ def training_callbacks(config: Config, prepared: Prepared, run: Path, distributi
     if training["lr_schedule"] == "cosine":
         # Workers' clocks differ: with several, the schedule follows steps only, so their rates agree.
         callbacks.append(CosineSchedule(training["learning_rate"], len(train_data), training["N_epochs"],
-                                        time_limit if distribution.workers == 1 else None))
+                                        time_limit if distribution.workers == 1 else None,
+                                        state=run / "backup" / "schedule.json" if distribution.is_chief else None))
     average = AveragedWeights() if training["ema_momentum"] else None
     if average:
         callbacks.append(average)

@@ -297,13 +297,18 @@ class CosineSchedule(keras.callbacks.Callback):
 
     With a time budget, progress through the decay is the larger of the share of steps done and the
     share of the budget used: a slower or busier machine still anneals before the budget stops training.
+    A resumed run gets a fresh budget; with `state` (a JSON file the schedule keeps at each epoch end) it
+    carries on from the progress the earlier session reached, instead of falling back to the steps' share.
     """
 
     def __init__(self, peak: float, steps_per_epoch: int, epochs: int, budget: TimeLimit | None = None,
-                 every: int = 10) -> None:
+                 every: int = 10, state: Path | None = None) -> None:
         super().__init__()
         self.peak, self.steps, self.epochs, self.budget, self.every = peak, steps_per_epoch, epochs, budget, every
+        self.state = state
         self.epoch = 0
+        self.offset = 0.0  # progress an earlier session reached; the budget's share covers the rest
+        self.started = False
 
     def rate(self, step: int, time_fraction: float = 0.0) -> float:
         """The learning rate at a global step, with `time_fraction` of the budget used."""
@@ -312,17 +317,31 @@ class CosineSchedule(keras.callbacks.Callback):
         if step < warmup:
             return self.peak * (step + 1) / warmup
         start = warmup / total
-        fraction = max(step / total, time_fraction)
+        fraction = max(step / total, self.offset + (1.0 - self.offset) * time_fraction)
         progress = min(max((fraction - start) / max(1.0 - start, 1e-12), 0.0), 1.0)
         return self.peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+    def time_fraction(self) -> float:
+        """Share of this session's budget used (0.0 without one)."""
+        return self.budget.fraction_used() if self.budget else 0.0
+
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self.epoch = epoch
+        if not self.started:  # the first epoch of this session: resumed where the state says, or fresh
+            self.started = True
+            saved = json.loads(self.state.read_text()) if self.state is not None and self.state.exists() else {}
+            self.offset = float(saved["progress"]) if saved.get("epoch") == epoch else 0.0
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if self.state is not None and self.budget is not None:
+            total = max(self.steps * self.epochs, 1)
+            progress = max((epoch + 1) * self.steps / total, self.offset + (1.0 - self.offset) * self.time_fraction())
+            write_json(self.state, {"epoch": epoch + 1, "progress": min(progress, 1.0)})
 
     def on_train_batch_begin(self, batch: int, logs=None) -> None:
         if batch % self.every:
             return
-        rate = self.rate(self.epoch * self.steps + batch, self.budget.fraction_used() if self.budget else 0.0)
+        rate = self.rate(self.epoch * self.steps + batch, self.time_fraction())
         # Within an epoch JAX keeps the training state outside the variables: write it back first, so
         # the new rate (an optimizer variable) is read into the next step, as Keras' own callbacks do.
         sync = getattr(self.model, "jax_state_sync", None)

@@ -78,6 +78,32 @@ def test_a_used_up_time_budget_moves_the_schedule_ahead_of_the_steps():
     assert schedule.rate(3, time_fraction=0.9) == pytest.approx(schedule.rate(3))  # warm-up is by steps only
 
 
+def test_a_resumed_schedule_carries_on_from_the_progress_the_budget_had_reached(tmp_path):
+    class Budget:
+        used = 0.6
+
+        def fraction_used(self) -> float:
+            return self.used
+
+    state = tmp_path / "schedule.json"
+    before = CosineSchedule(1e-3, steps_per_epoch=10, epochs=5, budget=Budget(), state=state)
+    for epoch in (0, 1):  # two epochs (20 steps) took 60% of the budget
+        before.on_epoch_begin(epoch)
+        before.on_epoch_end(epoch)
+    stopped_at = before.rate(20, time_fraction=0.6)
+    assert stopped_at < before.rate(20)  # the clock was ahead of the steps
+    resumed_budget = Budget()
+    resumed_budget.used = 0.0  # a fresh budget
+    after = CosineSchedule(1e-3, steps_per_epoch=10, epochs=5, budget=resumed_budget, state=state)
+    after.on_epoch_begin(2)
+    assert after.rate(20, after.time_fraction()) == pytest.approx(stopped_at)  # no jump back up
+    assert after.rate(20, time_fraction=1.0) == pytest.approx(0.0, abs=1e-12)  # annealed by the new budget's end
+    # A state from another epoch (say the backup fell back one epoch) is not taken.
+    other = CosineSchedule(1e-3, steps_per_epoch=10, epochs=5, budget=resumed_budget, state=state)
+    other.on_epoch_begin(1)
+    assert other.offset == 0.0
+
+
 def test_cosine_schedule_sets_the_optimizer_rate_during_fit():
     import keras
 
