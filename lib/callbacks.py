@@ -40,8 +40,8 @@ class EpochSetter(keras.callbacks.Callback):
 
 
 class HoldoutScore(keras.callbacks.Callback):
-    """Every k epochs and after the last (planned, or the time budget's), score full holdout images as predict.py would (without flip TTA); add
-    holdout_* to the logs.
+    """Every k epochs and after the last (planned, or the one the time budget ends on), score full holdout images
+    as predict.py would (without flip TTA); add holdout_* to the logs.
 
     Binary: holdout_auc_roc, _f1, _accuracy. Several classes (n_classes > 1): holdout_mean_iou,
     _pixel_accuracy, _mean_accuracy of the argmax class maps, ignore_index pixels left out.
@@ -329,8 +329,11 @@ class CosineSchedule(keras.callbacks.Callback):
         self.epoch = epoch
         if not self.started:  # the first epoch of this session: resumed where the state says, or fresh
             self.started = True
-            saved = json.loads(self.state.read_text()) if self.state is not None and self.state.exists() else {}
-            self.offset = float(saved["progress"]) if saved.get("epoch") == epoch else 0.0
+            try:
+                saved = json.loads(self.state.read_text()) if self.state is not None else {}
+                self.offset = min(max(float(saved["progress"]), 0.0), 1.0) if saved.get("epoch") == epoch else 0.0
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                self.offset = 0.0  # none kept, or unreadable: the steps' share, as for a fresh run
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if self.state is not None and self.budget is not None:

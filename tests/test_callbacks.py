@@ -102,6 +102,10 @@ def test_a_resumed_schedule_carries_on_from_the_progress_the_budget_had_reached(
     other = CosineSchedule(1e-3, steps_per_epoch=10, epochs=5, budget=resumed_budget, state=state)
     other.on_epoch_begin(1)
     assert other.offset == 0.0
+    state.write_text("{cut short")  # unreadable: the steps' share, as for a fresh run
+    broken = CosineSchedule(1e-3, steps_per_epoch=10, epochs=5, budget=resumed_budget, state=state)
+    broken.on_epoch_begin(2)
+    assert broken.offset == 0.0
 
 
 def test_cosine_schedule_sets_the_optimizer_rate_during_fit():
