@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from lib.atomic import write_json, write_text
-from lib.config import Config, add_config_arguments, load_config, load_run_config, parse_override
+from lib.config import NAME_MAX, Config, add_config_arguments, load_config, load_run_config, parse_override
 from lib.cells import cell_colours, closed_membranes, watershed_cells
 from lib.errors import UserError, run_cli
 from lib.metrics import SCORE_KEYS, cldice, evaluate_images, isbi_scores, multiclass_scores, per_image_means
@@ -484,6 +484,9 @@ def main() -> int:
             where = (f"{dataset}_{split}" if folder == dataset else f"{dataset}_{folder}_{split}") if args.data else split
         testing = at_model_scale(testing, config["data paths"]["resize"], source_scale)
         out = args.output or run / "predictions" / where
+        if len(out.name.encode()) > NAME_MAX:
+            raise UserError(f"the output folder's name, {out.name[:40]}..., would be {len(out.name.encode())} bytes "
+                            f"long, more than the {NAME_MAX} file systems take: choose one with --output.")
         created = not out.exists()
         # What is segmented, recorded in summary.txt and metrics.json: the --input path, or the dataset.h5.
         kind, segmented = ("input", args.input) if args.input else ("data", data_path)

@@ -163,8 +163,16 @@ def _scale_list(text: str) -> list[float]:
     return scales
 
 
+def _unquoted(text: str) -> str:
+    """text without the quotes around it, as YAML or TOML would have them (INI values take none)."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" and text[0] not in text[1:-1]:
+        return text[1:-1]
+    return text
+
+
 def _name_list(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
+    names = [_unquoted(part) for part in text.split(",") if part.strip()]
     if len(set(names)) != len(names):
         raise ValueError("names must be unique")
     return names
@@ -454,9 +462,7 @@ def _typed(raw: dict[str, dict[str, str]], source: str, fallback: Config | None 
             if key not in raw.get(section, {}):
                 raise UserError(f"{source}: missing key '{key}' in [{section}] ({comment}). "
                                 f"Add it, or start from configuration.txt in the repository.")
-            text = raw[section][key].strip()
-            if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-                text = text[1:-1]  # quoted as in YAML or TOML; INI values take no quotes
+            text = _unquoted(raw[section][key])
             try:
                 value = parse(text)
             except ValueError as exc:

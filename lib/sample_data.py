@@ -222,7 +222,7 @@ def write_drive_sample(root: str | os.PathLike, n_train: int = 20, n_test: int =
     if root.exists():
         raise FileExistsError(errno.EEXIST, "sample dataset folder already exists", str(root))
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+    tmp = root.parent / f".sample.tmp-{os.getpid()}"  # not named after root: a long name would pass 255 bytes
     if tmp.exists():
         shutil.rmtree(tmp)   # left by an earlier crashed run that had the same pid
     # DRIVE numbers test images 01..20 and training images 21..40.

@@ -138,6 +138,9 @@ def test_hand_edits_from_other_editors_and_formats_read_as_meant(tmp_path: Path)
     assert config["experiment"]["name"] == "my run"
     assert config["experiment"]["runs_dir"] == str(Path.home() / "unet_runs")
     assert load_config(REPO / "configuration.txt", ["runs_dir=~/x"])["experiment"]["runs_dir"] == str(Path.home() / "x")
+    names = ",".join(f'"class {i}"' for i in range(11))  # each name of a list quoted
+    config = load_config(REPO / "configuration_camvid.txt", [f"class_names={names}"])
+    assert config["data attributes"]["class_names"] == [f"class {i}" for i in range(11)]
 
 
 def test_an_indented_key_is_named_not_read_into_the_value_above(tmp_path: Path) -> None:
