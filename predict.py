@@ -104,6 +104,25 @@ def ignored_overrides(overrides: Sequence[str], current: Mapping[str, Any], run_
     return list(dict.fromkeys(ignored))
 
 
+def load_current(path: Path, overrides: Sequence[str]) -> Config:
+    """The current configuration. When only --set options predict.py does not use (outside [testing settings], not
+    finding the run) make it inconsistent, the message says so: predict.py takes those settings from the run."""
+    try:
+        return load_config(path, overrides)
+    except UserError as error:
+        used = [text for text in overrides if parse_override(text)[0] == "testing settings"
+                or parse_override(text)[:2] in (*RUN_LOOKUP, ("data paths", "prepared_dir"))]
+        if len(used) == len(overrides):
+            raise
+        try:
+            load_config(path, used)
+        except UserError:
+            raise error from None
+        unused = ", ".join(text for text in overrides if text not in used)
+        raise UserError(f"{error} predict.py takes these settings from the run, as it was trained, so leave out "
+                        f"--set {unused}.") from None
+
+
 def data_file(path: Path) -> Path:
     """The dataset.h5 that --data names: the file, or the one in the prepared folder; a folder without one (such
     as a dataset's own folder of images) is refused with what to give instead."""
@@ -407,7 +426,7 @@ def main() -> int:
 
     data = data_file(args.data) if args.data else None  # a raw dataset folder is answered before TensorFlow starts
     # Model, preprocessing and data paths come from the run; inference choices from the current config.
-    current = load_config(args.config, args.overrides)
+    current = load_current(args.config, args.overrides)
     run = find_run_folder(current, args.run)
     # Imported only now because TensorFlow takes seconds to start: --help and errors in the configuration or
     # run name answer at once.

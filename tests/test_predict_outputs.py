@@ -226,6 +226,18 @@ def test_a_run_from_before_the_clahe_tile_accepts_its_data_prepared_again_only_w
             predict.check_same_preparation(h5, tmp_path / "a.h5", tmp_path / "run", old_run, 1.0, 1.0)
 
 
+def test_an_inconsistency_only_ignored_set_options_cause_says_to_leave_them_out():
+    from conftest import REPO
+
+    with pytest.raises(UserError, match=r"loss = bce is for one class, but n_classes = 5.*predict.py takes these "
+                                        r"settings from the run, as it was trained, so leave out --set n_classes=5\."):
+        predict.load_current(REPO / "configuration.txt", ["n_classes=5", "tta_flips=false"])
+    with pytest.raises(UserError, match=r"threshold") as info:  # a testing setting's own error is left as it is
+        predict.load_current(REPO / "configuration.txt", ["n_classes=5", "threshold=7"])
+    assert "leave out" not in str(info.value)
+    assert predict.load_current(REPO / "configuration.txt", ["tta_flips=false"])["testing settings"]["tta_flips"] is False
+
+
 def test_predict_names_the_set_options_it_ignores():
     from lib.config import load_config
     from conftest import REPO
