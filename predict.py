@@ -91,6 +91,12 @@ def read_run_json(path: Path) -> dict:
 RUN_LOOKUP = (("experiment", "name"), ("experiment", "runs_dir"))  # the settings predict.py finds the run by
 
 
+def used_from_command_line(override: str, noted: Sequence[tuple[str, str]] = ()) -> bool:
+    """Whether predict.py uses a --set option itself: a testing setting, one that finds the run, or a noted one."""
+    section, key, _ = parse_override(override)
+    return section == "testing settings" or (section, key) in (*RUN_LOOKUP, *noted)
+
+
 def ignored_overrides(overrides: Sequence[str], current: Mapping[str, Any], run_config: Mapping[str, Any],
                       noted: Sequence[tuple[str, str]] = ()) -> list[str]:
     """The --set options outside [testing settings] whose values differ from the run's: predict.py does not use
@@ -98,8 +104,7 @@ def ignored_overrides(overrides: Sequence[str], current: Mapping[str, Any], run_
     ignored = []
     for override in overrides:
         section, key, _ = parse_override(override)
-        if (section != "testing settings" and (section, key) not in (*RUN_LOOKUP, *noted)
-                and current[section][key] != run_config[section][key]):
+        if not used_from_command_line(override, noted) and current[section][key] != run_config[section][key]:
             ignored.append(f"{section.replace(' ', '_')}.{key}")
     return list(dict.fromkeys(ignored))
 
@@ -110,8 +115,7 @@ def load_current(path: Path, overrides: Sequence[str]) -> Config:
     try:
         return load_config(path, overrides)
     except UserError as error:
-        used = [text for text in overrides if parse_override(text)[0] == "testing settings"
-                or parse_override(text)[:2] in (*RUN_LOOKUP, ("data paths", "prepared_dir"))]
+        used = [text for text in overrides if used_from_command_line(text, [("data paths", "prepared_dir")])]
         if len(used) == len(overrides):
             raise
         try:

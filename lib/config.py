@@ -87,6 +87,9 @@ def _run_name(text: str) -> str:
     return name
 
 
+_run_name.__name__ = "a run name"
+
+
 def _folder(text: str) -> str:
     folder = os.path.expanduser(text.strip())  # as the shell does for --set: the same value means the same folder
     long = [part for part in Path(folder).parts if len(part.encode()) > NAME_MAX]
@@ -97,9 +100,6 @@ def _folder(text: str) -> str:
 
 
 _folder.__name__ = "a folder path"
-
-
-_run_name.__name__ = "a run name"
 
 
 def _choice(*options: str) -> Parser:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
+from lib.config import NAME_MAX
 from lib.errors import UserError
 from lib.fov import derive_fov
 from lib.progress import listed, plural
@@ -1107,8 +1108,8 @@ def read_split(dataset: str, root: Path, split: str, positive_class: str = "memb
     return [load_sample(entry, scale) for entry in entries]
 
 
-# Longest output stem: a file name takes 255 bytes, and '.<stem>_probability.XXXXXXXX.tmp.png' adds 30.
-MAX_OUTPUT_STEM = 225
+# Longest output stem: '.<stem>_probability.XXXXXXXX.tmp.png' adds 30 bytes to it.
+MAX_OUTPUT_STEM = NAME_MAX - 30
 
 
 def input_entries(path: Path, mask: Path | None) -> list[Entry]:
@@ -1147,7 +1148,7 @@ def input_entries(path: Path, mask: Path | None) -> list[Entry]:
     if long:
         raise UserError(f"image names too long for their output files: {listed(long, 3)}. Outputs are named by the "
                         "image without its extension plus up to 30 bytes (_probability.png, under a temporary name "
-                        f"first), and file systems take names of at most 255 bytes: rename them to at most "
+                        f"first), and file systems take names of at most {NAME_MAX} bytes: rename them to at most "
                         f"{MAX_OUTPUT_STEM} bytes without the extension.")
     return entries
 
