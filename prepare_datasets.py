@@ -25,7 +25,7 @@ from lib.patches import (batches_per_pass, check_fits, extract_patches, iter_chu
 from lib.preprocessing import clahe_tile, fit_statistics, preprocess, preprocessing_settings, select_channels
 from lib.progress import listed, plural, progress
 from lib.readers import (CONFIGURED_SPLIT, DERIVED_FOV, ClassSpec, Entry, LabelError, Sample, describe_ids,
-                         fixed_validation, load_sample, output_stem, read_dataset, resolve_ids)
+                         fixed_validation, images_in_subfolders, load_sample, output_stem, read_dataset, resolve_ids)
 from lib.sample_data import write_drive_sample
 from lib.storage import (FILE_NAME, class_statistics, open_prepared, read_attr_json, read_source_files,
                          write_prepared)
@@ -198,7 +198,10 @@ def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
     train, test = read_dataset(paths["dataset"], root, config["data attributes"]["positive_class"],
                                paths["test_ids"], paths["test_fraction"], seed, classes)
     if not train:
-        raise UserError(f"no training images found in {root}.")
+        nested = images_in_subfolders(root)
+        where = (f" Its subfolders hold images ({nested}): {paths['dataset']} expects the layout of its release, "
+                 "as data/README.md describes it; move the files there." if nested else "")
+        raise UserError(f"no training images found in {root}.{where}")
     held = resolve_ids(paths["holdout_ids"], train, "holdout_ids", "training")
     # A release's own validation split (CamVid's val/) and held-out training images form the 'val' split.
     val = fixed_validation(paths["dataset"], root, classes) + [e for e in train if e.id in held]

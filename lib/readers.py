@@ -532,7 +532,7 @@ def _scan(folder: Path, patterns: dict[str, str], to_id: Callable[[re.Match], in
         raise UserError(f"files with the same number in {folder}: {'; '.join(duplicates)}. Keep one "
                         "file per number and move the others away.")
     if unexpected:
-        raise UserError(f"unexpected files in {folder}: {', '.join(unexpected)}. Expected only names "
+        raise UserError(f"unexpected files in {folder}: {listed(unexpected)}. Expected only names "
                         f"like {expected}; move the others away.")
     return found
 
@@ -752,9 +752,24 @@ def _isbi_entries(root: Path, split: str, positive_class: str) -> list[Entry]:
 
 # --- STARE ------------------------------------------------------------------------------------
 
+STARE_IMAGE = r"im(\d{4})\.ppm(?:\.gz)?"
+STARE_IMAGE_FOLDERS = ("stare-images", "images")  # where users unpack stare-images.tar, if not into dataset_dir
+
+
+def stare_image_folder(root: Path) -> Path:
+    """The folder holding STARE's images: dataset_dir itself, or its stare-images/ or images/ subfolder when
+    dataset_dir holds none of them (the tar file unpacked into a folder of its own)."""
+    if not root.is_dir() or any(re.fullmatch(STARE_IMAGE, path.name) for path in root.iterdir()):
+        return root
+    return next((root / name for name in STARE_IMAGE_FOLDERS if (root / name).is_dir()), root)
+
+
 def _stare_entries(root: Path) -> list[Entry]:
-    """STARE: im0001.ppm ... in dataset_dir, Hoover's labels in labels-ah/ (files may be gzipped)."""
-    images = _list_by_id(root, r"im(\d{4})\.ppm(?:\.gz)?", "im0001.ppm' (labels go in 'labels-ah/")
+    """STARE: im0001.ppm ... in dataset_dir (or its stare-images/), Hoover's labels in labels-ah/ (files may be
+    gzipped)."""
+    folder = stare_image_folder(root)
+    images = _scan(folder, {"file": STARE_IMAGE}, lambda m: int(m.group(1)),
+                   "'im0001.ppm' or 'im0001.ppm.gz' (the labels go in labels-ah/)")["file"]
     labels = _list_by_id(root / "labels-ah", r"im(\d{4})\.ah\.ppm(?:\.gz)?", "im0001.ah.ppm")
     _pair(images, labels, "manual label", root / "labels-ah")
     # The release has no FOV masks: derived from the red channel (lib/fov.py).

@@ -248,6 +248,16 @@ def case_output_folder_of_the_input_images(tmp, drive, trained):
     return "predict.py", tiny_settings(tmp, drive) + args, "is the folder of the --input images"
 
 
+def case_dataset_files_in_subfolders(tmp, drive, trained):
+    # A CHASE_DB1 mirror that sorted the flat release into images/ and 1st_label/.
+    root = tmp / "CHASE_DB1"
+    for folder, name in (("images", "Image_01L.jpg"), ("1st_label", "Image_01L_1stHO.png")):
+        (root / folder).mkdir(parents=True)
+        Image.fromarray(np.zeros((40, 50), np.uint8)).save(root / folder / name)
+    args = tiny_settings(tmp, root, extra=["dataset=CHASE_DB1"])
+    return "prepare_datasets.py", args, "Its subfolders hold images (1st_label/ (1 image), images/ (1 image))"
+
+
 CASES = {name[5:]: func for name, func in sorted(globals().items()) if name.startswith("case_")}
 
 

@@ -124,6 +124,22 @@ def test_stare_image_without_label_is_named(stare, tmp_path: Path) -> None:
     assert "im0002.ppm" in str(info.value) and "labels-ah" in str(info.value)
 
 
+def test_stare_images_unpacked_into_their_own_folder_are_read(stare, tmp_path: Path) -> None:
+    import shutil
+    root = Path(shutil.copytree(stare[0], tmp_path / "STARE"))
+    (root / "stare-images").mkdir()
+    for image in root.glob("im*.ppm*"):
+        image.rename(root / "stare-images" / image.name)
+    samples = read_split("STARE", root, "train")
+    assert [s.id for s in samples] == list(STARE_IDS)
+    np.testing.assert_array_equal(samples[0].label, stare[1][1][1])
+    (root / "stare-images.tar").write_bytes(b"")  # the archive left beside the folders is not read
+    (root / "stare-images" / "im0001.txt").write_bytes(b"")
+    with pytest.raises(UserError) as info:
+        read_split("STARE", root, "train")
+    assert "stare-images: im0001.txt" in str(info.value) and "(the labels go in labels-ah/)" in str(info.value)
+
+
 # --- CHASE_DB1 --------------------------------------------------------------------------------
 
 CHASE_NAMES = ("01L", "01R", "11L", "12R")
