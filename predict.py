@@ -20,7 +20,7 @@ from lib.config import NAME_MAX, Config, add_config_arguments, load_config, load
 from lib.cells import cell_colours, closed_membranes, watershed_cells
 from lib.errors import UserError, run_cli
 from lib.metrics import SCORE_KEYS, cldice, evaluate_images, isbi_scores, multiclass_scores, per_image_means
-from lib.outputs import check_output_folder, publish, remove_abandoned, staging_prefix
+from lib.outputs import check_output_folder, output_key, publish, remove_abandoned, staging_prefix
 from lib.plots import (colorize, overlay, panels, save_confusion_matrix, save_legend, save_png, save_roc_pr,
                        side_by_side, stretched)
 from lib.preprocessing import clahe_tile, preprocess
@@ -257,10 +257,13 @@ def membrane_positive(config: Config) -> bool:
     return config["data attributes"]["positive_class"] == "membrane"
 
 
+NO_LABELS = "no labels: metrics not computed"
+
+
 def unscored(unlabelled: int, total: int) -> str:
     """The summary line when metrics are left out because some or all images have no label."""
     if unlabelled == total:
-        return "no labels: metrics not computed"
+        return NO_LABELS
     return (f"{unlabelled} of {total} images have no label: metrics not computed, since scores over only the "
             "labelled ones would not describe the split (give every image a label, or score a split that has them)")
 
@@ -549,7 +552,9 @@ def main() -> int:
             lines = [*header, f"threshold: {threshold:.3f}", windows]
             chosen = {"threshold": threshold, **({"threshold_source": threshold_source} if threshold_source else {})}
             lines += predict_binary(infer, samples, count, threshold, staging, {**settings, **chosen}, dataset, config)
-        summary = "\n".join(lines) + f"\noutputs: {out}\n"
+        written = [path.name for path in staging.iterdir()]
+        labelled = True if "metrics.json" in written else False if NO_LABELS in lines else None
+        summary = "\n".join([*lines, f"outputs: {out}", *output_key(written, labelled)]) + "\n"
         write_text(staging / "summary.txt", summary)
         removed = publish(staging, out, earlier)
     if removed:

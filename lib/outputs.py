@@ -6,6 +6,7 @@ import re
 import shutil
 import socket
 from pathlib import Path
+from typing import Iterable
 
 from lib.atomic import write_text
 from lib.errors import UserError
@@ -22,6 +23,42 @@ MANIFEST_HEADER = "# predict.py wrote these files; predict.py --overwrite replac
 LEFTOVER = re.compile(r"\..*\.tmp(\.\w+)?|\.predicting-.*")
 # predict.py's unfinished output folder: .predicting-PID@HOST-RANDOM (tempfile's random part has no "-").
 STAGING = re.compile(r"\.predicting-(\d+)@([^@]+)-[^-]+")
+
+
+# What each kind of file shows, for the key at the end of summary.txt: (with labels, without).
+_KEY = {
+    "_probability.png": ("the probability, 0 ... 1 as gray levels 0 ... 255",) * 2,
+    "_binary.png": ("the map at the threshold",) * 2,
+    "_compare.png": ("image | label | prediction", "image | prediction"),
+    "_overlay.png": ("green: found (true positive), red: false positive, blue: missed (false negative)",
+                     "the prediction in green"),
+    "_cells.png": ("the watershed's cells, one colour each",) * 2,
+    "_classes.png": ("class indices, as the labels hold them",) * 2,
+    "_color.png": ("the classes in their colours (legend.png)",) * 2,
+    "roc.png": ("ROC curve of the pooled FOV pixels; the dot marks the threshold",) * 2,
+    "pr.png": ("precision-recall curve, likewise",) * 2,
+    "confusion_matrix.png": ("pooled confusion matrix, rows normalized",) * 2,
+    "per_image.csv": ("each image's scores (metrics.json holds them all)",) * 2,
+}
+
+
+def output_key(names: Iterable[str], labelled: bool | None) -> list[str]:
+    """Lines saying what each kind of file among names shows (<image>_overlay.png: green ...), in the order
+    predict.py writes them. labelled: whether the images had labels (True), none had (False), or not known for
+    each (None: both forms are described), since compare and overlay differ."""
+    present = set()
+    for name in names:
+        present.update(kind for kind in _KEY if name.endswith(kind))
+
+    def text(with_label: str, without: str) -> str:
+        if labelled is None and with_label != without:
+            return f"{with_label} (an image without a label: {without})"
+        return with_label if labelled in (True, None) else without
+
+    shown = [(f"<image>{kind}" if kind.startswith("_") else kind, text(*texts))
+             for kind, texts in _KEY.items() if kind in present]
+    width = max((len(shown_name) for shown_name, _ in shown), default=0)
+    return [f"  {shown_name.ljust(width)}  {text}" for shown_name, text in shown]
 
 
 def staging_prefix() -> str:

@@ -167,6 +167,10 @@ def test_predict_writes_images_metrics_and_curves(trained):
     assert len(rows) == 2 and all(0.0 < float(r["cldice"]) <= 1.0 for r in rows)
     assert (out / "roc.png").is_file() and (out / "pr.png").is_file()
     assert "auc_roc" in result.stdout
+    # The summary's key says what the pictures show.
+    summary = (out / "summary.txt").read_text()
+    assert "<image>_overlay.png      green: found (true positive), red: false positive" in summary
+    assert "<image>_compare.png      image | label | prediction\n" in summary and "roc.png" in summary
     # tta_flips = auto (in TINY) is settled for the model before predicting, and the settings record what it
     # became: the tiny model trains in float32, so four flips only where a GPU runs it.
     assert metrics["settings"]["tta_flips"] in ("all", False)
@@ -193,7 +197,9 @@ def test_predict_input_folder_reuses_saved_preprocessing(trained, small_drive):
     b = np.asarray(Image.open(prepared / "01_test_probability.png"), dtype=int)
     assert np.abs(a - b).max() <= 1  # same up to PNG rounding
     assert not (out / "metrics.json").exists()  # no labels given, no metrics invented
-    assert f"mask: {(small_drive / 'test' / 'mask').resolve()}" in (out / "summary.txt").read_text()
+    summary = (out / "summary.txt").read_text()
+    assert f"mask: {(small_drive / 'test' / 'mask').resolve()}" in summary
+    assert "<image>_overlay.png      the prediction in green\n" in summary and "roc.png" not in summary
 
 
 def test_predict_input_refuses_unreadable_files_first_and_a_failed_run_leaves_the_output_as_it_was(

@@ -252,3 +252,17 @@ def test_predict_names_the_set_options_it_ignores():
         "model.base_filters", "experiment.seed", "data_paths.prepared_dir", "training_settings.batch_size"]
     assert "data_paths.prepared_dir" not in predict.ignored_overrides(overrides, current, run,
                                                                       [("data paths", "prepared_dir")])
+
+
+def test_the_output_key_describes_the_files_written_with_and_without_labels():
+    names = ["a_probability.png", "a_compare.png", "a_overlay.png", "b_overlay.png", "metrics.json", "roc.png"]
+    labelled = outputs.output_key(names, True)
+    assert [line.split()[0] for line in labelled] == ["<image>_probability.png", "<image>_compare.png",
+                                                        "<image>_overlay.png", "roc.png"]
+    assert "image | label | prediction" in labelled[1] and "red: false positive" in labelled[2]
+    assert outputs.output_key(names, False)[1].endswith("image | prediction")
+    mixed = outputs.output_key(names, None)
+    assert mixed[1].endswith("image | label | prediction (an image without a label: image | prediction)")
+    assert mixed[0] == labelled[0]  # the same either way: said once
+    assert outputs.output_key(["legend.png", "x_classes.png", "x_color.png"], True)[1].endswith("(legend.png)")
+    assert outputs.output_key([], True) == []
