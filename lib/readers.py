@@ -27,6 +27,14 @@ from lib.progress import listed, plural
 
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".ppm", ".pgm", ".bmp")
 _IGNORED_FILES = {"Thumbs.db", "desktop.ini"}
+# The downloaded archives are often unpacked beside themselves (stare-images.tar, CHASEDB1.zip): not data.
+_ARCHIVES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
+
+
+def _skipped(path: Path) -> bool:
+    """Whether a dataset folder's entry is left alone: hidden, system files, archives, subfolders."""
+    return (path.name.startswith(".") or path.name in _IGNORED_FILES or path.name.lower().endswith(_ARCHIVES)
+            or path.is_dir())
 
 # Datasets whose release has no train/test split: the configuration chooses one (test_ids or
 # test_fraction). 'folders' has a fixed split only when it has a test/ folder.
@@ -503,7 +511,7 @@ def _scan(folder: Path, patterns: dict[str, str], to_id: Callable[[re.Match], in
           expected: str) -> dict[str, dict[int, Path]]:
     """Map each kind of file in folder (by the pattern it matches) to {id: file}.
 
-    Subfolders, hidden files and Thumbs.db are skipped; any other file that matches no pattern,
+    Subfolders, hidden files, Thumbs.db and archives are skipped; any other file that matches no pattern,
     and two files with the same id, are a UserError naming them.
     """
     if not folder.is_dir():
@@ -514,7 +522,7 @@ def _scan(folder: Path, patterns: dict[str, str], to_id: Callable[[re.Match], in
     unexpected = []
     duplicates = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.name in _IGNORED_FILES or path.is_dir():
+        if _skipped(path):
             continue
         for kind, regex in regexes.items():
             match = regex.fullmatch(path.name)
@@ -839,7 +847,7 @@ def files_by_stem(folder: Path, refuse_nested: bool = True) -> dict[str, Path]:
     found: dict[str, Path] = {}
     unexpected, duplicates = [], []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.name in _IGNORED_FILES or path.is_dir():
+        if _skipped(path):
             continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             unexpected.append(path.name)
@@ -851,7 +859,7 @@ def files_by_stem(folder: Path, refuse_nested: bool = True) -> dict[str, Path]:
         raise UserError(f"files with the same name in {folder}: {'; '.join(duplicates)}. Files are paired "
                         "by name without the extension: keep one of each.")
     if unexpected:
-        raise UserError(f"unexpected files in {folder}: {', '.join(unexpected)}. Expected only images "
+        raise UserError(f"unexpected files in {folder}: {listed(unexpected)}. Expected only images "
                         f"({', '.join(IMAGE_EXTENSIONS)}); move the others away.")
     nested = images_in_subfolders(folder) if refuse_nested else ""
     if nested:  # reading the rest would train on part of the data without a word

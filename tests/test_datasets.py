@@ -127,13 +127,15 @@ def test_stare_image_without_label_is_named(stare, tmp_path: Path) -> None:
 def test_stare_images_unpacked_into_their_own_folder_are_read(stare, tmp_path: Path) -> None:
     import shutil
     root = Path(shutil.copytree(stare[0], tmp_path / "STARE"))
+    for archive in ("stare-images.tar", "labels-ah.TAR", "all.zip"):  # unpacked beside themselves: not data
+        (root / archive).write_bytes(b"")
+    assert [s.id for s in read_split("STARE", root, "train")] == list(STARE_IDS)
     (root / "stare-images").mkdir()
     for image in root.glob("im*.ppm*"):
         image.rename(root / "stare-images" / image.name)
     samples = read_split("STARE", root, "train")
     assert [s.id for s in samples] == list(STARE_IDS)
     np.testing.assert_array_equal(samples[0].label, stare[1][1][1])
-    (root / "stare-images.tar").write_bytes(b"")  # the archive left beside the folders is not read
     (root / "stare-images" / "im0001.txt").write_bytes(b"")
     with pytest.raises(UserError) as info:
         read_split("STARE", root, "train")
@@ -311,6 +313,16 @@ def test_folders_pair_by_stem_across_extensions(folders: Path) -> None:
     assert read_split("folders", folders, "test") == []
     train, test = read_dataset("folders", folders, test_ids=["case10", "CASE2.png", 5])
     assert [e.key for e in test] == ["case2", "case10", "scan_b"] and len(train) == 3
+
+
+def test_folders_leave_archives_alone_but_name_other_files(folders: Path, tmp_path: Path) -> None:
+    import shutil
+    root = Path(shutil.copytree(folders, tmp_path / "mine"))
+    (root / "images" / "images.zip").write_bytes(b"PK")
+    assert len(read_split("folders", root, "train")) == 6
+    (root / "images" / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match=r"unexpected files in .*images: notes.txt\."):
+        read_split("folders", root, "train")
 
 
 def test_folders_with_masks_but_no_labels_say_what_masks_are_for(tmp_path: Path) -> None:
