@@ -47,7 +47,8 @@ def main() -> int:
         sizes = [int(n) for n in args.n.replace(",", " ").split()]
     except ValueError:
         parser.error(f"--n {args.n!r}: expected comma-separated integers")
-    common.quiet_logs()
+    # Keras is started only after the children ran: a child's ru_maxrss starts from its parent's peak at the
+    # fork (Linux records it at exec), so a parent holding Keras would add its ~700 MiB to every figure.
 
     from lib.config import load_config
     config_path = common.repo_path(args.config)
@@ -122,6 +123,7 @@ def main() -> int:
         notes.append(f"train.py: N_epochs={args.epochs}, steps_per_epoch={args.train_steps}, max_train_minutes=0, "
                      "the rest (validation, holdout scoring, checkpoints) as configured; times include start-up")
     notes.append("peak RSS: ru_maxrss of each child from os.wait4 (MiB = 2^20 bytes)")
+    common.quiet_logs()  # for the machine line
     common.report("Peak memory of prepare_datasets.py and train.py",
                   ["N_subimgs", "patch", "dataset.h5 MiB", "prepare s", "prepare peak RSS MiB", "prepare",
                    "train s", "train peak RSS MiB", "train"], rows, notes, args.json, extra={"results": results})
