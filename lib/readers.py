@@ -619,9 +619,9 @@ def _pair(images: dict, others: dict, what: str, folder: Path, rule: str = "") -
     extra = sorted(set(others) - set(images), key=_natural_key)
     problems = []
     if missing:
-        problems.append(f"no {what} for image(s) {', '.join(images[i].name for i in missing)}")
+        problems.append(f"no {what} for image(s) {listed(images[i].name for i in missing)}")
     if extra:
-        problems.append(f"{what}(s) {', '.join(others[i].name for i in extra)} have no image")
+        problems.append(f"{what}(s) {listed(others[i].name for i in extra)} have no image")
     if problems:
         fix = rule.format(what=what) if rule else f"Every image needs exactly one {what} {_BY_NUMBER}"
         raise UserError(f"in {folder}: {'; '.join(problems)}. {fix}")
@@ -779,7 +779,9 @@ def _stare_entries(root: Path) -> list[Entry]:
     images = _scan(folder, {"file": STARE_IMAGE}, lambda m: int(m.group(1)),
                    "'im0001.ppm' or 'im0001.ppm.gz' (the labels go in labels-ah/)")["file"]
     labels = _list_by_id(root / "labels-ah", r"im(\d{4})\.ah\.ppm(?:\.gz)?", "im0001.ah.ppm")
-    _pair(images, labels, "manual label", root / "labels-ah")
+    _pair(images, labels, "manual label", root / "labels-ah",
+          "Every image needs exactly one {what} " + _BY_NUMBER + " Hoover's vessel labels cover 20 of STARE's "
+          "images, those of stare-images.tar: keep only those 20 (not the whole STARE image set).")
     # The release has no FOV masks: derived from the red channel (lib/fov.py).
     return [_file_entry(n, str(n), images[n], labels[n], None, derive=True) for n in sorted(images)]
 

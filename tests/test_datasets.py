@@ -122,6 +122,11 @@ def test_stare_image_without_label_is_named(stare, tmp_path: Path) -> None:
     with pytest.raises(UserError) as info:
         read_dataset("STARE", root)
     assert "im0002.ppm" in str(info.value) and "labels-ah" in str(info.value)
+    assert "keep only those 20 (not the whole STARE image set)" in str(info.value)
+    for number in range(100, 130):  # the whole image set: the unlabelled ones are listed up to a limit
+        shutil.copy(root / "im0001.ppm", root / f"im{number:04d}.ppm")
+    with pytest.raises(UserError, match=r"im0002.ppm, im0100.ppm, .*, \.\.\. \(31 in all\)"):
+        read_dataset("STARE", root)
 
 
 def test_stare_images_unpacked_into_their_own_folder_are_read(stare, tmp_path: Path) -> None:
