@@ -310,6 +310,11 @@ class CosineSchedule(keras.callbacks.Callback):
         self.offset = 0.0  # progress an earlier session reached; the budget's share covers the rest
         self.started = False
 
+    def fraction(self, step: int, time_fraction: float = 0.0) -> float:
+        """Progress through the run at a global step: the steps' share, or the earlier sessions' progress plus
+        this session's share of the budget, whichever is ahead."""
+        return max(step / max(self.steps * self.epochs, 1), self.offset + (1.0 - self.offset) * time_fraction)
+
     def rate(self, step: int, time_fraction: float = 0.0) -> float:
         """The learning rate at a global step, with `time_fraction` of the budget used."""
         total = max(self.steps * self.epochs, 1)
@@ -317,7 +322,7 @@ class CosineSchedule(keras.callbacks.Callback):
         if step < warmup:
             return self.peak * (step + 1) / warmup
         start = warmup / total
-        fraction = max(step / total, self.offset + (1.0 - self.offset) * time_fraction)
+        fraction = self.fraction(step, time_fraction)
         progress = min(max((fraction - start) / max(1.0 - start, 1e-12), 0.0), 1.0)
         return self.peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -337,8 +342,7 @@ class CosineSchedule(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if self.state is not None and self.budget is not None:
-            total = max(self.steps * self.epochs, 1)
-            progress = max((epoch + 1) * self.steps / total, self.offset + (1.0 - self.offset) * self.time_fraction())
+            progress = self.fraction((epoch + 1) * self.steps, self.time_fraction())
             write_json(self.state, {"epoch": epoch + 1, "progress": min(progress, 1.0)})
 
     def on_train_batch_begin(self, batch: int, logs=None) -> None:

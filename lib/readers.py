@@ -552,7 +552,8 @@ def _list_by_id(folder: Path, pattern: str, example: str | None = None,
                  f"'{example or _example(pattern)}'")["file"]
 
 
-_BY_NUMBER = "with the same number: add the missing files or remove the extra ones."
+_BY_NUMBER = ("Every image needs exactly one {what} with the same number: add the missing files or remove the extra "
+              "ones.")
 _BY_STEM = ("Files are paired by name without the extension (a.png with a.tif), or with one suffix common to "
             "all of them (a_mask.png), or to all images (a_0000.png with a.png): every image needs exactly one "
             "{what}.")
@@ -623,7 +624,7 @@ def _pair(images: dict, others: dict, what: str, folder: Path, rule: str = "") -
     if extra:
         problems.append(f"{what}(s) {listed(others[i].name for i in extra)} have no image")
     if problems:
-        fix = rule.format(what=what) if rule else f"Every image needs exactly one {what} {_BY_NUMBER}"
+        fix = (rule or _BY_NUMBER).format(what=what)
         raise UserError(f"in {folder}: {'; '.join(problems)}. {fix}")
 
 
@@ -780,8 +781,8 @@ def _stare_entries(root: Path) -> list[Entry]:
                    "'im0001.ppm' or 'im0001.ppm.gz' (the labels go in labels-ah/)")["file"]
     labels = _list_by_id(root / "labels-ah", r"im(\d{4})\.ah\.ppm(?:\.gz)?", "im0001.ah.ppm")
     _pair(images, labels, "manual label", root / "labels-ah",
-          "Every image needs exactly one {what} " + _BY_NUMBER + " Hoover's vessel labels cover 20 of STARE's "
-          "images, those of stare-images.tar: keep only those 20 (not the whole STARE image set).")
+          _BY_NUMBER + " Hoover's vessel labels cover 20 of STARE's images, those of stare-images.tar: keep only "
+          "those 20 (not the whole STARE image set).")
     # The release has no FOV masks: derived from the red channel (lib/fov.py).
     return [_file_entry(n, str(n), images[n], labels[n], None, derive=True) for n in sorted(images)]
 
