@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 
+from lib.alignment import shift_map
 from lib.atomic import write_json, write_text
 from lib.config import NAME_MAX, Config, add_config_arguments, load_config, load_run_config, parse_override
 from lib.cells import cell_colours, closed_membranes, watershed_cells
@@ -74,6 +75,15 @@ def saved_threshold(info: Mapping[str, Any], checkpoint: str) -> tuple[float, st
         return float(info.get("threshold", 0.5)), source
     # Runs trained before thresholds were chosen per checkpoint chose one for best.keras only.
     return 0.5, "default: this run chose its threshold for best.keras only; give a number for last.keras"
+
+
+def saved_offset(info: Mapping[str, Any]) -> tuple[list[float], str]:
+    """The label offset train.py found for the run (label_offset = auto), and where it came from."""
+    if not info:
+        return [0.0, 0.0], "none: training has not finished, so no offset was found yet"
+    if "label_offset" not in info:
+        return [0.0, 0.0], "none: the run was trained before train.py found label offsets"
+    return [float(v) for v in info["label_offset"]], f"found on {info['label_offset_source']}"
 
 
 def read_run_json(path: Path) -> dict:
@@ -470,6 +480,16 @@ def main() -> int:
     if threshold == "auto" and classes is None:
         threshold, threshold_source = saved_threshold(info, testing["checkpoint"])
         print(f"Threshold {threshold:.3f} ({threshold_source})")
+    offset, offset_source = testing["label_offset"], "given"
+    if classes is not None:
+        offset, offset_source = [0.0, 0.0], "none: class maps take the argmax"
+    elif offset == "auto" and args.data:
+        # The offset is a habit of the run's annotators; another dataset's labels have their own.
+        offset, offset_source = [0.0, 0.0], "none: --data scores another dataset's labels"
+        print("note: label_offset = auto moves no maps for --data: the offset train.py found belongs to the run's "
+              "own labels. Give two numbers (e.g. --set label_offset=-0.5,0) to move them.")
+    elif offset == "auto":
+        offset, offset_source = saved_offset(info)
 
     with contextlib.ExitStack() as stack:
         if args.input:
@@ -539,17 +559,19 @@ def main() -> int:
         # The views TTA averaged, as printed above (False, "all", "horizontal" or "rotations").
         # The threshold used, not the setting ("auto"); class maps take the argmax and use none.
         settings = {**{k: v for k, v in testing.items() if k != "threshold"},
-                    "tta_flips": tta_flips(testing, flips) or False, "run": str(run), "split": where, **source}
+                    "tta_flips": tta_flips(testing, flips) or False, "label_offset": offset,
+                    "label_offset_source": offset_source, "run": str(run), "split": where, **source}
 
         def infer(image: np.ndarray) -> np.ndarray:
-            return predict_image(model, image, testing, depth, flips)
+            return shift_map(predict_image(model, image, testing, depth, flips), offset)
 
         if classes is not None:
             lines = [*header, f"classes: {classes.n_classes} ({', '.join(classes.names)}); ignore index "
                      f"{classes.ignore_index}", windows]
             lines += predict_multiclass(infer, samples, count, classes, staging, settings)
         else:
-            lines = [*header, f"threshold: {threshold:.3f}", windows]
+            lines = [*header, f"threshold: {threshold:.3f}",
+                     f"label offset: {offset[0]:g}, {offset[1]:g} ({offset_source})", windows]
             chosen = {"threshold": threshold, **({"threshold_source": threshold_source} if threshold_source else {})}
             lines += predict_binary(infer, samples, count, threshold, staging, {**settings, **chosen}, dataset, config)
         written = [path.name for path in staging.iterdir()]

@@ -11,7 +11,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -23,9 +23,12 @@ from lib.fingerprint import (describe_differences, fingerprint, matters_for_trai
 from lib.metrics import best_f1_threshold
 from lib.patches import validation_split
 from lib.plots import save_learning_curves
-from lib.progress import listed, plural
+from lib.progress import listed, plural, progress
 from lib.runs import CONFIG_NAME, FINISHED, prepare_run_folder, run_lock
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, read_source_files
+
+# Enough for a steady offset, and a bound on the time a dataset of many large images spends on it.
+CALIBRATION_IMAGES = 20
 
 if TYPE_CHECKING:  # these import Keras, which train.py loads only once the configuration and data are checked
     from lib.callbacks import CtrlC, NaNGuard, TimeLimit
@@ -369,12 +372,65 @@ def backed_up_epochs(run: Path) -> int:
         return 0
 
 
-def finish(config: Config, prepared: Prepared, run: Path, monitor: str, minutes: float, ended_before: bool,
-           command: str) -> int:
-    """Write the run's final files: learning curves, the binary thresholds, model_info.json and the summary."""
-    from lib.callbacks import read_state
+def training_images(prepared: Prepared) -> list[dict]:
+    """Up to CALIBRATION_IMAGES of the stored full training images, where the label offset is found."""
+    with open_prepared(prepared.path) as h5:
+        return [s for _, s in zip(range(CALIBRATION_IMAGES), iter_split(h5, "train"))]
+
+
+def binary_calibration(config: Config, prepared: Prepared, run: Path, one_model: bool) -> dict:
+    """model_info.json's label offset, found with best.keras on the training images, and the best-F1 threshold
+    of each checkpoint predict.py may load on the moved maps of the holdout images (0.5 without them)."""
+    from lib.alignment import MIN_GAIN, best_offset, shift_map
     from lib.folding import load_for_inference
     from lib.inference import predict_image, resolve_tta
+
+    testing, depth, flips = config["testing settings"], config["model"]["depth"], config["augmentation"]["flips"]
+
+    def maps(model: Any, images: list[dict], label: str) -> list[np.ndarray]:
+        chosen_with = resolve_tta(testing, model, flips)  # the probabilities predict.py will threshold
+        return [predict_image(model, s["image"], chosen_with, depth, flips)[..., 0]
+                for s in progress(images, len(images), label)]
+
+    # On the training images, not the holdout ones: a flip reverses the offset, so even the images a model was
+    # trained on show it, and more images give a steadier one (DRIVE's vary from image to image).
+    model, images = load_for_inference(run / "best.keras"), training_images(prepared)
+    offset, before, after = best_offset(maps(model, images, "label offset"), [s["label"] for s in images],
+                                        [s["fov"] for s in images])
+    described = f"the {plural(len(images), 'training image')}"
+    moved = f"{offset_words(offset)}, F1 {before:.4f} -> {after:.4f}" if any(offset) else (
+        f"F1 {before:.4f}; no move gains {MIN_GAIN} or more")
+    print(f"Label offset on {described}: {offset[0]:g}, {offset[1]:g} ({moved})")
+    info = {"label_offset": list(offset), "label_offset_source": described, "label_offset_f1": [before, after]}
+    if not prepared.holdout:
+        return {**info, "threshold": 0.5, "thresholds": {"best": 0.5, "last": 0.5},
+                "threshold_source": "default: no holdout images"}
+    labels = np.concatenate([s["label"][s["fov"]] for s in prepared.holdout])
+    scored = {}  # checkpoint -> (threshold, F1); best.keras is last.keras when one_model
+    for name in ("best",) if one_model else ("best", "last"):
+        # The best-F1 threshold of each checkpoint: the best epoch's need not suit the last.
+        if name != "best":
+            model = load_for_inference(run / f"{name}.keras")
+        probs = np.concatenate([shift_map(p, offset)[s["fov"]] for p, s in
+                                zip(maps(model, prepared.holdout, f"threshold of {name}.keras"), prepared.holdout)])
+        scored[name] = best_f1_threshold(probs, labels)
+    thresholds = {name: float(scored.get(name, scored["best"])[0]) for name in ("best", "last")}
+    return {**info, "threshold": thresholds["best"], "thresholds": thresholds,
+            "threshold_source": "best F1 on the holdout images", "holdout_best_f1": float(scored["best"][1])}
+
+
+def offset_words(offset: tuple[float, float]) -> str:
+    """'maps moved 0.62 px up and 0.12 px left', for an offset (dy, dx)."""
+    dy, dx = offset
+    parts = [f"{abs(v):g} px {word[v > 0]}" for v, word in ((dy, ("up", "down")), (dx, ("left", "right"))) if v]
+    return "maps moved " + " and ".join(parts)
+
+
+def finish(config: Config, prepared: Prepared, run: Path, monitor: str, minutes: float, ended_before: bool,
+           command: str) -> int:
+    """Write the run's final files: learning curves, the binary label offsets and thresholds, model_info.json and
+    the summary."""
+    from lib.callbacks import read_state
 
     history = read_log(run / "log.csv")
     state = read_state(run)
@@ -384,24 +440,7 @@ def finish(config: Config, prepared: Prepared, run: Path, monitor: str, minutes:
     info = {"monitor": monitor, "best": state["best"], "best_epoch": state["best_epoch"], "epochs_run": epochs_run,
             "minutes_this_session": round(minutes, 2)}
     if config["model"]["n_classes"] == 1:  # several classes take the argmax
-        thresholds, source, best_f1 = {"best": 0.5, "last": 0.5}, "default: no holdout images", None
-        if prepared.holdout:
-            # For each checkpoint predict.py may load: the best epoch's threshold need not suit the last.
-            testing, depth = config["testing settings"], config["model"]["depth"]
-            flips = config["augmentation"]["flips"]
-            labels = np.concatenate([s["label"][s["fov"]] for s in prepared.holdout])
-            scored = {}  # checkpoint -> (threshold, F1); best.keras is last.keras when the best epoch was last
-            for name in ("best",) if state["best_epoch"] in (None, epochs_run) else ("best", "last"):
-                model = load_for_inference(run / f"{name}.keras")
-                chosen_with = resolve_tta(testing, model, flips)  # the probabilities predict.py will threshold
-                probs = np.concatenate([predict_image(model, s["image"], chosen_with, depth, flips)[..., 0][s["fov"]]
-                                        for s in prepared.holdout])
-                scored[name] = best_f1_threshold(probs, labels)
-            thresholds = {name: float(scored.get(name, scored["best"])[0]) for name in ("best", "last")}
-            best_f1, source = float(scored["best"][1]), "best F1 on the holdout images"
-        info.update(threshold=thresholds["best"], thresholds=thresholds, threshold_source=source)
-        if best_f1 is not None:
-            info["holdout_best_f1"] = best_f1
+        info.update(binary_calibration(config, prepared, run, state["best_epoch"] in (None, epochs_run)))
     write_json(run / "model_info.json", info)
     write_json(run / FINISHED, {**info, "command": command})
     shutil.rmtree(run / "backup", ignore_errors=True)  # kept until now: a kill before FINISHED resumes at the end

@@ -215,12 +215,24 @@ def _threshold(text: str) -> float | str:
     return value
 
 
+def _offset(text: str) -> list[float] | str:
+    if text.strip() == "auto":
+        return "auto"
+    parts = [_finite(float(part)) for part in text.replace(",", " ").split()]
+    if len(parts) != 2:
+        raise ValueError("give auto, or two numbers: the rows and columns to move the maps by")
+    if max(abs(v) for v in parts) > 8:
+        raise ValueError("an offset of more than 8 pixels is a registration error, not an annotation habit")
+    return parts
+
+
 _bool.__name__ = "true|false"
 _flips.__name__ = "all|horizontal|none"
 _int_list.__name__ = "comma-separated integers"
 _id_list.__name__ = "comma-separated image ids (numbers, or names with a number such as 01L, 05_dr)"
 _fraction.__name__ = "number in [0, 1)"
 _threshold.__name__ = "auto or a number in (0, 1)"
+_offset.__name__ = "auto or two numbers dy, dx in pixels (at most 8)"
 _scale_list.__name__ = "comma-separated positive factors"
 _name_list.__name__ = "comma-separated unique names"
 _ignore_index.__name__ = "-1 or an integer 0..255"
@@ -306,6 +318,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "tta_flips": (_tta_flips, "test-time augmentation: average the predictions of the flipped windows; true: all four flips (left-right only for a model trained with flips = horizontal), rotations: the four flips and their 90-degree rotations (eight views, twice the time of four), horizontal: left-right only (half the time of four), false: none; auto: all four flips where the model runs fast (a GPU, or bfloat16 on a CPU with AMX), none elsewhere or for a model trained with flips = none"),
         "tta_scales": (_scale_list, "test-time augmentation over scales: average the probabilities of the image inferred at each of these factors times zoom (e.g. 1.0, 1.3); 1.0 alone: one scale"),
         "threshold": (_threshold, "probability threshold for binary maps: a number, or auto (the best-F1 threshold found on the holdout images)"),
+        "label_offset": (_offset, "binary maps only: move the probability maps by this many pixels (rows down, columns right, e.g. -0.5, 0) before thresholding, to where the labels' annotators drew the edges (ISBI 2012's membranes sit about 0.6 px up of the image's); auto: the offset train.py found on the holdout images, or without them on the training images (0, 0 where moving the maps does not lower the log loss by 0.5%); 0, 0: none"),
         "checkpoint": (_choice("best", "last"), "which checkpoint of the run predict.py uses"),
         "mirror_margin": (_non_negative(int), "pixels of mirrored image added on each side before inference and cropped after, so the model sees context instead of zero padding at the image border (the U-Net paper's overlap-tile; helps where structures reach the border, as in ISBI 2012); 0 disables it"),
         "zoom": (_positive(float), "resize each image by this factor before inference and the probabilities back to its size (another dataset: match vessel widths); 1 = as prepared"),

@@ -182,6 +182,9 @@ def test_missing_key_is_a_user_error_naming_it(tmp_path: Path) -> None:
     ("testing settings", "tta_scales", "1.0, 0"),
     ("testing settings", "tta_scales", "1.0, 1.0"),
     ("testing settings", "tta_scales", ""),
+    ("testing settings", "label_offset", "0.5"),
+    ("testing settings", "label_offset", "9, 0"),
+    ("testing settings", "label_offset", "0, nan"),
     ("experiment", "seed", "-1"),
     ("experiment", "seed", "4294967296"),
 ])
@@ -330,7 +333,8 @@ def test_bad_override_is_a_user_error_with_a_suggestion(override: str, expected:
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
 def test_format_config_round_trip_gives_identical_typed_values(tmp_path: Path, path: Path) -> None:
-    config = load_config(path, ["threshold=auto", "holdout_ids=3, 5,7", "learning_rate=3e-4"])
+    config = load_config(path, ["threshold=auto", "holdout_ids=3, 5,7", "learning_rate=3e-4",
+                                "label_offset=-0.625, 0.25"])
     written = tmp_path / "written.txt"
     written.write_text(format_config(config), encoding="utf-8")
     again = load_config(written)
@@ -340,6 +344,7 @@ def test_format_config_round_trip_gives_identical_typed_values(tmp_path: Path, p
             assert type(again[section][key]) is type(value), (section, key)
     assert again["data paths"]["holdout_ids"] == [3, 5, 7]
     assert again["testing settings"]["threshold"] == "auto"
+    assert again["testing settings"]["label_offset"] == [-0.625, 0.25]
 
 
 def test_formatted_config_has_a_comment_above_every_key() -> None:

@@ -133,6 +133,10 @@ def test_training_writes_every_promised_file(trained):
     assert {"loss", "val_loss", "holdout_auc_roc", "dice_coefficient"} <= set(rows[0])
     info = json.loads((run / "model_info.json").read_text())
     assert 0.0 < info["threshold"] < 1.0 and info["threshold_source"].startswith("best F1")
+    # The label offset, found on the training images (and said so), within a pixel.
+    assert len(info["label_offset"]) == 2 and max(map(abs, info["label_offset"])) <= 1.0
+    assert info["label_offset_source"] == "the 6 training images"
+    assert "Label offset on the 6 training images: " in train.stdout
 
 
 def test_training_really_learns_the_synthetic_task(trained):
@@ -178,6 +182,57 @@ def test_predict_writes_images_metrics_and_curves(trained):
     # A second run does not silently replace the first.
     again = run_script("predict.py", *args, "--split", "test", check=False)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+    # label_offset = auto applies the offset train.py found for the checkpoint, and says so.
+    info = json.loads((tmp / "runs" / "tiny" / "model_info.json").read_text())
+    assert metrics["settings"]["label_offset"] == info["label_offset"]
+    assert metrics["settings"]["label_offset_source"] == "found on the 6 training images"
+    assert "label offset: " in summary
+
+
+def test_labels_drawn_a_pixel_below_their_vessels_are_found_and_followed(tmp_path, small_drive):
+    """A tiny model trained with flips puts its maps on the vessels; train.py finds that the labels sit a pixel
+    lower, and predict.py moves the maps there (DRIVE's and ISBI's labels are off by fractions of a pixel)."""
+    from lib.sample_data import _save_gif
+    drive = tmp_path / "DRIVE"
+    shutil.copytree(small_drive, drive)
+    for path in drive.glob("*/1st_manual/*.gif"):
+        with Image.open(path) as image:
+            label = np.asarray(image) > 0
+        _save_gif(np.roll(label, 1, axis=0), path)
+    args = tiny_settings(tmp_path, drive)
+    run_script("prepare_datasets.py", *args)
+    train = run_script("train.py", *args)
+    info = json.loads((tmp_path / "runs" / "tiny" / "model_info.json").read_text())
+    dy, dx = info["label_offset"]
+    assert dy >= 0.5 and abs(dx) <= 0.25, (info["label_offset"], train.stdout)
+    assert "px down" in train.stdout
+    f1 = {}
+    for given in ("auto", "0,0"):
+        out = tmp_path / f"offset_{given.replace(',', '_')}"
+        run_script("predict.py", *args, "--split", "test", "--set", f"label_offset={given}", "--output", str(out))
+        f1[given] = json.loads((out / "metrics.json").read_text())["pooled"]["f1"]
+    assert f1["auto"] > f1["0,0"] + 0.02, f1
+
+
+def test_predict_moves_the_maps_by_a_given_label_offset_before_thresholding(trained):
+    tmp, args, _, _ = trained
+    maps = {}
+    for given in ("0,0", "0,1"):
+        out = tmp / f"offset_{given.replace(',', '_')}"
+        run_script("predict.py", *args, "--split", "test", "--set", f"label_offset={given}", "--output", str(out))
+        maps[given] = {kind: np.asarray(Image.open(out / f"01_test_{kind}.png"), dtype=int)
+                       for kind in ("probability", "binary")}
+        settings = json.loads((out / "metrics.json").read_text())["settings"]
+        assert settings["label_offset"] == [float(v) for v in given.split(",")]
+        assert settings["label_offset_source"] == "given"
+    with h5py.File(tmp / "prepared" / "dataset.h5", "r") as h5:
+        group = h5["test"]
+        fov = group["fovs"][sorted(group["fovs"])[0]][()] > 0
+    both = fov[:, 1:] & fov[:, :-1]  # maps are zero outside the FOV, moved or not
+    for kind in ("probability", "binary"):
+        still, moved = maps["0,0"][kind], maps["0,1"][kind]
+        assert np.abs(moved[:, 1:][both] - still[:, :-1][both]).max() <= 1  # one column right (PNG rounding)
+        assert np.abs(moved[:, 1:][both] - still[:, 1:][both]).max() > 1  # and not where it was
 
 
 def test_predict_input_folder_reuses_saved_preprocessing(trained, small_drive):
@@ -350,6 +405,8 @@ def test_predict_scores_another_dataset_at_a_zoom_and_refuses_an_incompatible_on
     scored = (tmp_path / "stare" / "dataset.h5").resolve()
     assert metrics["settings"]["data"] == str(scored) and f"data: {scored}" in (out / "summary.txt").read_text()
     assert metrics["pooled"]["auc_roc"] > 0.8  # the same kind of vessels, another dataset's layout
+    # The run's label offset belongs to its own labels' annotators, not to STARE's.
+    assert metrics["settings"]["label_offset"] == [0.0, 0.0] and "label_offset = auto moves no maps" in result.stdout
     with Image.open(out / "im0003_probability.png") as image:
         assert image.size == (150, 140)  # scored at the dataset's own size, not the zoomed one
     assert "auc_roc" in result.stdout
