@@ -482,6 +482,8 @@ def main() -> int:
         print(f"Threshold {threshold:.3f} ({threshold_source})")
     offset, offset_source = testing["label_offset"], "given"
     if classes is not None:
+        if offset != "auto" and any(offset):
+            print("note: label_offset moves binary probability maps only; class maps are not moved.")
         offset, offset_source = [0.0, 0.0], "none: class maps take the argmax"
     elif offset == "auto" and args.data:
         # The offset is a habit of the run's annotators; another dataset's labels have their own.

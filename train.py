@@ -420,7 +420,7 @@ def binary_calibration(config: Config, prepared: Prepared, run: Path, one_model:
 
 
 def offset_words(offset: tuple[float, float]) -> str:
-    """'maps moved 0.62 px up and 0.12 px left', for an offset (dy, dx)."""
+    """'maps moved 0.625 px up and 0.25 px left', for an offset (dy, dx) = (-0.625, -0.25)."""
     dy, dx = offset
     parts = [f"{abs(v):g} px {word[v > 0]}" for v, word in ((dy, ("up", "down")), (dx, ("left", "right"))) if v]
     return "maps moved " + " and ".join(parts)

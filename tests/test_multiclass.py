@@ -273,7 +273,7 @@ def test_prepare_train_predict_writes_colour_maps_legend_confusion_matrix_and_me
     assert len(log) == 2 and {"holdout_mean_iou", "pixel_accuracy"} <= set(log[0])
     assert 0.0 <= float(log[-1]["holdout_mean_iou"]) <= 1.0
     info = json.loads((run / "model_info.json").read_text())
-    assert info["monitor"] == "holdout_mean_iou"
+    assert info["monitor"] == "holdout_mean_iou" and "label_offset" not in info  # class maps are not moved
 
     result = run_script("predict.py", *args, "--split", "val")
     out = run / "predictions" / "val"
@@ -297,6 +297,14 @@ def test_prepare_train_predict_writes_colour_maps_legend_confusion_matrix_and_me
     rows = list(csv.DictReader(open(out / "per_image.csv")))
     assert len(rows) == 2 and all(0.0 <= float(r["mean_iou"]) <= 1.0 for r in rows)
     assert "mean IoU" in result.stdout and "per-class IoU: Sky" in result.stdout
+    # A label offset given for class maps is not applied, and predict.py says so.
+    assert metrics["settings"]["label_offset"] == [0.0, 0.0]
+    moved = run_script("predict.py", *args, "--split", "val", "--set", "label_offset=0.5,0", "--output",
+                       str(tmp_path / "moved"))
+    assert "moves binary probability maps only" in moved.stdout
+    stem = sorted((root / "val").iterdir())[0].stem
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "moved" / f"{stem}_classes.png")),
+                          np.asarray(Image.open(out / f"{stem}_classes.png")))
 
     # A binary dataset's labels mean something else: refused before any image is segmented.
     binary = tiny_settings(tmp_path / "drive", small_drive)
