@@ -214,6 +214,17 @@ def test_labels_drawn_a_pixel_below_their_vessels_are_found_and_followed(tmp_pat
     assert f1["auto"] > f1["0,0"] + 0.02, f1
 
 
+def test_the_label_offset_is_found_on_training_images_up_to_a_pixel_budget(trained, monkeypatch):
+    import train
+    tmp, _, _, _ = trained
+    prepared = train.Prepared(tmp / "prepared" / "dataset.h5", 0, {}, [], None, None, {})
+    assert len(train.training_images(prepared)) == 6  # 120 x 128 each: all of them
+    monkeypatch.setattr(train, "CALIBRATION_PIXELS", 3 * 120 * 128 - 1)
+    assert [s["name"] for s in train.training_images(prepared)] == ["21_training.tif", "22_training.tif"]
+    monkeypatch.setattr(train, "CALIBRATION_PIXELS", 1)
+    assert len(train.training_images(prepared)) == 1  # one image however large
+
+
 def test_predict_moves_the_maps_by_a_given_label_offset_before_thresholding(trained):
     tmp, args, _, _ = trained
     maps = {}
