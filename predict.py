@@ -487,11 +487,15 @@ def main() -> int:
         offset, offset_source = [0.0, 0.0], "none: class maps take the argmax"
     elif offset == "auto" and args.data:
         # The offset is a habit of the run's annotators; another dataset's labels have their own.
-        offset, offset_source = [0.0, 0.0], "none: --data scores another dataset's labels"
-        print("note: label_offset = auto moves no maps for --data: the offset train.py found belongs to the run's "
-              "own labels. Give two numbers (e.g. --set label_offset=-0.5,0) to move them.")
+        offset, offset_source = [0.0, 0.0], "none: --data may hold labels other than the run's"
+        print("note: label_offset = auto moves no maps for --data: the offset train.py found belongs to the labels "
+              "the run was trained on. Give two numbers (e.g. --set label_offset=-0.5,0) to move them.")
     elif offset == "auto":
         offset, offset_source = saved_offset(info)
+    if threshold_source and "label_offset" in info and list(offset) != list(info["label_offset"]):
+        print(f"note: the saved threshold was chosen on maps moved by the run's label offset "
+              f"({', '.join(map(format, info['label_offset']))}); these maps are moved by "
+              f"{', '.join(map(format, offset))}.")
 
     with contextlib.ExitStack() as stack:
         if args.input:

@@ -425,7 +425,8 @@ def binary_calibration(config: Config, prepared: Prepared, run: Path, one_model:
         scored[name] = best_f1_threshold(probs, labels)
     thresholds = {name: float(scored.get(name, scored["best"])[0]) for name in ("best", "last")}
     return {**info, "threshold": thresholds["best"], "thresholds": thresholds,
-            "threshold_source": "best F1 on the holdout images", "holdout_best_f1": float(scored["best"][1])}
+            "threshold_source": "best F1 on the holdout images, their maps moved by the label offset",
+            "holdout_best_f1": float(scored["best"][1])}
 
 
 def offset_words(offset: tuple[float, float]) -> str:

@@ -22,7 +22,8 @@ RUN_CONTENTS = {CONFIG_NAME, FINISHED, STATE_NAME, "preprocessing.json", "best.k
 # Settings training never reads (predict.py takes the testing ones from the current configuration, and the patches
 # come from dataset.h5, whose settings the run records): a resume may change them.
 RESUMABLE_CHANGES = ({f"testing settings.{key}"
-                      for key in ("checkpoint", "threshold", "watershed_seed", "close_membranes", "batch_size")}
+                      for key in ("checkpoint", "threshold", "label_offset", "watershed_seed", "close_membranes",
+                                 "batch_size")}
                      | {f"training settings.{key}" for key in PATCH_KEYS})
 
 

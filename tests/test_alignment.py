@@ -15,7 +15,12 @@ from lib.alignment import MIN_GAIN, best_offset, f1_moved, shift_map  # noqa: E4
 def test_whole_pixel_moves_are_exact_and_half_pixels_average_neighbours() -> None:
     prob = np.random.default_rng(0).random((12, 10)).astype(np.float32)
     down = shift_map(prob, (1, 0))
-    assert np.allclose(down[1:], prob[:-1], atol=1e-5)
+    assert np.allclose(down[1:], prob[:-1], atol=1e-5) and np.allclose(down[0], prob[0], atol=1e-5)
+    assert down.dtype == np.float32
+    # Moved-in rows continue the edge, however sharp the map.
+    step = np.zeros((8, 8), dtype=np.float32)
+    step[3] = 1.0
+    assert np.allclose(shift_map(step, (-1, 0))[6:], 0.0, atol=1e-6)
     left = shift_map(prob, (0, -2))
     assert np.allclose(left[:, :-2], prob[:, 2:], atol=1e-5)
     # A half-pixel move of a smooth ramp lands halfway between its neighbours.
@@ -42,7 +47,7 @@ def vessel_labels(seed: int, shape: tuple[int, int] = (96, 96)) -> np.ndarray:
 def blurred(labels: np.ndarray, offset: tuple[float, float]) -> np.ndarray:
     """A model's kind of map of labels drawn offset from the image: soft, and displaced by offset."""
     soft = ndimage.gaussian_filter(labels.astype(np.float32), 1.0)
-    return np.clip(shift_map(soft / soft.max(), offset), 0.0, 1.0)
+    return shift_map(soft / soft.max(), offset)
 
 
 @pytest.mark.parametrize("drawn", [(0.5, -0.25), (-0.75, 0.0), (0.0, 0.375)])

@@ -230,7 +230,10 @@ def test_predict_moves_the_maps_by_a_given_label_offset_before_thresholding(trai
     maps = {}
     for given in ("0,0", "0,1"):
         out = tmp / f"offset_{given.replace(',', '_')}"
-        run_script("predict.py", *args, "--split", "test", "--set", f"label_offset={given}", "--output", str(out))
+        result = run_script("predict.py", *args, "--split", "test", "--set", f"label_offset={given}",
+                            "--set", "threshold=auto", "--output", str(out))
+        if given == "0,1":  # the saved threshold was chosen on maps moved otherwise
+            assert "note: the saved threshold was chosen on maps moved by the run's label offset" in result.stdout
         maps[given] = {kind: np.asarray(Image.open(out / f"01_test_{kind}.png"), dtype=int)
                        for kind in ("probability", "binary")}
         settings = json.loads((out / "metrics.json").read_text())["settings"]

@@ -87,8 +87,9 @@ def test_a_resume_with_other_settings_names_them_and_other_testing_settings_are_
     with pytest.raises(UserError, match=r"another configuration: training settings.N_epochs = 16 \(now 3\)"):
         prepare_run_folder(changed, overwrite=False)
     # Settings training never reads may change; those its holdout scoring uses may not.
-    scored = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "threshold=auto"])
-    assert prepare_run_folder(scored, overwrite=False) == (tmp_path / "r", True)
+    for unread in ("threshold=auto", "label_offset=0,0"):
+        scored = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", unread])
+        assert prepare_run_folder(scored, overwrite=False) == (tmp_path / "r", True)
     windows = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "stride=100"])
     with pytest.raises(UserError, match="testing settings.stride = 768 \\(now 100\\)"):
         prepare_run_folder(windows, overwrite=False)
