@@ -404,8 +404,10 @@ def binary_calibration(config: Config, prepared: Prepared, run: Path, one_model:
     # On the training images, not the holdout ones: a flip reverses the offset, so even the images a model was
     # trained on show it, and more images give a steadier one (DRIVE's vary from image to image).
     model, images = load_for_inference(run / "best.keras"), training_images(prepared)
+    # F1 at the threshold predict.py will use; threshold = auto is chosen afterwards, on the moved maps.
+    at = 0.5 if testing["threshold"] == "auto" else testing["threshold"]
     offset, before, after = best_offset(maps(model, images, "label offset"), [s["label"] for s in images],
-                                        [s["fov"] for s in images])
+                                        [s["fov"] for s in images], at)
     described = f"the {plural(len(images), 'training image')}"
     moved = f"{offset_words(offset)}, F1 {before:.4f} -> {after:.4f}" if any(offset) else (
         f"F1 {before:.4f}; no move gains {MIN_GAIN} or more")

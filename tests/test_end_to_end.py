@@ -225,6 +225,21 @@ def test_the_label_offset_is_found_on_training_images_up_to_a_pixel_budget(train
     assert len(train.training_images(prepared)) == 1  # one image however large
 
 
+def test_the_label_offset_is_chosen_for_f1_at_the_configured_threshold(trained):
+    import train
+    from lib.config import load_config
+    from lib.start_up import import_keras
+    tmp, args, _, _ = trained
+    import_keras()
+    overrides = args[3::2]  # args: --config FILE, then --set KEY=VALUE pairs
+    f1 = {}
+    for threshold in ("auto", "0.9"):
+        config = load_config(REPO / "configuration_sample.txt", [*overrides, f"threshold={threshold}"])
+        info = train.binary_calibration(config, train.read_prepared(config), tmp / "runs" / "tiny", False)
+        f1[threshold] = info["label_offset_f1"][0]  # unmoved
+    assert 0.0 < f1["0.9"] < f1["auto"] < 1.0  # a high threshold misses the faint vessels
+
+
 def test_predict_moves_the_maps_by_a_given_label_offset_before_thresholding(trained):
     tmp, args, _, _ = trained
     maps = {}
