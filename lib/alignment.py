@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 from scipy.ndimage import shift, spline_filter
 
+from lib.metrics import confusion_counts, scores_from_counts
+
 SEARCH = 1.0  # pixels either way: a larger offset is a registration error, not an annotation habit
 COARSE, FINE = 0.5, 0.125
 MIN_GAIN = 0.001  # F1 gain below which no offset is applied: noise, not a habit
@@ -54,14 +56,12 @@ def f1_moved(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], fovs: Se
 def _f1(coefficients: Sequence[np.ndarray], labels: Sequence[np.ndarray], fovs: Sequence[np.ndarray],
         offset: Sequence[float], threshold: float) -> float:
     """Pooled F1 of the maps of these coefficients moved by offset (f1_moved)."""
-    tp = wrong = 0
+    total = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
     for c, label, fov in zip(coefficients, labels, fovs):
         fov = np.asarray(fov, dtype=bool)
-        predicted = _moved(c, offset)[fov] >= threshold
-        truth = np.asarray(label, dtype=bool)[fov]
-        tp += int(np.count_nonzero(predicted & truth))
-        wrong += int(np.count_nonzero(predicted != truth))
-    return 2 * tp / (2 * tp + wrong) if tp + wrong else 0.0
+        counts = confusion_counts(np.asarray(label, dtype=bool)[fov], _moved(c, offset)[fov] >= threshold)
+        total = {key: total[key] + counts[key] for key in total}
+    return scores_from_counts(total)["f1"] or 0.0
 
 
 def best_offset(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], fovs: Sequence[np.ndarray],
