@@ -237,7 +237,7 @@ def fit(config: Config, prepared: Prepared, run: Path, distribution: Distributio
     (n_train, val_batch), n_val = sizes, prepared.n_patches - sizes[0]
     keras.utils.set_random_seed(seed)
     train_data = PatchStream(prepared.path, 0, n_train, batch, steps=training["steps_per_epoch"], shuffle=True,
-                             augment=config["augmentation"], seed=seed, workers=2)
+                             augment=config["augmentation"], seed=seed, workers=2, soft_labels=n_classes == 1)
     val_data = PatchStream(prepared.path, n_train, prepared.n_patches, val_batch, shuffle=False) if val_batch else None
 
     steps = len(train_data)

@@ -23,7 +23,7 @@ class PatchStream(keras.utils.PyDataset):
 
     def __init__(self, path: str | os.PathLike, start: int, stop: int, batch_size: int, steps: int = 0,
                  shuffle: bool = True, augment: Mapping[str, Any] | None = None, seed: int = 0,
-                 workers: int = 1) -> None:
+                 workers: int = 1, soft_labels: bool = False) -> None:
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=8)
         self.path = str(path)
         self.start, self.stop = start, stop
@@ -31,6 +31,7 @@ class PatchStream(keras.utils.PyDataset):
         self.n_batches = batches_per_pass(stop - start, batch_size)
         self.steps = steps or self.n_batches
         self.shuffle, self.augment, self.seed = shuffle, augment, seed
+        self.soft_labels = soft_labels
         self.epoch = 0
         self._h5: h5py.File | None = None
         self._lock = threading.Lock()  # the worker threads share one handle
@@ -69,5 +70,5 @@ class PatchStream(keras.utils.PyDataset):
         images, labels = images.astype(np.float32), labels.astype(np.float32)
         if self.augment:
             rng = np.random.default_rng((self.seed, self.epoch, step, 1))
-            images, labels = augment_batch(images, labels, rng, self.augment)
+            images, labels = augment_batch(images, labels, rng, self.augment, self.soft_labels)
         return images, labels
