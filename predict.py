@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 
-from lib.alignment import shift_map
+from lib.alignment import offset_text, shift_map
 from lib.atomic import write_json, write_text
 from lib.config import NAME_MAX, Config, add_config_arguments, load_config, load_run_config, parse_override
 from lib.cells import cell_colours, closed_membranes, watershed_cells
@@ -494,8 +494,7 @@ def main() -> int:
         offset, offset_source = saved_offset(info)
     if threshold_source and "label_offset" in info and list(offset) != list(info["label_offset"]):
         print(f"note: the saved threshold was chosen on maps moved by the run's label offset "
-              f"({', '.join(map(format, info['label_offset']))}); these maps are moved by "
-              f"{', '.join(map(format, offset))}.")
+              f"({offset_text(info['label_offset'])}); these maps are moved by {offset_text(offset)}.")
 
     with contextlib.ExitStack() as stack:
         if args.input:
@@ -577,7 +576,7 @@ def main() -> int:
             lines += predict_multiclass(infer, samples, count, classes, staging, settings)
         else:
             lines = [*header, f"threshold: {threshold:.3f}",
-                     f"label offset: {offset[0]:g}, {offset[1]:g} ({offset_source})", windows]
+                     f"label offset: {offset_text(offset)} ({offset_source})", windows]
             chosen = {"threshold": threshold, **({"threshold_source": threshold_source} if threshold_source else {})}
             lines += predict_binary(infer, samples, count, threshold, staging, {**settings, **chosen}, dataset, config)
         written = [path.name for path in staging.iterdir()]

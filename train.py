@@ -390,7 +390,7 @@ def training_images(prepared: Prepared) -> list[dict]:
 def binary_calibration(config: Config, prepared: Prepared, run: Path, one_model: bool) -> dict:
     """model_info.json's label offset, found with best.keras on the training images, and the best-F1 threshold
     of each checkpoint predict.py may load on the moved maps of the holdout images (0.5 without them)."""
-    from lib.alignment import MIN_GAIN, best_offset, shift_map
+    from lib.alignment import MIN_GAIN, best_offset, offset_text, shift_map
     from lib.folding import load_for_inference
     from lib.inference import predict_image, resolve_tta
 
@@ -411,7 +411,7 @@ def binary_calibration(config: Config, prepared: Prepared, run: Path, one_model:
     described = f"the {plural(len(images), 'training image')}"
     moved = f"{offset_words(offset)}, F1 {before:.4f} -> {after:.4f}" if any(offset) else (
         f"F1 {before:.4f}; no move gains {MIN_GAIN} or more")
-    print(f"Label offset on {described}: {offset[0]:g}, {offset[1]:g} ({moved})")
+    print(f"Label offset on {described}: {offset_text(offset)} ({moved})")
     info = {"label_offset": list(offset), "label_offset_source": described, "label_offset_f1": [before, after]}
     if not prepared.holdout:
         return {**info, "threshold": 0.5, "thresholds": {"best": 0.5, "last": 0.5},

@@ -37,6 +37,11 @@ def _coefficients(prob: np.ndarray) -> np.ndarray:
     return spline_filter(padded, order=3, mode="nearest", output=np.float32)
 
 
+def offset_text(offset: Sequence[float]) -> str:
+    """'-0.625, -0.25' for the offset (dy, dx) = (-0.625, -0.25), as label_offset is written."""
+    return ", ".join(f"{float(v):g}" for v in offset)
+
+
 def shift_map(prob: np.ndarray, offset: Sequence[float]) -> np.ndarray:
     """The H x W (x K) probability map moved by offset = (dy, dx) pixels, out[y, x] = prob[y - dy, x - dx]
     (cubic spline, clipped to [0, 1]; the rows or columns moved in from outside continue the edge)."""
