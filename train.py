@@ -243,7 +243,8 @@ def fit(config: Config, prepared: Prepared, run: Path, distribution: Distributio
     steps = len(train_data)
     weights = (prepared.classes["median_frequency_weights"]
                if n_classes > 1 and training["class_weighting"] != "none" else None)
-    loss, metrics = loss_and_metrics(training["loss"], n_classes, prepared.ignore_index, weights)
+    loss, metrics = loss_and_metrics(training["loss"], n_classes, prepared.ignore_index, weights,
+                                     refined=config["model"]["refinements"] > 0)
     with distribution.scope():
         model = unet_from_config(config)
         optimizer = build_optimizer(training["learning_rate"], training["ema_momentum"], training["weight_decay"])

@@ -281,6 +281,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
         "residual": (_bool, "add a 1x1-convolution shortcut around the two convolutions of each block (a residual U-Net)"),
         "upsampling": (_choice("transpose", "bilinear"), "decoder upsampling: transposed convolution or bilinear resize + 1x1 conv"),
         "n_classes": (_positive(int), "1: binary task with a sigmoid head; more: softmax head over that many classes"),
+        "refinements": (_non_negative(int), "IterNet-style refinement: a U-Net of depth 2 and half the base filters, one set of weights, applied this many times after the U-Net to the previous probabilities and the first level's features; every stage is trained against the labels (deep supervision) and the last one predicts; 0 disables it"),
     },
     "training settings": {
         "N_subimgs": (_positive(int), "number of random training patches written by prepare_datasets.py"),
@@ -513,6 +514,11 @@ def check_consistency(config: Config, source: str,
         # Checked before 2 ** depth: a huge depth would hang, or overflow the message's digits.
         raise UserError(f"{origin(('model', 'depth'))}: [model] depth = {depth} is too large: each level halves the "
                         f"patch, so use at most {MAX_DEPTH} (typically 3 to 5).")
+    if config["model"]["refinements"] and depth < 2:
+        # The refinement U-Net has depth 2 (lib.unet.REFINE_DEPTH): sizes must then divide by 4 whatever depth is.
+        raise UserError(f"{origin(('model', 'refinements'), ('model', 'depth'))}: [model] refinements = "
+                        f"{config['model']['refinements']} needs depth = 2 or more (the refinement is a U-Net of "
+                        f"depth 2), got depth = {depth}. Raise depth, or set refinements = 0.")
     factor = 2 ** depth
     for section, key in (("data attributes", "patch_size"), ("testing settings", "window")):
         size = config[section][key]

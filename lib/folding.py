@@ -10,6 +10,7 @@ from keras import layers
 
 from lib.backend import machine_policy
 import lib.dropblock  # noqa: F401  (registers DropBlock with Keras, so saved models that use it load)
+import lib.unet  # noqa: F401  (registers StageOutputs, likewise)
 from lib.losses import CUSTOM_OBJECTS
 
 
@@ -101,11 +102,16 @@ def with_policy(model: keras.Model, policy: str) -> keras.Model:
     if not mixed or all(model.get_layer(name).dtype_policy.name == policy for name in mixed):
         return model
 
+    clones: dict[int, layers.Layer] = {}
+
     def clone(layer):
-        config = layer.get_config()
-        if layer.name in mixed:
-            config["dtype"] = policy
-        return layer.__class__.from_config(config)
+        # Keras clones once per call: a layer called more than once (a refined U-Net's) must stay one layer.
+        if id(layer) not in clones:
+            config = layer.get_config()
+            if layer.name in mixed:
+                config["dtype"] = policy
+            clones[id(layer)] = layer.__class__.from_config(config)
+        return clones[id(layer)]
 
     graph = keras.Model(model.inputs, model.outputs, name=model.name)  # uncompiled, as in fold_batch_norm
     copy = keras.models.clone_model(graph, clone_function=clone)

@@ -145,19 +145,46 @@ def iou_coefficient(y_true: Tensor, y_pred: Tensor) -> Tensor:
     return jaccard_from_terms(*overlap_terms(y_true, ops.cast(y_pred >= 0.5, y_pred.dtype)), smooth=1e-7)
 
 
+def over_stages(loss: LossFn, n_classes: int) -> LossFn:
+    """The loss averaged over the stages of a refined U-Net, whose training output stacks each stage's
+    n_classes channels (lib.unet.StageOutputs); at inference, one stage: the loss itself."""
+    def staged(y_true: Tensor, y_pred: Tensor) -> Tensor:
+        count = y_pred.shape[-1] // n_classes
+        stages = [loss(y_true, y_pred[..., index * n_classes:(index + 1) * n_classes]) for index in range(count)]
+        return sum(stages[1:], stages[0]) / count
+
+    staged.__name__ = loss.__name__  # the name Keras logs the metric under stays the same
+    return staged
+
+
+def last_stage(metric: LossFn, n_classes: int) -> LossFn:
+    """The metric of the last stage, the one that predicts (see over_stages)."""
+    def final(y_true: Tensor, y_pred: Tensor) -> Tensor:
+        return metric(y_true, y_pred[..., y_pred.shape[-1] - n_classes:])
+
+    final.__name__ = metric.__name__
+    return final
+
+
 LOSSES = {"bce": bce_loss, "dice": dice_loss, "bce_dice": bce_dice_loss, "bce_cldice": bce_cldice_loss,
           "cce": cce_loss}
 CUSTOM_OBJECTS = {f.__name__: f for f in (*LOSSES.values(), dice_coefficient, iou_coefficient)}
 
 
 def loss_and_metrics(loss: str, n_classes: int, ignore_index: int | None = None,
-                     class_weights: Sequence[float] | None = None) -> tuple[LossFn, list[LossFn]]:
+                     class_weights: Sequence[float] | None = None, refined: bool = False
+                     ) -> tuple[LossFn, list[LossFn]]:
     """The configured loss function and the training metrics that go with it.
 
     Several classes: cross-entropy (+ Dice for cce_dice) weighted by class_weights, and pixel accuracy,
-    both leaving out ignore_index pixels.
+    both leaving out ignore_index pixels. refined: a U-Net with refinement stages, the loss averaged over
+    them and the metrics of the last.
     """
     if n_classes > 1:
-        return (multiclass_loss(n_classes, ignore_index, class_weights, dice=loss == "cce_dice"),
-                [masked_pixel_accuracy(n_classes, ignore_index)])
-    return LOSSES[loss], [dice_coefficient, iou_coefficient]
+        fn, metrics = (multiclass_loss(n_classes, ignore_index, class_weights, dice=loss == "cce_dice"),
+                       [masked_pixel_accuracy(n_classes, ignore_index)])
+    else:
+        fn, metrics = LOSSES[loss], [dice_coefficient, iou_coefficient]
+    if not refined:
+        return fn, metrics
+    return over_stages(fn, n_classes), [last_stage(metric, n_classes) for metric in metrics]

@@ -1,5 +1,5 @@
 """Helper run by test_backends.py under KERAS_BACKEND=jax|torch (usually without TensorFlow):
-build the U-Net (with DropBlock), fit a few steps on a PatchStream over a tiny HDF5 file, predict one full image.
+build the U-Net (with DropBlock and one refinement stage), fit a few steps on a PatchStream over a tiny HDF5 file, predict one full image.
 
     python tests/without_tensorflow.py tests/backend_check.py FOLDER [POLICY]
 prints one JSON line with the backend, the losses, the clDice loss of a fixed image and the prediction's
@@ -56,8 +56,9 @@ def main() -> None:
         policy = sys.argv[2]
         keras.mixed_precision.set_global_policy(policy)
     with distribution.scope():
-        model = build_unet(channels=1, depth=2, base_filters=4, dropout=0.1, dropout_block=3)  # DropBlock too
-        loss, metrics = loss_and_metrics("bce_dice", 1)
+        model = build_unet(channels=1, depth=2, base_filters=4, dropout=0.1, dropout_block=3,  # DropBlock too
+                           refinements=1)
+        loss, metrics = loss_and_metrics("bce_dice", 1, refined=True)
         model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=distribution.replica_loss(loss),
                       metrics=metrics, jit_compile=jit_setting("auto"))
     stream = PatchStream(path, 0, N, 16, steps=4, shuffle=True, seed=1)
@@ -70,6 +71,7 @@ def main() -> None:
         "backend": keras.backend.backend(), "policy": policy, "strategy": distribution.name,
         "compute_dtype": model.get_layer("down0_conv1").compute_dtype, "optimizer": type(model.optimizer).__name__,
         "output_dtype": str(prob.dtype),
+        "training_channels": int(keras.ops.shape(model(image[None], training=True))[-1]),
         "tensorflow_loaded": "tensorflow" in sys.modules and sys.modules["tensorflow"] is not None,
         "loss": history.history["loss"], "metrics": sorted(history.history),
         "cldice_probe": cldice_probe(), "shape": list(prob.shape), "min": float(prob.min()), "max": float(prob.max()),

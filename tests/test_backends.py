@@ -50,6 +50,7 @@ def test_unet_losses_and_metrics_train_and_predict_under_mixed_float16(backend, 
     assert all(math.isfinite(value) for value in losses) and losses[-1] < losses[0]
     assert {"dice_coefficient", "iou_coefficient", "loss"} <= set(report["metrics"])
     assert report["shape"] == [40, 56, 1] and report["output_dtype"] == "float32"
+    assert report["training_channels"] == 2  # both stages while training, the refined one at inference
     assert 0.0 <= report["min"] <= report["max"] <= 1.0
     # The pooling behind the soft skeletons (3x1, 1x3 and 3x3, same padding) agrees across backends.
     from backend_check import cldice_probe

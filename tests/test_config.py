@@ -221,6 +221,13 @@ def test_a_conflict_names_the_set_options_it_comes_from_and_not_only_the_file(tm
         load_config(REPO / "configuration.txt", ["loss=cce"])
 
 
+def test_refinements_need_a_depth_of_two_since_the_refinement_unet_has_depth_two() -> None:
+    with pytest.raises(UserError, match=r"refinements = 3 needs depth = 2 or more .* got depth = 1"):
+        load_config(REPO / "configuration.txt", ["depth=1", "refinements=3"])
+    assert load_config(REPO / "configuration.txt", ["depth=2", "refinements=3"])["model"]["refinements"] == 3
+    assert load_config(REPO / "configuration.txt", ["depth=1"])["model"]["refinements"] == 0
+
+
 def test_huge_depth_is_a_user_error_not_a_hang(tmp_path: Path) -> None:
     path = _edited(tmp_path, "depth = 3", "depth = " + "9" * 4000)
     with pytest.raises(UserError, match="depth"):

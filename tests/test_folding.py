@@ -149,3 +149,24 @@ def test_a_mixed_precision_model_is_copied_to_another_policy_with_the_same_weigh
     assert loaded.get_layer("down0_conv1").dtype_policy.name == machine_policy()
     assert loaded.get_layer("logits").dtype_policy.name == "float32"  # the head stays float32
     assert np.abs(loaded.predict_on_batch(x) - exact).mean() < 0.01
+
+
+def test_a_refined_unet_keeps_its_shared_refinement_through_a_policy_copy_and_saving(tmp_path) -> None:
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_unet(channels=1, n_classes=1, depth=2, base_filters=8, batch_norm=True, refinements=2)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    _randomize_batch_norms(model)
+    assert fold_batch_norm(model) is model  # its refinement layers are called twice: nothing folds
+    copy = with_policy(model, "float32")
+    # Cloned per call, the refinement would get a second set of weights and the copy more of them.
+    assert len(copy.weights) == len(model.weights) and copy.count_params() == model.count_params()
+    x = _image()
+    exact = copy.predict_on_batch(x)
+    assert exact.shape == (2, 32, 40, 1)
+    assert 0 < np.abs(keras.ops.convert_to_numpy(model(x, training=False)) - exact).mean() < 0.01
+    model.save(tmp_path / "refined.keras")
+    loaded = load_for_inference(tmp_path / "refined.keras")
+    assert np.abs(loaded.predict_on_batch(x) - exact).mean() < 0.01
+    assert keras.ops.convert_to_numpy(loaded(x, training=True)).shape == (2, 32, 40, 3)

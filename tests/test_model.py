@@ -57,6 +57,68 @@ def test_residual_blocks_add_a_projected_shortcut_and_keep_the_output_shape(batc
     assert residual.get_layer("bottom_relu2").input is residual.get_layer("bottom_add").output
 
 
+def test_refined_unet_predicts_its_last_stage_and_gives_every_stage_while_training():
+    keras.utils.set_random_seed(0)
+    model = build_unet(depth=2, base_filters=8, batch_norm=False, refinements=2)
+    x = np.random.rand(2, 16, 24, 1).astype("float32")
+    stacked = keras.ops.convert_to_numpy(model(x, training=True))
+    assert stacked.shape == (2, 16, 24, 3)  # the U-Net's stage, then the two refinements
+    predicted = model.predict(x, verbose=0)
+    assert predicted.shape == (2, 16, 24, 1)
+    np.testing.assert_allclose(predicted, stacked[..., 2:], atol=1e-6)
+    # the first stage is the plain U-Net's head, the refinements differ from it and from each other
+    base = keras.Model(model.input, model.get_layer("probabilities").output)
+    np.testing.assert_allclose(base.predict(x, verbose=0), stacked[..., :1], atol=1e-6)
+    assert np.abs(stacked[..., 1] - stacked[..., 0]).max() > 1e-3 < np.abs(stacked[..., 2] - stacked[..., 1]).max()
+    # one set of refinement weights, whatever the number of passes; half the base filters, depth 2
+    counts = [build_unet(depth=2, base_filters=8, batch_norm=False, refinements=k).count_params() for k in (0, 1, 3)]
+    assert counts[0] < counts[1] == counts[2] == model.count_params()
+    assert model.get_layer("refine_bottom_conv2").filters == 4 * 2 ** 2
+    assert model.get_layer("refine_down0_conv1").kernel.shape == (3, 3, 1 + 8, 4)  # probabilities + first level
+
+
+def test_refined_multiclass_unet_stacks_each_stages_softmax():
+    model = build_unet(channels=3, n_classes=4, depth=2, base_filters=4, refinements=1)
+    stacked = keras.ops.convert_to_numpy(model(np.random.rand(1, 16, 16, 3).astype("float32"), training=True))
+    assert stacked.shape == (1, 16, 16, 8)
+    np.testing.assert_allclose(stacked.reshape(1, 16, 16, 2, 4).sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_classes", [1, 3])
+def test_stage_loss_is_the_mean_of_each_stages_loss_and_metrics_score_the_last(n_classes):
+    rng = np.random.default_rng(0)
+    if n_classes == 1:
+        y = (rng.random((2, 8, 8, 1)) > 0.7).astype("float32")
+        stages = [rng.uniform(0.05, 0.95, (2, 8, 8, 1)).astype("float32") for _ in range(3)]
+    else:
+        y = rng.integers(0, 3, (2, 8, 8, 1)).astype("float32")
+        stages = [rng.dirichlet(np.ones(3), (2, 8, 8)).astype("float32") for _ in range(3)]
+    plain_loss, plain_metrics = loss_and_metrics("bce", n_classes)
+    loss, metrics = loss_and_metrics("bce", n_classes, refined=True)
+    expected = np.mean([float(plain_loss(y, stage)) for stage in stages])
+    assert float(loss(y, np.concatenate(stages, -1))) == pytest.approx(expected, rel=1e-5)
+    assert float(loss(y, stages[1])) == pytest.approx(float(plain_loss(y, stages[1])), rel=1e-6)  # inference output
+    for metric, plain in zip(metrics, plain_metrics):
+        assert metric.__name__ == plain.__name__  # logged under the same name
+        assert float(metric(y, np.concatenate(stages, -1))) == pytest.approx(float(plain(y, stages[2])), rel=1e-6)
+
+
+def test_a_training_step_of_a_refined_unet_minimizes_the_mean_of_its_stages_losses():
+    keras.utils.set_random_seed(0)
+    x = np.random.rand(8, 16, 16, 1).astype("float32")
+    y = (x > 0.6).astype("float32")
+    model = build_unet(depth=2, base_filters=4, batch_norm=False, refinements=2)
+    loss, metrics = loss_and_metrics("bce", 1, refined=True)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss, metrics=metrics)
+    stacked = keras.ops.convert_to_numpy(model(x, training=True))
+    each = [float(bce_loss(y, stacked[..., k:k + 1])) for k in range(3)]
+    first = model.train_on_batch(x, y, return_dict=True)
+    # the mean of the three, not the last stage's loss alone
+    assert abs(first["loss"] - np.mean(each)) * 10 < abs(first["loss"] - each[2])
+    history = model.fit(x, y, epochs=15, batch_size=8, verbose=0)
+    assert history.history["loss"][-1] < 0.7 * first["loss"]
+
+
 def test_dice_loss_matches_hand_computation():
     y_true = np.array([[1, 1, 0, 0]], dtype="float32")
     y_pred = np.array([[0.5, 1.0, 0.5, 0.0]], dtype="float32")
