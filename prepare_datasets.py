@@ -209,7 +209,11 @@ def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
     if not train:
         raise UserError("[data paths] holdout_ids holds out every training image; leave some for training.")
     if paths["dataset"] in CONFIGURED_SPLIT and test:
-        print(f"Test split ({len(test)} image{'s' * (len(test) != 1)}): ids {describe_ids(test, limit=40)}")
+        print(f"Test split ({plural(len(test), 'image')}): ids {describe_ids(test, limit=40)}")
+    if held:
+        # Ids of folders may count files rather than name them: say which images are held out.
+        print(f"Held out of training ({plural(len(held), 'image')}): ids "
+              f"{describe_ids([e for e in val if e.id in held], limit=40)}")
 
     settings = preprocessing_settings(config)
     scale = paths["resize"]

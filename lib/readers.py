@@ -996,22 +996,31 @@ def describe_ids(entries: Sequence[Entry], limit: int = 12) -> str:
 def resolve_ids(tokens: Sequence[int | str], entries: Sequence[Entry], key: str, which: str) -> set[int]:
     """Ids of the entries named by tokens (numbers match ids, names like '01L' or 'case03' match keys)."""
     ids = {e.id for e in entries}
-    by_key = {_normalize_key(e.key): e.id for e in entries if e.key}
+    by_key = {_normalize_key(e.key): e for e in entries if e.key}
     chosen: set[int] = set()
-    unknown = []
+    unknown, ambiguous = [], []
     for token in tokens:
-        # A name may come with its file's extension (case03.png for case03).
-        names = [_normalize_key(token), _normalize_key(Path(token).stem)] if isinstance(token, str) else []
-        found = [by_key[name] for name in names if name in by_key]
+        # A name may come with its file's extension (case03.png for case03); a number may be a name too.
+        named = next((by_key[name] for name in (_normalize_key(str(token)), _normalize_key(Path(str(token)).stem))
+                      if name in by_key), None)
         if isinstance(token, int) and token in ids:
+            if named is not None and named.id != token:
+                # Folder ids count the files when some names are not numbers: 2 is then the second file, which
+                # need not be 2.png. Taking either silently would hold out or test an image not meant.
+                by_id = next(e for e in entries if e.id == token)
+                ambiguous.append(f"{token} is the id of {by_id.name} but also the name of {named.name}")
             chosen.add(token)
-        elif found:
-            chosen.add(found[0])
+        elif named is not None:
+            chosen.add(named.id)
         else:
             unknown.append(str(token))
     if unknown:
         raise UserError(f"[data paths] {key} lists {', '.join(unknown)}, which are not {which} image ids. "
                         f"Valid ids: {describe_ids(entries)}.")
+    if ambiguous:
+        raise UserError(f"[data paths] {key}: {'; '.join(ambiguous)} (ids number the images in name order when "
+                        "not every file name is a number). Give file names instead (e.g. "
+                        f"{key} = {ambiguous[0].rsplit(' ', 1)[-1]}), which mean one image each.")
     return chosen
 
 

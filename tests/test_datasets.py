@@ -451,6 +451,7 @@ def test_prepare_folders_dataset_with_fraction_split_and_half_scale(folders: Pat
     assert prepare_datasets.main() == 0
     out = capsys.readouterr().out
     assert "Test split (2 images)" in out
+    assert "Held out of training (1 image): ids 4 (scan_a)" in out
     expected_test = [e.id for e in read_dataset("folders", folders, test_fraction=0.34, seed=42)[1]]
     with h5py.File(prepared / "dataset.h5", "r") as h5:
         assert sorted(h5["test/ids"][()].tolist()) == sorted(expected_test)

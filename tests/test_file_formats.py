@@ -300,6 +300,21 @@ def test_images_named_with_a_suffix_or_in_another_letter_case_pair_with_their_la
     assert resolve_ids([f"{composed}3"], entries, "holdout_ids", "training") == {1}
 
 
+def test_ids_that_are_also_other_images_names_are_refused() -> None:
+    # Folder ids count the files when one name is not a number: id 2 is then 5.png, not 2.png.
+    names = ["2", "5", "7", "10", "30", "extra"]
+    entries = [Entry(f"{name}.png", index, name, lambda: None) for index, name in enumerate(names, 1)]
+    with pytest.raises(UserError, match=r"2 is the id of 5\.png but also the name of 2\.png.*holdout_ids = 2\.png"):
+        resolve_ids([2], entries, "holdout_ids", "training")
+    # Names pick one image each; a number that is no id but a name picks that file; an unambiguous id stays an id.
+    assert resolve_ids(["2.png", "5"], entries, "holdout_ids", "training") == {1, 2}
+    assert resolve_ids([30], entries, "test_ids", "dataset") == {5}
+    assert resolve_ids([6], entries, "holdout_ids", "training") == {6}
+    # Numeric names are the ids themselves: 07 is the image 7, with no ambiguity.
+    numeric = [Entry(f"{n}.png", int(n), n, lambda: None) for n in ("02", "07")]
+    assert resolve_ids([7, "02"], numeric, "holdout_ids", "training") == {2, 7}
+
+
 def test_predict_pairs_input_images_with_masks_named_with_a_suffix(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "masks").mkdir()
