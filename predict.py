@@ -29,7 +29,7 @@ from lib.progress import listed, progress
 from lib.readers import ClassSpec, Entry, image_stem, input_entries, is_image_name, output_stem, scale_sample
 from lib.runs import CONFIG_NAME, FINISHED, find_run_folder, training_now
 from lib.storage import FILE_NAME, image_shapes, iter_split, open_prepared, read_attr_json, read_classes, split_size
-from lib.tiling import resize_map
+from lib.tiling import resize_map, window_step
 
 MULTICLASS_IMAGE_KEYS = ("pixel_accuracy", "mean_iou", "mean_accuracy")
 
@@ -467,6 +467,12 @@ def main() -> int:
     if flips == "none" and tta_flips(testing, flips):
         print(f"note: tta_flips = {testing['tta_flips']} averages flipped views, which this model, trained with "
               "[augmentation] flips = none, has not seen; --set tta_flips=false leaves them out.")
+    step = window_step(testing["stride"], 2 ** depth)
+    if step != testing["stride"]:
+        # Recorded as used: the summary and metrics.json then say how the windows were laid.
+        print(f"note: stride = {testing['stride']} is not a multiple of 2^depth = {2 ** depth}, where windows must "
+              f"start: they step by {step}.")
+        testing = {**testing, "stride": step}
     threshold = testing["threshold"]
     classes = ClassSpec.from_config(config)
     trainer = training_now(run)

@@ -313,7 +313,7 @@ SCHEMA: dict[str, dict[str, tuple[Parser, str]]] = {
     },
     "testing settings": {
         "window": (_positive(int), "sliding-window tile size in pixels (divisible by 2^depth)"),
-        "stride": (_positive(int), "step between windows (rounded down to a multiple of 2^depth); smaller than window means averaged overlap"),
+        "stride": (_positive(int), "step between windows (rounded down to a multiple of 2^depth, at least 2^depth); smaller than window means averaged overlap"),
         "blend": (_choice("constant", "gaussian"), "how overlapping windows are averaged: constant or gaussian (centre-weighted)"),
         "batch_size": (_positive(int), "windows per prediction batch"),
         "tta_flips": (_tta_flips, "test-time augmentation: average the predictions of the flipped windows; true: all four flips (left-right only for a model trained with flips = horizontal), rotations: the four flips and their 90-degree rotations (eight views, twice the time of four), horizontal: left-right only (half the time of four), false: none; auto: all four flips where the model runs fast (a GPU, or bfloat16 on a CPU with AMX), none elsewhere or for a model trained with flips = none"),

@@ -31,6 +31,11 @@ def gaussian_weights(height: int, width: int | None = None, sigma_scale: float =
     return np.maximum(weights, 1e-3).astype(np.float32)
 
 
+def window_step(stride: int, multiple: int = 1) -> int:
+    """The step between windows: stride rounded down to a multiple of `multiple`, and at least one."""
+    return max(multiple, stride // multiple * multiple)
+
+
 def window_grid(height: int, width: int, window: int, stride: int,
                 multiple: int = 1) -> tuple[int, int, list[tuple[int, int]]]:
     """(window height, window width, top-left corners) that sliding_window uses on a height x width image.
@@ -42,7 +47,7 @@ def window_grid(height: int, width: int, window: int, stride: int,
     """
     win_h = min(window, -(-height // multiple) * multiple)
     win_w = min(window, -(-width // multiple) * multiple)
-    step = max(multiple, stride // multiple * multiple)
+    step = window_step(stride, multiple)
 
     def starts(length: int, win: int) -> list[int]:
         last = -(-max(length - win, 0) // multiple) * multiple

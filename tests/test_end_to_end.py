@@ -448,6 +448,16 @@ def test_predict_scores_another_dataset_at_a_zoom_and_refuses_an_incompatible_on
     assert "Traceback" not in refused.stderr
 
 
+def test_a_stride_that_is_no_multiple_of_2_to_the_depth_is_rounded_and_recorded_as_used(trained):
+    tmp, args, _, _ = trained
+    out = tmp / "stride_2"
+    result = run_script("predict.py", *args, "--split", "test", "--set", "stride=2", "--output", str(out))
+    # The tiny model has depth 2: windows start at multiples of 4.
+    assert "stride = 2 is not a multiple of 2^depth = 4" in result.stdout and "they step by 4" in result.stdout
+    assert json.loads((out / "metrics.json").read_text())["settings"]["stride"] == 4
+    assert "window 64, stride 4," in (out / "summary.txt").read_text()
+
+
 def test_finished_run_is_not_overwritten(trained):
     tmp, args, _, _ = trained
     result = run_script("train.py", *args, check=False)
