@@ -21,7 +21,8 @@ from lib.config import NAME_MAX, Config, add_config_arguments, load_config, load
 from lib.cells import cell_colours, closed_membranes, watershed_cells
 from lib.errors import UserError, run_cli
 from lib.metrics import SCORE_KEYS, cldice, evaluate_images, isbi_scores, multiclass_scores, per_image_means
-from lib.outputs import check_output_folder, output_key, publish, remove_abandoned, staging_prefix
+from lib.outputs import (check_output_folder, output_key, publish, remove_abandoned, same_prediction,
+                         staging_prefix)
 from lib.plots import (colorize, overlay, panels, save_confusion_matrix, save_legend, save_png, save_roc_pr,
                        side_by_side, stretched)
 from lib.preprocessing import clahe_tile, preprocess
@@ -550,7 +551,21 @@ def main() -> int:
         source, source_line = {kind: str(segmented.resolve())}, f"{kind}: {segmented.resolve()}"
         if args.mask:
             source["mask"] = str(args.mask.resolve())
-        earlier = check_output_folder(out, args.overwrite, args.input, source_line)
+        # The views TTA averaged, as printed above (False, "all", "horizontal" or "rotations").
+        # The threshold used, not the setting ("auto"); class maps take the argmax and use none.
+        settings = {**{k: v for k, v in testing.items() if k != "threshold"},
+                    "tta_flips": tta_flips(testing, flips) or False, "label_offset": offset,
+                    "label_offset_source": offset_source, "run": str(run), "split": where, **source}
+        if classes is None:
+            settings.update(threshold=threshold, **({"threshold_source": threshold_source} if threshold_source else {}))
+        checkpoint = run / f"{testing['checkpoint']}.keras"
+        done = None if args.overwrite else same_prediction(out, settings, checkpoint)
+        if done is not None:
+            # Rerunning a finished pipeline's commands (prepare, train, predict) is not an error.
+            print(f"{out} already holds these predictions (the same images and settings, and {checkpoint.name} "
+                  f"unchanged since); nothing to do. --overwrite makes them again.\n\n{done}")
+            return 0
+        earlier = check_output_folder(out, args.overwrite, args.input, source_line, checkpoint)
         if created:  # a run that fails leaves no empty output folder behind
             stack.callback(lambda: out.rmdir() if out.is_dir() and not any(out.iterdir()) else None)
         # Written into a hidden folder and moved into out when all is done: a run that fails or is interrupted
@@ -567,11 +582,6 @@ def main() -> int:
                    f"tta_scales {', '.join(map(format, testing['tta_scales']))}, "
                    f"mirror_margin {testing['mirror_margin']}, zoom {testing['zoom']:g}, "
                    f"compute dtype {compute_dtype(model)}")
-        # The views TTA averaged, as printed above (False, "all", "horizontal" or "rotations").
-        # The threshold used, not the setting ("auto"); class maps take the argmax and use none.
-        settings = {**{k: v for k, v in testing.items() if k != "threshold"},
-                    "tta_flips": tta_flips(testing, flips) or False, "label_offset": offset,
-                    "label_offset_source": offset_source, "run": str(run), "split": where, **source}
 
         def infer(image: np.ndarray) -> np.ndarray:
             return shift_map(predict_image(model, image, testing, depth, flips), offset)
@@ -583,8 +593,7 @@ def main() -> int:
         else:
             lines = [*header, f"threshold: {threshold:.3f}",
                      f"label offset: {offset_text(offset)} ({offset_source})", windows]
-            chosen = {"threshold": threshold, **({"threshold_source": threshold_source} if threshold_source else {})}
-            lines += predict_binary(infer, samples, count, threshold, staging, {**settings, **chosen}, dataset, config)
+            lines += predict_binary(infer, samples, count, threshold, staging, settings, dataset, config)
         written = [path.name for path in staging.iterdir()]
         labelled = True if "metrics.json" in written else False if NO_LABELS in lines else None
         summary = "\n".join([*lines, f"outputs: {out}", *output_key(written, labelled)]) + "\n"

@@ -24,7 +24,7 @@ from lib.metrics import best_f1_threshold
 from lib.patches import validation_split
 from lib.plots import save_learning_curves
 from lib.progress import listed, plural, progress
-from lib.runs import CONFIG_NAME, FINISHED, prepare_run_folder, run_lock
+from lib.runs import CONFIG_NAME, FINISHED, finished_as_configured, prepare_run_folder, run_lock
 from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, read_source_files
 
 # The label offset is found on training images up to this many pixels (all of DRIVE's 20 images, 6.6 million, and
@@ -186,6 +186,15 @@ def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
     with contextlib.ExitStack() as stack:
         if distribution.is_chief:
             stack.enter_context(run_lock(run))  # before --overwrite may delete the folder
+            done = None if overwrite else finished_as_configured(config)
+            if done is not None:
+                # Rerunning a finished pipeline's commands (prepare, train, predict) is not an error.
+                best = ("" if done.get("best") is None else
+                        f": best {done.get('monitor')} = {done['best']:.4f} at epoch {done.get('best_epoch')}")
+                print(f"{run} already holds a finished run with these settings{best}; nothing to do. To train it "
+                      "again from the start, add --overwrite; to train more (e.g. more epochs), choose another "
+                      "name with --set experiment.name=NEW_NAME.")
+                return 0
             run, resuming = prepare_run_folder(config, overwrite)
             reason = training_ended(read_state(run), training["early_stopping_patience"]) if resuming else None
             fresh = resuming and not (run / "last.keras").exists()

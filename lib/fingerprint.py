@@ -106,12 +106,13 @@ def _configured_name(setting: str) -> str:
 
 
 def describe_differences(differences: Mapping[str, tuple[Any, Any]]) -> str:
-    """'experiment.seed = 42 (now 7), preprocessing.clahe = true (now false)' for a message."""
+    """'experiment.seed = 42 (now 7), training_settings.N_epochs = 16 (now 4)' for a message: names as --set takes
+    them without quotes."""
     def shown(setting: str, value: Any) -> str:
         value = _as_configured(setting, value)
         return "(none)" if value is None else json.dumps(value) if not isinstance(value, str) else value
 
-    return ", ".join(f"{_configured_name(key)} = {shown(key, old)} (now {shown(key, new)})"
+    return ", ".join(f"{_configured_name(key).replace(' ', '_')} = {shown(key, old)} (now {shown(key, new)})"
                      for key, (old, new) in differences.items())
 
 

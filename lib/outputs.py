@@ -1,6 +1,7 @@
 """predict.py's output folder: what a prediction wrote there (outputs.txt), and replacing it only when asked."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -140,6 +141,29 @@ def publish(staging: Path, out: Path, earlier: list[str] | None) -> int:
     return removed
 
 
+def made_before(out: Path, checkpoint: Path) -> bool:
+    """Whether the prediction in out was written before the checkpoint last changed (training changed the model)."""
+    try:
+        return (out / "summary.txt").stat().st_mtime < checkpoint.stat().st_mtime
+    except OSError:
+        return False
+
+
+def same_prediction(out: Path, settings: dict, checkpoint: Path) -> str | None:
+    """The summary of the prediction in out when it was made with these settings (as metrics.json records them)
+    from the checkpoint as it is now, so that running its command again has nothing to do; else None."""
+    listed_files = earlier_outputs(out)
+    if not listed_files or "metrics.json" not in listed_files or made_before(out, checkpoint):
+        return None
+    try:
+        recorded = json.loads((out / "metrics.json").read_text(encoding="utf-8")).get("settings")
+        summary = (out / "summary.txt").read_text(encoding="utf-8")
+    except (OSError, ValueError, AttributeError):
+        return None
+    # Compared as written: JSON has lists where the settings may hold tuples.
+    return summary if recorded == json.loads(json.dumps(settings)) else None
+
+
 def _earlier_source(out: Path) -> str | None:
     """What the earlier prediction in out segmented, as its summary.txt records it ('input: ...' or 'data: ...')."""
     try:
@@ -149,12 +173,13 @@ def _earlier_source(out: Path) -> str | None:
     return next((line for line in lines if line.startswith(("input: ", "data: "))), None)
 
 
-def check_output_folder(out: Path, overwrite: bool, input_path: Path | None, source: str | None = None
-                        ) -> list[str] | None:
+def check_output_folder(out: Path, overwrite: bool, input_path: Path | None, source: str | None = None,
+                        checkpoint: Path | None = None) -> list[str] | None:
     """Refuse an output folder that holds earlier predictions (without --overwrite), files named as predictions
     that no earlier prediction wrote, the --input images (the next run would read the maps as images), or that
     cannot be written. source: what this prediction segments, as summary.txt records it, to say when the earlier
-    one segmented something else. Returns the earlier prediction's files (earlier_outputs)."""
+    one segmented something else; checkpoint: the model file used, to say when the earlier one predates it.
+    Returns the earlier prediction's files (earlier_outputs)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} is a file, not a folder: choose another --output.")
     folder = None if input_path is None else input_path if input_path.is_dir() else input_path.parent
@@ -166,6 +191,8 @@ def check_output_folder(out: Path, overwrite: bool, input_path: Path | None, sou
         theirs = _earlier_source(out)
         other = (f" of other images ({theirs.replace(': ', ' ', 1)}, not {source.replace(': ', ' ', 1)})"
                  if theirs and source and theirs != source else "")
+        if checkpoint is not None and made_before(out, checkpoint):
+            other += f" made before {checkpoint.name} last changed (training has changed the model since)"
         raise UserError(f"{out} already holds predictions{other}. Use --overwrite to replace them, "
                         "or --output NEW_FOLDER to keep both.")
     if out.is_dir():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from pathlib import Path
 
@@ -85,12 +86,16 @@ def prepare_run_folder(config: Config, overwrite: bool) -> tuple[Path, bool]:
         print(f"Deleting the earlier run {folder} (--overwrite): {', '.join(contents) or 'empty'}")
         shutil.rmtree(folder)
     if (folder / FINISHED).exists():
-        raise UserError(f"{folder} already holds a finished run, which cannot be trained further. To train more "
-                        "(e.g. more epochs), choose another name with --set experiment.name=NEW_NAME, or replace "
-                        "this one with --overwrite.")
+        try:
+            changed = _changed_settings(saved, config) if saved.exists() else {}
+        except UserError:  # an unreadable saved configuration: the refusal stands without the differences
+            changed = {}
+        made = f" made with other settings ({describe_differences(changed)})" if changed else ""
+        raise UserError(f"{folder} already holds a finished run{made}, which cannot be trained further. To train "
+                        "more (e.g. more epochs), choose another name with --set experiment.name=NEW_NAME, or "
+                        "replace this one with --overwrite.")
     if saved.exists():
-        differences = setting_differences(load_run_config(saved, config), config)
-        differences = {key: values for key, values in differences.items() if key not in RESUMABLE_CHANGES}
+        differences = _changed_settings(saved, config)
         if differences:
             raise UserError(f"{folder} holds an unfinished run made with another configuration: "
                             f"{describe_differences(differences)}. Rerun with the run's settings to resume it, "
@@ -99,6 +104,28 @@ def prepare_run_folder(config: Config, overwrite: bool) -> tuple[Path, bool]:
         return folder, True
     folder.mkdir(parents=True, exist_ok=True)
     return folder, False
+
+
+def _changed_settings(saved: Path, config: Config) -> dict:
+    """The settings of the run saved in that configuration file that config changes and training reads."""
+    differences = setting_differences(load_run_config(saved, config), config)
+    return {key: values for key, values in differences.items() if key not in RESUMABLE_CHANGES}
+
+
+def finished_as_configured(config: Config) -> dict | None:
+    """The training summary of the configured run when it has finished with these settings (a rerun of its command
+    has nothing to do), else None."""
+    folder = Path(config["experiment"]["runs_dir"]) / config["experiment"]["name"]
+    saved = folder / CONFIG_NAME
+    if not (folder / FINISHED).is_file() or not saved.is_file():
+        return None
+    try:
+        if _changed_settings(saved, config):
+            return None
+        summary = json.loads((folder / FINISHED).read_text(encoding="utf-8"))
+    except (UserError, OSError, ValueError):
+        return None  # unreadable: prepare_run_folder refuses the folder as before
+    return summary if isinstance(summary, dict) else None
 
 
 def find_run_folder(config: Config, run: str | None) -> Path:

@@ -110,7 +110,7 @@ def test_foreground_fraction_puts_more_vessel_pixels_into_the_patches(tmp_path, 
         plain = h5["patches/labels"][()].mean()
     focused_args = [*args, "--set", "foreground_fraction=0.5"]
     stale = run_script("prepare_datasets.py", *focused_args, check=False)
-    assert stale.returncode == 2 and "training settings.foreground_fraction = 0 (now 0.5)" in stale.stderr
+    assert stale.returncode == 2 and "training_settings.foreground_fraction = 0 (now 0.5)" in stale.stderr
     result = run_script("prepare_datasets.py", *focused_args, "--overwrite")
     assert "50% of them on foreground" in result.stdout
     with h5py.File(path, "r") as h5:
@@ -179,9 +179,22 @@ def test_predict_writes_images_metrics_and_curves(trained):
     # became: the tiny model trains in float32, so four flips only where a GPU runs it.
     assert metrics["settings"]["tta_flips"] in ("all", False)
     assert f"tta_flips {metrics['settings']['tta_flips']}," in result.stdout
-    # A second run does not silently replace the first.
-    again = run_script("predict.py", *args, "--split", "test", check=False)
-    assert again.returncode == 2 and "--overwrite" in again.stderr
+    # The same command again has nothing to do: it says so and shows the earlier results.
+    again = run_script("predict.py", *args, "--split", "test")
+    assert "already holds these predictions" in again.stdout and "nothing to do" in again.stdout
+    assert summary in again.stdout
+    # Other settings do not silently replace the first run's files.
+    other = run_script("predict.py", *args, "--split", "test", "--set", "threshold=0.4", check=False)
+    assert other.returncode == 2 and "--overwrite" in other.stderr and "made before" not in other.stderr
+    # Nor does the same command once training has changed the checkpoint: the refusal says the maps predate it.
+    best = tmp / "runs" / "tiny" / "best.keras"
+    stamp = best.stat()
+    os.utime(best, ns=(stamp.st_atime_ns, (out / "summary.txt").stat().st_mtime_ns + 10**9))
+    try:
+        stale = run_script("predict.py", *args, "--split", "test", check=False)
+    finally:
+        os.utime(best, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert stale.returncode == 2 and "made before best.keras last changed" in stale.stderr
     # label_offset = auto applies the offset train.py found for the checkpoint, and says so.
     info = json.loads((tmp / "runs" / "tiny" / "model_info.json").read_text())
     assert metrics["settings"]["label_offset"] == info["label_offset"]
@@ -460,10 +473,18 @@ def test_a_stride_that_is_no_multiple_of_2_to_the_depth_is_rounded_and_recorded_
 
 def test_finished_run_is_not_overwritten(trained):
     tmp, args, _, _ = trained
-    result = run_script("train.py", *args, check=False)
+    best = tmp / "runs" / "tiny" / "best.keras"
+    before = best.stat().st_mtime_ns
+    # The same command again (a rerun of the whole pipeline) has nothing to do, and says so.
+    again = run_script("train.py", *args)
+    assert "already holds a finished run with these settings: best holdout_auc_roc = " in again.stdout
+    assert "nothing to do" in again.stdout and "--overwrite" in again.stdout
+    # Other training settings are refused, named as --set takes them.
+    result = run_script("train.py", *args, "--set", "N_epochs=4", check=False)
     assert result.returncode == 2
-    assert "already holds a finished run" in result.stderr and "--overwrite" in result.stderr
-    assert (tmp / "runs" / "tiny" / "best.keras").is_file()
+    assert "already holds a finished run made with other settings (training_settings.N_epochs = 3 (now 4))" in (
+        result.stderr) and "--overwrite" in result.stderr
+    assert best.stat().st_mtime_ns == before
 
 
 def test_sigkill_during_training_then_same_command_resumes(tmp_path, small_drive, trained):

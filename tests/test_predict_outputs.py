@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -266,3 +267,26 @@ def test_the_output_key_describes_the_files_written_with_and_without_labels():
     assert mixed[0] == labelled[0]  # the same either way: said once
     assert outputs.output_key(["legend.png", "x_classes.png", "x_color.png"], True)[1].endswith("(legend.png)")
     assert outputs.output_key([], True) == []
+
+
+def test_an_earlier_prediction_counts_as_the_same_only_with_its_settings_and_an_older_checkpoint(tmp_path):
+    checkpoint = tmp_path / "best.keras"
+    checkpoint.write_text("model")
+    out = tmp_path / "out"
+    out.mkdir()
+    settings = {"window": 64, "label_offset": (-0.125, 0.0), "threshold": 0.5}
+    (out / "metrics.json").write_text(json.dumps({"pooled": {}, "settings": settings}))
+    (out / "a_probability.png").write_text("x")
+    (out / "summary.txt").write_text("run: runs/drive\nimages: 1 (test)\n")
+    # A folder with a summary but no outputs.txt lists every file named as predictions are.
+    assert outputs.same_prediction(out, settings, checkpoint) == "run: runs/drive\nimages: 1 (test)\n"
+    assert outputs.same_prediction(out, {**settings, "threshold": 0.4}, checkpoint) is None
+    # Written before the checkpoint last changed: made with another model.
+    later = (out / "summary.txt").stat().st_mtime_ns + 10**9
+    os.utime(checkpoint, ns=(later, later))
+    assert outputs.same_prediction(out, settings, checkpoint) is None and outputs.made_before(out, checkpoint)
+    with pytest.raises(UserError, match="made before best.keras last changed"):
+        outputs.check_output_folder(out, False, None, checkpoint=checkpoint)
+    (out / "metrics.json").unlink()  # unlabelled images: nothing records the settings
+    os.utime(checkpoint, ns=(0, 0))
+    assert outputs.same_prediction(out, settings, checkpoint) is None

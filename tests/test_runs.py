@@ -7,7 +7,8 @@ import pytest
 
 from lib.config import load_config
 from lib.errors import UserError
-from lib.runs import CONFIG_NAME, FINISHED, lock_path, prepare_run_folder, run_lock, training_now
+from lib.runs import (CONFIG_NAME, FINISHED, finished_as_configured, lock_path, prepare_run_folder, run_lock,
+                      training_now)
 
 from conftest import REPO
 
@@ -84,15 +85,37 @@ def test_a_resume_with_other_settings_names_them_and_other_testing_settings_are_
     (tmp_path / "r").mkdir()
     write_config(config, tmp_path / "r" / CONFIG_NAME)
     changed = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "N_epochs=3"])
-    with pytest.raises(UserError, match=r"another configuration: training settings.N_epochs = 16 \(now 3\)"):
+    with pytest.raises(UserError, match=r"another configuration: training_settings.N_epochs = 16 \(now 3\)"):
         prepare_run_folder(changed, overwrite=False)
     # Settings training never reads may change; those its holdout scoring uses may not.
     for unread in ("threshold=auto", "label_offset=0,0"):
         scored = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", unread])
         assert prepare_run_folder(scored, overwrite=False) == (tmp_path / "r", True)
     windows = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "stride=100"])
-    with pytest.raises(UserError, match="testing settings.stride = 768 \\(now 100\\)"):
+    with pytest.raises(UserError, match="testing_settings.stride = 768 \\(now 100\\)"):
         prepare_run_folder(windows, overwrite=False)
+
+
+def test_a_finished_run_counts_as_done_only_for_its_own_training_settings(tmp_path):
+    from lib.config import write_config
+
+    config = _config(tmp_path)
+    assert finished_as_configured(config) is None  # no run yet
+    (tmp_path / "r").mkdir()
+    write_config(config, tmp_path / "r" / CONFIG_NAME)
+    assert finished_as_configured(config) is None  # not finished: train.py resumes it
+    (tmp_path / "r" / FINISHED).write_text(json.dumps({"best": 0.98, "best_epoch": 5}))
+    assert finished_as_configured(config) == {"best": 0.98, "best_epoch": 5}
+    # Testing settings training never reads may differ; a training setting may not.
+    threshold = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "threshold=auto"])
+    assert finished_as_configured(threshold) is not None
+    epochs = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "N_epochs=3"])
+    assert finished_as_configured(epochs) is None
+    with pytest.raises(UserError, match=r"finished run made with other settings \(training_settings.N_epochs = 16 "
+                                        r"\(now 3\)\)"):
+        prepare_run_folder(epochs, overwrite=False)
+    (tmp_path / "r" / FINISHED).write_text("{broken")
+    assert finished_as_configured(config) is None
 
 
 def test_a_run_another_train_py_holds_is_refused_until_that_process_is_gone(tmp_path):
