@@ -10,6 +10,7 @@ import collections
 import functools
 import gzip
 import io
+import logging
 import re
 import unicodedata
 import zlib
@@ -97,6 +98,8 @@ def page_count(path: Path) -> int:
 
 
 def _page_count(img: Image.Image) -> int:
+    if "pages" in img.info and not hasattr(img, "n_frames"):  # a TIFF read with tifffile
+        return int(img.info["pages"])
     total = getattr(img, "n_frames", 1)
     if total == 1:
         return 1
@@ -159,9 +162,49 @@ def _read(path: Path, convert: Callable[[Image.Image, Path], Any], turn: bool = 
         raise UserError(f"{path} is too large to read whole ({exc}). Cut it into tiles, or shrink it, "
                         "before using it.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, zlib.error) as exc:
+        tiff = _tiff_pillow_cannot_read(path, page, several) if path.suffix.lower() in (".tif", ".tiff") else None
+        if tiff is not None:
+            return convert(tiff, path)
         raise UserError(f"{path} cannot be read as an image ({exc}). The file is corrupt, not an image, or in "
-                        "a format Pillow cannot read (such as a 64-bit TIFF): copy it again from the original "
+                        "a format neither Pillow nor tifffile can read: copy it again from the original "
                         "dataset, or save it as 8-bit PNG or TIFF.") from None
+
+
+def _tiff_pillow_cannot_read(path: Path, page: int | None,
+                             several: Callable[[Path, int], UserError]) -> Image.Image | None:
+    """A TIFF page Pillow cannot open (64-bit floats, float colour: what numpy and scikit-image save by default)
+    read with tifffile, as a Pillow image: float32 gray ('F') or 8-bit RGB; None when tifffile cannot read it."""
+    import tifffile  # installed with scikit-image
+
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # a corrupt file is answered by the UserError, not by tifffile's log lines
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = [p for p in tif.pages if p.shape == tif.pages[0].shape]
+            if page is None and len(pages) > 1:
+                raise several(path, len(pages))
+            chosen = pages[page or 0]
+            values = chosen.asarray()
+            if values.ndim == 3 and chosen.planarconfig == 2:  # channels stored one after another
+                values = np.moveaxis(values, 0, -1)
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError):
+        return None
+    finally:
+        logger.setLevel(level)
+    if values.ndim == 3 and values.shape[-1] == 1:
+        values = values[..., 0]
+    if values.ndim == 2:
+        img = Image.fromarray(values.astype(np.float32), mode="F")
+    elif values.ndim == 3 and values.shape[-1] in (3, 4):
+        colour = values[..., :3]
+        # Whole numbers 0..255 are 8-bit colour stored wide; anything else is stretched, as wide gray is.
+        rgb = colour.astype(np.uint8) if _whole_bytes(colour) else _stretch_to_uint8(colour, path)
+        img = Image.fromarray(rgb, mode="RGB")
+    else:
+        return None
+    img.info["pages"] = len(pages)  # page_count: a Pillow image made here has one frame
+    return img
 
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")

@@ -15,8 +15,8 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO))
 from lib.errors import UserError  # noqa: E402
-from lib.readers import (ClassSpec, Entry, LabelError, input_entries, key_by_image_name, read_image,  # noqa: E402
-                         read_label, read_split, resolve_ids, to_binary, to_classes)
+from lib.readers import (ClassSpec, Entry, LabelError, input_entries, key_by_image_name,  # noqa: E402
+                         page_count, read_image, read_label, read_split, resolve_ids, to_binary, to_classes)
 
 H, W = 40, 56
 
@@ -143,6 +143,41 @@ def test_tiff_masks_as_tifffile_writes_them(tmp_path: Path) -> None:
     # the convention of every other file here; foreground shown black reads as background.
     tifffile.imwrite(tmp_path / "bool.tif", label)
     np.testing.assert_array_equal(to_binary(read_label(tmp_path / "bool.tif"), "bool"), ~label)
+
+
+def test_tiffs_pillow_cannot_open_are_read_with_tifffile(tmp_path: Path) -> None:
+    import tifffile  # installed with scikit-image, as the reader relies on
+
+    ramp = np.tile(np.linspace(0.0, 1.0, W), (H, 1))
+    # numpy's float64, as tifffile.imwrite and skimage.io.imsave write a float array by default.
+    tifffile.imwrite(tmp_path / "f64.tif", ramp)
+    np.testing.assert_allclose(read_image(tmp_path / "f64.tif"), ramp * 255, atol=1)
+    # Float colour, interleaved or with its channels stored one after another.
+    colour = np.dstack([ramp, ramp[:, ::-1], np.full_like(ramp, 0.5)]).astype(np.float32)
+    tifffile.imwrite(tmp_path / "rgb.tif", colour, photometric="rgb")
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(colour, -1, 0), photometric="rgb", planarconfig="separate")
+    for name in ("rgb.tif", "planar.tif"):
+        image = read_image(tmp_path / name)
+        assert image.shape == (H, W, 3) and image.dtype == np.uint8
+        np.testing.assert_allclose(image[..., 0], ramp * 255, atol=1)  # stretched over all three channels
+        np.testing.assert_allclose(image[..., 1], ramp[:, ::-1] * 255, atol=1)
+    # A float64 label of whole values is read as they are; soft values are refused as in any wide label.
+    label = _strokes(3)
+    tifffile.imwrite(tmp_path / "label.tif", label.astype(np.float64))
+    np.testing.assert_array_equal(to_binary(read_label(tmp_path / "label.tif"), "label"), label)
+    tifffile.imwrite(tmp_path / "soft.tif", np.where(label, 0.5, 0.0))
+    with pytest.raises(LabelError, match="the values 0.0, 0.5, which are not whole numbers"):
+        read_label(tmp_path / "soft.tif")
+    # A float64 stack: refused where one image per file is read, its pages counted and read for predict.py --input.
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([ramp, ramp[::-1], ramp]), photometric="minisblack")
+    with pytest.raises(UserError, match="stack.tif holds 3 pages"):
+        read_image(tmp_path / "stack.tif")
+    assert page_count(tmp_path / "stack.tif") == 3
+    np.testing.assert_allclose(read_image(tmp_path / "stack.tif", page=1), ramp[::-1] * 255, atol=1)
+    # A corrupt TIFF is still answered as one, without tifffile's own log lines.
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00" + b"not an image" * 4)
+    with pytest.raises(UserError, match="broken.tif cannot be read as an image"):
+        read_image(tmp_path / "broken.tif")
 
 
 def test_a_palette_image_keeps_its_colours(tmp_path: Path) -> None:
