@@ -112,6 +112,20 @@ def read_training(entries: Sequence[Entry], scale: float, folder: Path, fov_fold
     return rows
 
 
+def note_gray_images(rows: Sequence[Mapping[str, Any]], channels: int) -> None:
+    """Say which training images are gray when colour is kept: their gray level fills all three channels."""
+    gray = [r["name"] for r in rows if r["raw"].ndim == 2 or r["raw"].shape[-1] == 1]
+    if channels != 3 or not gray:
+        return
+    if len(gray) == len(rows):
+        print(f"  note: every training image is gray, but channels = 3 keeps colour: each gray level fills three "
+              "channels. --set channels=1 gives the model the same information.")
+    else:
+        print(f"  note: {plural(len(gray), 'training image')} of {len(rows)} {'is' if len(gray) == 1 else 'are'} "
+              f"gray ({listed(gray, 5)}) among colour ones: {'its' if len(gray) == 1 else 'their'} gray level fills "
+              "all three channels. A mix is usually a mistake: convert the images alike, or use --set channels=1.")
+
+
 def check_foreground(rows: Sequence[Mapping[str, Any]], root: Path) -> None:
     """Refuse binary training labels with no foreground, or only foreground, inside the field of view."""
     inside = sum(int(r["fov"].sum()) for r in rows)
@@ -224,6 +238,7 @@ def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
         print(f"{paths['dataset']} has no FOV masks: deriving them from the red channel; saved in {fov_folder}")
         fov_folder.mkdir(exist_ok=True)
     train_rows = read_training(train, scale, scratch, fov_folder, config["data attributes"]["patch_size"])
+    note_gray_images(train_rows, settings["channels"])
     if settings["clahe"]:
         settings["clahe_tile"] = clahe_tile([row["fov"].shape for row in train_rows])
     if classes is None:

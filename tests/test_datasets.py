@@ -463,7 +463,10 @@ def test_prepare_folders_dataset_with_fraction_split_and_half_scale(folders: Pat
                 assert set(np.unique(h5[split]["labels"][key][()]).tolist()) <= {0, 1}
         assert set(np.unique(h5["patches/labels"][()]).tolist()) == {0, 1}
         assert h5["patches/images"].shape == (40, 16, 16, 3)
+        trained_on = [name.decode() for name in h5["train/names"][()]]
     assert [p.name for p in prepared.iterdir()] == ["dataset.h5"]   # scratch files leave nothing
+    # scan_c.gif, gray among colour images, is a training image here: with channels = 3 that is said.
+    assert "scan_c.gif" in trained_on and "note: 1 training image of 3 is gray (scan_c.gif) among colour ones" in out
 
 
 def test_prepare_chase_keeps_its_split_holds_out_by_name_and_saves_derived_fovs(chase, tmp_path: Path,
