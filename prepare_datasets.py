@@ -118,7 +118,7 @@ def note_gray_images(rows: Sequence[Mapping[str, Any]], channels: int) -> None:
     if channels != 3 or not gray:
         return
     if len(gray) == len(rows):
-        print(f"  note: every training image is gray, but channels = 3 keeps colour: each gray level fills three "
+        print("  note: every training image is gray, but channels = 3 keeps colour: each gray level fills three "
               "channels. --set channels=1 gives the model the same information.")
     else:
         print(f"  note: {plural(len(gray), 'training image')} of {len(rows)} {'is' if len(gray) == 1 else 'are'} "
