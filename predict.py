@@ -141,6 +141,9 @@ def load_current(path: Path, overrides: Sequence[str]) -> Config:
 def data_file(path: Path) -> Path:
     """The dataset.h5 that --data names: the file, or the one in the prepared folder; a folder without one (such
     as a dataset's own folder of images) is refused with what to give instead."""
+    if not path.exists():
+        raise UserError(f"--data {path} not found: give a folder prepared by prepare_datasets.py (its prepared_dir) "
+                        f"or its {FILE_NAME}.")
     if path.suffix.lower() == ".h5":
         return path
     if path.is_dir() and not (path / FILE_NAME).is_file():
@@ -455,7 +458,10 @@ def main() -> int:
 
     config, model, preprocessing, info = load_run(run, current)
     other_data = current["data paths"]["prepared_dir"] != config["data paths"]["prepared_dir"]
-    if other_data and not (args.input or args.data):
+    # --run alone, with the default configuration file: the user named no prepared_dir, so none is ignored.
+    named = (args.run is None or args.config != parser.get_default("config")
+             or any(parse_override(item)[1] == "prepared_dir" for item in args.overrides))
+    if other_data and named and not (args.input or args.data):
         print(f"note: predict.py scores the data the run was trained with, {config['data paths']['prepared_dir']}, "
               f"not {current['data paths']['prepared_dir']}; use --data to score another prepared dataset.")
     noted = [] if args.input or args.data else [("data paths", "prepared_dir")]

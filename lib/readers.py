@@ -27,6 +27,8 @@ from lib.fov import derive_fov
 from lib.progress import listed, plural
 
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".ppm", ".pgm", ".bmp")
+# Image formats a user may well have that are not read: named as such, with the fix, when found in a folder.
+UNREAD_IMAGE_EXTENSIONS = {".webp", ".heic", ".heif", ".jp2", ".j2k", ".dcm", ".nii", ".svs", ".avif"}
 _IGNORED_FILES = {"Thumbs.db", "desktop.ini"}
 # The downloaded archives are often unpacked beside themselves (stare-images.tar, CHASEDB1.zip): not data.
 _ARCHIVES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
@@ -888,7 +890,10 @@ def files_by_stem(folder: Path, refuse_nested: bool = True) -> dict[str, Path]:
     """Map file stem -> image file in folder; other files and two files with one stem are errors, and so are images
     in subfolders unless refuse_nested is False (they are not read)."""
     if not folder.is_dir():
-        raise UserError(f"folder {folder} not found. Check [data paths] dataset_dir and the layout "
+        # dataset_dir set to the images/ folder itself makes images/images: name the folder meant.
+        meant = (f" dataset_dir is the folder that holds images/ and labels/, here probably {folder.parent.parent}."
+                 if folder.parent.name == folder.name else "")
+        raise UserError(f"folder {folder} not found.{meant} Check [data paths] dataset_dir and the layout "
                         "described in README.md (sections Your data and Multi-class (CamVid)).")
     found: dict[str, Path] = {}
     unexpected, duplicates = [], []
@@ -905,8 +910,11 @@ def files_by_stem(folder: Path, refuse_nested: bool = True) -> dict[str, Path]:
         raise UserError(f"files with the same name in {folder}: {'; '.join(duplicates)}. Files are paired "
                         "by name without the extension: keep one of each.")
     if unexpected:
+        unread = sorted({Path(name).suffix.lower() for name in unexpected} & UNREAD_IMAGE_EXTENSIONS)
+        convert = (f" {', '.join(unread)} images are not read: convert them to PNG (or TIFF), labels too."
+                   if unread else "")
         raise UserError(f"unexpected files in {folder}: {listed(unexpected)}. Expected only images "
-                        f"({', '.join(IMAGE_EXTENSIONS)}); move the others away.")
+                        f"({', '.join(IMAGE_EXTENSIONS)}); move the others away.{convert}")
     nested = images_in_subfolders(folder) if refuse_nested else ""
     if nested:  # reading the rest would train on part of the data without a word
         raise UserError(f"{folder} has images in subfolders, which are not read: {nested}. Move those images "

@@ -6,6 +6,7 @@ Every dataset is written in its release's real formats (PPM P6/P5 and gzipped PP
 from __future__ import annotations
 
 import gzip
+import re
 import sys
 from pathlib import Path
 
@@ -326,8 +327,18 @@ def test_folders_leave_archives_alone_but_name_other_files(folders: Path, tmp_pa
     (root / "images" / "images.zip").write_bytes(b"PK")
     assert len(read_split("folders", root, "train")) == 6
     (root / "images" / "notes.txt").write_text("x")
-    with pytest.raises(UserError, match=r"unexpected files in .*images: notes.txt\."):
+    with pytest.raises(UserError, match=r"unexpected files in .*images: notes.txt\.") as info:
         read_split("folders", root, "train")
+    assert "convert" not in str(info.value)
+    # An image format that is not read is named as such, with the fix.
+    (root / "images" / "notes.txt").unlink()
+    (root / "images" / "case3.webp").write_bytes(b"RIFF")
+    with pytest.raises(UserError, match=r"case3.webp\..*\.webp images are not read: convert them to PNG"):
+        read_split("folders", root, "train")
+    # dataset_dir given as the images/ folder itself: the message names the folder meant.
+    with pytest.raises(UserError, match=rf"images/images not found\. dataset_dir is the folder that holds images/ "
+                                        rf"and labels/, here probably {re.escape(str(root))}\."):
+        read_split("folders", root / "images", "train")
 
 
 def test_folders_with_masks_but_no_labels_say_what_masks_are_for(tmp_path: Path) -> None:

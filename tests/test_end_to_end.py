@@ -471,6 +471,21 @@ def test_a_stride_that_is_no_multiple_of_2_to_the_depth_is_rounded_and_recorded_
     assert "window 64, stride 4," in (out / "summary.txt").read_text()
 
 
+def test_predict_with_run_alone_notes_no_prepared_dir_and_a_missing_data_path_is_named_first(trained):
+    tmp, args, _, _ = trained
+    run = tmp / "runs" / "tiny"
+    alone = run_script("predict.py", "--run", str(run), "--split", "test", "--output", str(tmp / "run_alone"))
+    assert "note: predict.py scores the data the run was trained with" not in alone.stdout
+    assert (tmp / "run_alone" / "metrics.json").is_file()
+    named = run_script("predict.py", "--run", str(run), "--split", "test", "--set", "prepared_dir=elsewhere",
+                       "--output", str(tmp / "run_named"))
+    assert "note: predict.py scores the data the run was trained with" in named.stdout
+    assert "not elsewhere" in named.stdout
+    missing = run_script("predict.py", *args, "--data", str(tmp / "nowhere"), check=False)
+    assert missing.returncode == 2 and f"--data {tmp / 'nowhere'} not found" in missing.stderr
+    assert "note:" not in missing.stdout
+
+
 def test_finished_run_is_not_overwritten(trained):
     tmp, args, _, _ = trained
     best = tmp / "runs" / "tiny" / "best.keras"
