@@ -10,7 +10,7 @@ from lib.config import Config, load_run_config
 from lib.errors import UserError
 from lib.fingerprint import PATCH_KEYS, describe_differences, setting_differences
 from lib.locks import exclusive_lock, lock_holder
-from lib.outputs import LEFTOVER, is_prediction_output
+from lib.outputs import LEFTOVER, earlier_outputs
 from lib.progress import listed
 
 FINISHED = "training_summary.json"
@@ -59,9 +59,12 @@ def _foreign_files(folder: Path) -> list[str]:
         if output.is_symlink() or not output.is_dir():
             foreign += [] if LEFTOVER.fullmatch(output.name) else [f"predictions/{output.name}"]
             continue
+        # Only what a prediction there wrote (its outputs.txt, or its summary for older ones): a file merely named
+        # as predictions are, in a folder of the user's, is theirs, as predict.py --overwrite holds too.
+        written = earlier_outputs(output) or []
         foreign += [f"predictions/{output.name}/{path.name}" for path in sorted(output.iterdir())
-                    if path.is_symlink() or not is_prediction_output(path.name)
-                    or (path.is_dir() and not LEFTOVER.fullmatch(path.name))]
+                    if path.is_symlink() or (path.is_dir() and not LEFTOVER.fullmatch(path.name))
+                    or (path.is_file() and path.name not in written)]
     return foreign
 
 

@@ -53,10 +53,17 @@ def test_overwrite_refuses_user_files_among_the_predictions_and_a_linked_run(tmp
     (run / "predictions" / "test").mkdir(parents=True)
     (run / CONFIG_NAME).write_text("x")
     (run / "predictions" / "test" / "01_probability.png").write_text("x")
-    (run / "predictions" / "test" / "summary.txt").write_text("x")
+    (run / "predictions" / "test" / "summary.txt").write_text("run: runs/r\nimages: 1 (test)\n")
     (run / ".last.abcd1234.tmp.keras").write_text("x")  # a write a kill interrupted: the run's own
     (run / "predictions" / "mywork").mkdir()
     (run / "predictions" / "mywork" / "notes.txt").write_text("keep me")
+    # Hand-corrected maps named as predictions are, in a folder no prediction wrote, are the user's too.
+    (run / "predictions" / "corrected").mkdir()
+    (run / "predictions" / "corrected" / "01_binary.png").write_text("keep me")
+    with pytest.raises(UserError, match="predictions/corrected/01_binary.png"):
+        prepare_run_folder(_config(tmp_path), overwrite=True)
+    (run / "predictions" / "corrected" / "01_binary.png").unlink()
+    (run / "predictions" / "corrected").rmdir()
     (run / "tensorboard" / "train").mkdir(parents=True)
     (run / "tensorboard" / "train" / "events.out.tfevents.1.vm.1.0.v2").write_text("x")
     (run / "tensorboard" / "analysis.ipynb").write_text("keep me")
