@@ -1089,8 +1089,8 @@ def split_entries(entries: Sequence[Entry], test_ids: Sequence[int | str], test_
     train = [e for e in entries if e.id not in chosen]
     test = [e for e in entries if e.id in chosen]
     if not train:
-        raise UserError(f"[data paths] test_ids/test_fraction put all {len(entries)} images in the test "
-                        "split; leave some for training.")
+        raise UserError(f"[data paths] test_ids/test_fraction put all {plural(len(entries), 'image')} in the test "
+                        "split; leave some for training (--set test_fraction=0 makes no test split).")
     return train, test
 
 

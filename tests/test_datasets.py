@@ -256,6 +256,9 @@ def test_split_that_leaves_no_training_image_is_refused(hrf: Path) -> None:
     entries, _ = read_dataset("HRF", hrf)
     with pytest.raises(UserError, match="leave some for training"):
         split_entries(entries, [e.id for e in entries], 0.0, 0)
+    # One image: any fraction draws it for testing; the message gives the setting that keeps it for training.
+    with pytest.raises(UserError, match=r"all 1 image in the test split.*--set test_fraction=0 makes no test split"):
+        split_entries(entries[:1], [], 0.25, 0)
 
 
 def test_scale_halves_sizes_and_keeps_labels_binary(hrf: Path) -> None:
