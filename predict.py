@@ -21,8 +21,8 @@ from lib.config import NAME_MAX, Config, add_config_arguments, load_config, load
 from lib.cells import cell_colours, closed_membranes, watershed_cells
 from lib.errors import UserError, run_cli
 from lib.metrics import SCORE_KEYS, cldice, evaluate_images, isbi_scores, multiclass_scores, per_image_means
-from lib.outputs import (check_output_folder, output_key, publish, remove_abandoned, same_prediction,
-                         staging_prefix)
+from lib.outputs import (check_output_folder, output_key, publish, recorded_settings, remove_abandoned,
+                         same_prediction, setting_changes, staging_prefix)
 from lib.plots import (colorize, overlay, panels, save_confusion_matrix, save_legend, save_png, save_roc_pr,
                        side_by_side, stretched)
 from lib.preprocessing import clahe_tile, preprocess
@@ -564,14 +564,17 @@ def main() -> int:
                     "label_offset_source": offset_source, "run": str(run), "split": where, **source}
         if classes is None:
             settings.update(threshold=threshold, **({"threshold_source": threshold_source} if threshold_source else {}))
-        checkpoint = run / f"{testing['checkpoint']}.keras"
-        done = None if args.overwrite else same_prediction(out, settings, checkpoint)
+        made_from = [run / f"{testing['checkpoint']}.keras", *([] if args.input else [data_path])]
+        done = None if args.overwrite else same_prediction(out, settings, made_from)
         if done is not None:
             # Rerunning a finished pipeline's commands (prepare, train, predict) is not an error.
-            print(f"{out} already holds these predictions (the same images and settings, and {checkpoint.name} "
-                  f"unchanged since); nothing to do. --overwrite makes them again.\n\n{done}")
+            print(f"{out} already holds these predictions (the same images and settings, and "
+                  f"{' and '.join(path.name for path in made_from)} unchanged since); nothing to do. --overwrite "
+                  f"makes them again.\n\n{done}")
             return 0
-        earlier = check_output_folder(out, args.overwrite, args.input, source_line, checkpoint)
+        recorded = recorded_settings(out)
+        earlier = check_output_folder(out, args.overwrite, args.input, source_line, made_from,
+                                      setting_changes(recorded, settings) if recorded else ())
         if created:  # a run that fails leaves no empty output folder behind
             stack.callback(lambda: out.rmdir() if out.is_dir() and not any(out.iterdir()) else None)
         # Written into a hidden folder and moved into out when all is done: a run that fails or is interrupted

@@ -141,27 +141,52 @@ def publish(staging: Path, out: Path, earlier: list[str] | None) -> int:
     return removed
 
 
-def made_before(out: Path, checkpoint: Path) -> bool:
-    """Whether the prediction in out was written before the checkpoint last changed (training changed the model)."""
+# What a prediction segments: a difference there is said as "of other images", not as a setting.
+SOURCE_KEYS = ("data", "input", "mask")
+
+
+def made_before(out: Path, source: Path) -> bool:
+    """Whether the prediction in out was written before a file it was made from (the checkpoint, the dataset.h5)
+    last changed."""
     try:
-        return (out / "summary.txt").stat().st_mtime < checkpoint.stat().st_mtime
+        return (out / "summary.txt").stat().st_mtime < source.stat().st_mtime
     except OSError:
         return False
 
 
-def same_prediction(out: Path, settings: dict, checkpoint: Path) -> str | None:
-    """The summary of the prediction in out when it was made with these settings (as metrics.json records them)
-    from the checkpoint as it is now, so that running its command again has nothing to do; else None."""
-    listed_files = earlier_outputs(out)
-    if not listed_files or "metrics.json" not in listed_files or made_before(out, checkpoint):
+def recorded_settings(out: Path) -> dict | None:
+    """The settings the prediction in out was made with, as its metrics.json records them (None without one: the
+    images had no labels)."""
+    written = earlier_outputs(out)
+    if not written or "metrics.json" not in written:
         return None
     try:
-        recorded = json.loads((out / "metrics.json").read_text(encoding="utf-8")).get("settings")
-        summary = (out / "summary.txt").read_text(encoding="utf-8")
+        settings = json.loads((out / "metrics.json").read_text(encoding="utf-8")).get("settings")
     except (OSError, ValueError, AttributeError):
         return None
-    # Compared as written: JSON has lists where the settings may hold tuples.
-    return summary if recorded == json.loads(json.dumps(settings)) else None
+    return settings if isinstance(settings, dict) else None
+
+
+def setting_changes(recorded: dict, settings: dict) -> list[str]:
+    """'threshold 0.5 (now 0.4)' for each setting that differs from the recorded ones, what is segmented aside."""
+    now = json.loads(json.dumps(settings))  # as written: JSON has lists where the settings may hold tuples
+    return [f"{key} {json.dumps(recorded.get(key))} (now {json.dumps(now.get(key))})"
+            for key in dict.fromkeys([*recorded, *now]) if key not in SOURCE_KEYS and recorded.get(key) != now.get(key)]
+
+
+def same_prediction(out: Path, settings: dict, sources: Iterable[Path]) -> str | None:
+    """The summary of the prediction in out when it was made with these settings from the sources as they are now
+    (checkpoint, dataset.h5) and all its files are there, so that running its command again has nothing to do;
+    else None."""
+    recorded = recorded_settings(out)
+    if recorded is None or recorded != json.loads(json.dumps(settings)) or any(made_before(out, p) for p in sources):
+        return None
+    if not all((out / name).is_file() for name in earlier_outputs(out) or []):
+        return None  # some of its files were deleted: making them again is work to do
+    try:
+        return (out / "summary.txt").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _earlier_source(out: Path) -> str | None:
@@ -174,11 +199,12 @@ def _earlier_source(out: Path) -> str | None:
 
 
 def check_output_folder(out: Path, overwrite: bool, input_path: Path | None, source: str | None = None,
-                        checkpoint: Path | None = None) -> list[str] | None:
+                        sources: Iterable[Path] = (), changes: Iterable[str] = ()) -> list[str] | None:
     """Refuse an output folder that holds earlier predictions (without --overwrite), files named as predictions
     that no earlier prediction wrote, the --input images (the next run would read the maps as images), or that
     cannot be written. source: what this prediction segments, as summary.txt records it, to say when the earlier
-    one segmented something else; checkpoint: the model file used, to say when the earlier one predates it.
+    one segmented something else; sources: the files it is made from (checkpoint, dataset.h5), to say when the
+    earlier one predates them; changes: the settings it was made with otherwise (setting_changes).
     Returns the earlier prediction's files (earlier_outputs)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} is a file, not a folder: choose another --output.")
@@ -191,8 +217,12 @@ def check_output_folder(out: Path, overwrite: bool, input_path: Path | None, sou
         theirs = _earlier_source(out)
         other = (f" of other images ({theirs.replace(': ', ' ', 1)}, not {source.replace(': ', ' ', 1)})"
                  if theirs and source and theirs != source else "")
-        if checkpoint is not None and made_before(out, checkpoint):
-            other += f" made before {checkpoint.name} last changed (training has changed the model since)"
+        changed = list(changes)
+        if changed:
+            other += f" made with other settings ({', '.join(changed)})"
+        newer = [path.name for path in sources if made_before(out, path)]
+        if newer:
+            other += f" made before {' and '.join(newer)} last changed"
         raise UserError(f"{out} already holds predictions{other}. Use --overwrite to replace them, "
                         "or --output NEW_FOLDER to keep both.")
     if out.is_dir():

@@ -187,14 +187,21 @@ def _tiff_pillow_cannot_read(path: Path, page: int | None,
             if page is None and len(pages) > 1:
                 raise several(path, len(pages))
             chosen = pages[page or 0]
+            pixels = int(np.prod(chosen.shape[:2] if chosen.planarconfig != 2 else chosen.shape[-2:]))
+            if Image.MAX_IMAGE_PIXELS and pixels > 2 * Image.MAX_IMAGE_PIXELS:  # Pillow's own limit
+                raise UserError(f"{path} is too large to read whole ({pixels} pixels). Cut it into tiles, or "
+                                "shrink it, before using it.")
             values = chosen.asarray()
             if values.ndim == 3 and chosen.planarconfig == 2:  # channels stored one after another
                 values = np.moveaxis(values, 0, -1)
     except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError):
         return None
+    except MemoryError:
+        raise UserError(f"{path} is too large to read whole into memory. Cut it into tiles, or shrink it, before "
+                        "using it.") from None
     finally:
         logger.setLevel(level)
-    if values.ndim == 3 and values.shape[-1] == 1:
+    if values.ndim == 3 and values.shape[-1] in (1, 2):  # gray, or gray and alpha (read as gray, as Pillow's LA)
         values = values[..., 0]
     if values.ndim == 2:
         img = Image.fromarray(values.astype(np.float32), mode="F")
@@ -891,7 +898,7 @@ def files_by_stem(folder: Path, refuse_nested: bool = True) -> dict[str, Path]:
     in subfolders unless refuse_nested is False (they are not read)."""
     if not folder.is_dir():
         # dataset_dir set to the images/ folder itself makes images/images: name the folder meant.
-        meant = (f" dataset_dir is the folder that holds images/ and labels/, here probably {folder.parent.parent}."
+        meant = (f" dataset_dir names the dataset's own folder, here probably {folder.parent.parent}."
                  if folder.parent.name == folder.name else "")
         raise UserError(f"folder {folder} not found.{meant} Check [data paths] dataset_dir and the layout "
                         "described in README.md (sections Your data and Multi-class (CamVid)).")
@@ -1049,17 +1056,19 @@ def resolve_ids(tokens: Sequence[int | str], entries: Sequence[Entry], key: str,
     ids = {e.id for e in entries}
     by_key = {_normalize_key(e.key): e for e in entries if e.key}
     chosen: set[int] = set()
-    unknown, ambiguous = [], []
+    unknown, ambiguous, names = [], [], []
     for token in tokens:
         # A name may come with its file's extension (case03.png for case03); a number may be a name too.
         named = next((by_key[name] for name in (_normalize_key(str(token)), _normalize_key(Path(str(token)).stem))
                       if name in by_key), None)
-        if isinstance(token, int) and token in ids:
-            if named is not None and named.id != token:
-                # Folder ids count the files when some names are not numbers: 2 is then the second file, which
-                # need not be 2.png. Taking either silently would hold out or test an image not meant.
-                by_id = next(e for e in entries if e.id == token)
-                ambiguous.append(f"{token} is the id of {by_id.name} but also the name of {named.name}")
+        if isinstance(token, int) and named is not None and named.id != token:
+            # Folder ids count the files when some names are not numbers: 2 is then the second file, which need
+            # not be 2.png, and may be a test image. Taking either silently would hold out an image not meant.
+            by_id = next((e for e in entries if e.id == token), None)
+            ambiguous.append(f"{token} is the id of {by_id.name} but also the name of {named.name}" if by_id else
+                             f"{token} is the name of {named.name}, whose id is {named.id}")
+            names.append(named.name)
+        elif isinstance(token, int) and token in ids:
             chosen.add(token)
         elif named is not None:
             chosen.add(named.id)
@@ -1071,7 +1080,7 @@ def resolve_ids(tokens: Sequence[int | str], entries: Sequence[Entry], key: str,
     if ambiguous:
         raise UserError(f"[data paths] {key}: {'; '.join(ambiguous)} (ids number the images in name order when "
                         "not every file name is a number). Give file names instead (e.g. "
-                        f"{key} = {ambiguous[0].rsplit(' ', 1)[-1]}), which mean one image each.")
+                        f"{key} = {', '.join(names)}), which mean one image each.")
     return chosen
 
 

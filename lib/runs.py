@@ -20,12 +20,12 @@ STATE_NAME = "checkpoint_state.json"  # the best checkpoint's score and epoch, a
 RUN_CONTENTS = {CONFIG_NAME, FINISHED, STATE_NAME, "preprocessing.json", "best.keras", "last.keras",
                 "log.csv", "learning_curves.png", "model_summary.txt", "model_info.json", "tensorboard", "backup",
                 "predictions"}
-# Settings training never reads (predict.py takes the testing ones from the current configuration, and the patches
-# come from dataset.h5, whose settings the run records): a resume may change them.
-RESUMABLE_CHANGES = ({f"testing settings.{key}"
-                      for key in ("checkpoint", "threshold", "label_offset", "watershed_seed", "close_membranes",
-                                 "batch_size")}
-                     | {f"training settings.{key}" for key in PATCH_KEYS})
+# Settings training never reads: predict.py takes them from the current configuration.
+UNREAD_BY_TRAINING = {f"testing settings.{key}" for key in ("checkpoint", "threshold", "label_offset",
+                                                            "watershed_seed", "close_membranes", "batch_size")}
+# A resume may change those and the patch settings too: the patches come from dataset.h5, whose settings the run
+# records. A finished run trained on other patches is another run.
+RESUMABLE_CHANGES = UNREAD_BY_TRAINING | {f"training settings.{key}" for key in PATCH_KEYS}
 
 
 def lock_path(folder: Path) -> Path:
@@ -64,7 +64,7 @@ def _foreign_files(folder: Path) -> list[str]:
         written = earlier_outputs(output) or []
         foreign += [f"predictions/{output.name}/{path.name}" for path in sorted(output.iterdir())
                     if path.is_symlink() or (path.is_dir() and not LEFTOVER.fullmatch(path.name))
-                    or (path.is_file() and path.name not in written)]
+                    or (path.is_file() and path.name not in written and not LEFTOVER.fullmatch(path.name))]
     return foreign
 
 
@@ -90,7 +90,7 @@ def prepare_run_folder(config: Config, overwrite: bool) -> tuple[Path, bool]:
         shutil.rmtree(folder)
     if (folder / FINISHED).exists():
         try:
-            changed = _changed_settings(saved, config) if saved.exists() else {}
+            changed = _changed_settings(saved, config, UNREAD_BY_TRAINING) if saved.exists() else {}
         except UserError:  # an unreadable saved configuration: the refusal stands without the differences
             changed = {}
         made = f" made with other settings ({describe_differences(changed)})" if changed else ""
@@ -109,10 +109,10 @@ def prepare_run_folder(config: Config, overwrite: bool) -> tuple[Path, bool]:
     return folder, False
 
 
-def _changed_settings(saved: Path, config: Config) -> dict:
-    """The settings of the run saved in that configuration file that config changes and training reads."""
+def _changed_settings(saved: Path, config: Config, allowed: set[str] = RESUMABLE_CHANGES) -> dict:
+    """The settings of the run saved in that configuration file that config changes, less the allowed ones."""
     differences = setting_differences(load_run_config(saved, config), config)
-    return {key: values for key, values in differences.items() if key not in RESUMABLE_CHANGES}
+    return {key: values for key, values in differences.items() if key not in allowed}
 
 
 def finished_as_configured(config: Config) -> dict | None:
@@ -123,7 +123,7 @@ def finished_as_configured(config: Config) -> dict | None:
     if not (folder / FINISHED).is_file() or not saved.is_file():
         return None
     try:
-        if _changed_settings(saved, config):
+        if _changed_settings(saved, config, UNREAD_BY_TRAINING):
             return None
         summary = json.loads((folder / FINISHED).read_text(encoding="utf-8"))
     except (UserError, OSError, ValueError):

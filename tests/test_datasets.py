@@ -339,8 +339,8 @@ def test_folders_leave_archives_alone_but_name_other_files(folders: Path, tmp_pa
     with pytest.raises(UserError, match=r"case3.webp\..*\.webp images are not read: convert them to PNG"):
         read_split("folders", root, "train")
     # dataset_dir given as the images/ folder itself: the message names the folder meant.
-    with pytest.raises(UserError, match=rf"images/images not found\. dataset_dir is the folder that holds images/ "
-                                        rf"and labels/, here probably {re.escape(str(root))}\."):
+    with pytest.raises(UserError, match=rf"images/images not found\. dataset_dir names the dataset's own folder, "
+                                        rf"here probably {re.escape(str(root))}\."):
         read_split("folders", root / "images", "train")
 
 

@@ -186,6 +186,7 @@ def test_predict_writes_images_metrics_and_curves(trained):
     # Other settings do not silently replace the first run's files.
     other = run_script("predict.py", *args, "--split", "test", "--set", "threshold=0.4", check=False)
     assert other.returncode == 2 and "--overwrite" in other.stderr and "made before" not in other.stderr
+    assert "made with other settings (threshold 0.5 (now 0.4))" in other.stderr
     # Nor does the same command once training has changed the checkpoint: the refusal says the maps predate it.
     best = tmp / "runs" / "tiny" / "best.keras"
     stamp = best.stat()

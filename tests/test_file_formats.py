@@ -174,6 +174,10 @@ def test_tiffs_pillow_cannot_open_are_read_with_tifffile(tmp_path: Path) -> None
         read_image(tmp_path / "stack.tif")
     assert page_count(tmp_path / "stack.tif") == 3
     np.testing.assert_allclose(read_image(tmp_path / "stack.tif", page=1), ramp[::-1] * 255, atol=1)
+    # Gray with alpha is read as gray, as Pillow reads LA.
+    tifffile.imwrite(tmp_path / "gray_alpha.tif", np.dstack([ramp, np.ones_like(ramp)]).astype(np.float32),
+                     photometric="minisblack", planarconfig="contig", extrasamples=["unassalpha"])
+    np.testing.assert_allclose(read_image(tmp_path / "gray_alpha.tif"), ramp * 255, atol=1)
     # A corrupt TIFF is still answered as one, without tifffile's own log lines.
     (tmp_path / "broken.tif").write_bytes(b"II*\x00" + b"not an image" * 4)
     with pytest.raises(UserError, match="broken.tif cannot be read as an image"):
@@ -343,8 +347,10 @@ def test_ids_that_are_also_other_images_names_are_refused() -> None:
         resolve_ids([2], entries, "holdout_ids", "training")
     # Names pick one image each; a number that is no id but a name picks that file; an unambiguous id stays an id.
     assert resolve_ids(["2.png", "5"], entries, "holdout_ids", "training") == {1, 2}
-    assert resolve_ids([30], entries, "test_ids", "dataset") == {5}
     assert resolve_ids([6], entries, "holdout_ids", "training") == {6}
+    # A number that is no id here but a name (perhaps a test image's id) is refused the same way.
+    with pytest.raises(UserError, match=r"30 is the name of 30\.png, whose id is 5.*holdout_ids = 30\.png"):
+        resolve_ids([30], entries, "holdout_ids", "training")
     # Numeric names are the ids themselves: 07 is the image 7, with no ambiguity.
     numeric = [Entry(f"{n}.png", int(n), n, lambda: None) for n in ("02", "07")]
     assert resolve_ids([7, "02"], numeric, "holdout_ids", "training") == {2, 7}

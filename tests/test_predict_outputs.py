@@ -269,24 +269,37 @@ def test_the_output_key_describes_the_files_written_with_and_without_labels():
     assert outputs.output_key([], True) == []
 
 
-def test_an_earlier_prediction_counts_as_the_same_only_with_its_settings_and_an_older_checkpoint(tmp_path):
-    checkpoint = tmp_path / "best.keras"
+def test_an_earlier_prediction_counts_as_the_same_only_with_its_settings_and_older_sources(tmp_path):
+    checkpoint, data = tmp_path / "best.keras", tmp_path / "dataset.h5"
     checkpoint.write_text("model")
+    data.write_text("data")
     out = tmp_path / "out"
     out.mkdir()
-    settings = {"window": 64, "label_offset": (-0.125, 0.0), "threshold": 0.5}
+    settings = {"window": 64, "label_offset": (-0.125, 0.0), "threshold": 0.5, "data": str(data)}
     (out / "metrics.json").write_text(json.dumps({"pooled": {}, "settings": settings}))
     (out / "a_probability.png").write_text("x")
     (out / "summary.txt").write_text("run: runs/drive\nimages: 1 (test)\n")
-    # A folder with a summary but no outputs.txt lists every file named as predictions are.
-    assert outputs.same_prediction(out, settings, checkpoint) == "run: runs/drive\nimages: 1 (test)\n"
-    assert outputs.same_prediction(out, {**settings, "threshold": 0.4}, checkpoint) is None
-    # Written before the checkpoint last changed: made with another model.
+    (out / outputs.MANIFEST).write_text(f"{outputs.MANIFEST_HEADER}\na_probability.png\nmetrics.json\nsummary.txt\n")
+    assert outputs.same_prediction(out, settings, [checkpoint, data]) == "run: runs/drive\nimages: 1 (test)\n"
+    other = {**settings, "threshold": 0.4, "data": "elsewhere.h5"}
+    assert outputs.same_prediction(out, other, [checkpoint, data]) is None
+    # What differs is named, what is segmented aside (the refusal says "of other images" for that).
+    assert outputs.setting_changes(outputs.recorded_settings(out), other) == ["threshold 0.5 (now 0.4)"]
+    with pytest.raises(UserError, match=r"made with other settings \(threshold 0\.5 \(now 0\.4\)\)"):
+        outputs.check_output_folder(out, False, None, changes=["threshold 0.5 (now 0.4)"])
+    # Written before the checkpoint or the data last changed: made from other files.
     later = (out / "summary.txt").stat().st_mtime_ns + 10**9
-    os.utime(checkpoint, ns=(later, later))
-    assert outputs.same_prediction(out, settings, checkpoint) is None and outputs.made_before(out, checkpoint)
-    with pytest.raises(UserError, match="made before best.keras last changed"):
-        outputs.check_output_folder(out, False, None, checkpoint=checkpoint)
+    for source in (checkpoint, data):
+        before = source.stat().st_mtime_ns
+        os.utime(source, ns=(later, later))
+        assert outputs.same_prediction(out, settings, [checkpoint, data]) is None
+        assert outputs.made_before(out, source)
+        with pytest.raises(UserError, match=f"made before {source.name} last changed"):
+            outputs.check_output_folder(out, False, None, sources=[checkpoint, data])
+        os.utime(source, ns=(before, before))
+    # A file of it deleted: there is work to do.
+    (out / "a_probability.png").unlink()
+    assert outputs.same_prediction(out, settings, [checkpoint, data]) is None
+    (out / "a_probability.png").write_text("x")
     (out / "metrics.json").unlink()  # unlabelled images: nothing records the settings
-    os.utime(checkpoint, ns=(0, 0))
-    assert outputs.same_prediction(out, settings, checkpoint) is None
+    assert outputs.recorded_settings(out) is None and outputs.same_prediction(out, settings, [checkpoint]) is None

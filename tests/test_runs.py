@@ -55,6 +55,7 @@ def test_overwrite_refuses_user_files_among_the_predictions_and_a_linked_run(tmp
     (run / "predictions" / "test" / "01_probability.png").write_text("x")
     (run / "predictions" / "test" / "summary.txt").write_text("run: runs/r\nimages: 1 (test)\n")
     (run / ".last.abcd1234.tmp.keras").write_text("x")  # a write a kill interrupted: the run's own
+    (run / "predictions" / "test" / ".outputs.txt.ab12.tmp").write_text("x")  # likewise, in a prediction
     (run / "predictions" / "mywork").mkdir()
     (run / "predictions" / "mywork" / "notes.txt").write_text("keep me")
     # Hand-corrected maps named as predictions are, in a folder no prediction wrote, are the user's too.
@@ -118,6 +119,11 @@ def test_a_finished_run_counts_as_done_only_for_its_own_training_settings(tmp_pa
     assert finished_as_configured(threshold) is not None
     epochs = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "N_epochs=3"])
     assert finished_as_configured(epochs) is None
+    # Other patches (data prepared again) make another run, though a resume may take them.
+    patches = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "N_subimgs=500"])
+    assert finished_as_configured(patches) is None
+    with pytest.raises(UserError, match=r"other settings \(training_settings.N_subimgs = 100000 \(now 500\)\)"):
+        prepare_run_folder(patches, overwrite=False)
     with pytest.raises(UserError, match=r"finished run made with other settings \(training_settings.N_epochs = 16 "
                                         r"\(now 3\)\)"):
         prepare_run_folder(epochs, overwrite=False)
