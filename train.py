@@ -25,7 +25,8 @@ from lib.patches import validation_split
 from lib.plots import save_learning_curves
 from lib.progress import listed, plural, progress
 from lib.runs import CONFIG_NAME, FINISHED, finished_as_configured, prepare_run_folder, run_lock
-from lib.storage import FILE_NAME, iter_split, open_prepared, read_attr_json, read_classes, read_source_files
+from lib.storage import (FILE_NAME, data_digest, iter_split, open_prepared, read_attr_json, read_classes,
+                         read_source_files)
 
 # The label offset is found on training images up to this many pixels (all of DRIVE's 20 images, 6.6 million, and
 # ISBI's slices): enough for a steady offset, and about a minute on a CPU, where HRF's full-size images would
@@ -114,6 +115,7 @@ class Prepared(NamedTuple):
     classes: dict | None  # None for a binary task
     ignore_index: int | None
     differences: dict  # settings the file was prepared with that differ from the configuration (all neutral)
+    digest: str  # lib.storage.data_digest: which preparation a finished run was trained on
 
 
 def read_prepared(config: Config) -> Prepared:
@@ -129,6 +131,7 @@ def read_prepared(config: Config) -> Prepared:
         classes = read_classes(h5)
         differences = setting_differences(read_attr_json(h5, "fingerprint"), fingerprint(config))
         saved_files = read_source_files(h5)
+        digest = data_digest(h5)
     check_prepared_settings(differences, data_path)
     source = Path(preprocessing["source"])
     check_sources(source_changes(saved_files, source, data_path), source, data_path)
@@ -141,7 +144,7 @@ def read_prepared(config: Config) -> Prepared:
                         f"ignore_index = {ignore_index}; rerun prepare_datasets.py with this configuration.")
     if holdout:
         check_holdout(holdout, n_classes > 1, ignore_index, data_path)
-    return Prepared(data_path, n_patches, preprocessing, holdout, classes, ignore_index, differences)
+    return Prepared(data_path, n_patches, preprocessing, holdout, classes, ignore_index, differences, digest)
 
 
 def resume_command(argv: list[str]) -> str:
@@ -187,6 +190,10 @@ def train(config: Config, prepared: Prepared, overwrite: bool) -> int:
         if distribution.is_chief:
             stack.enter_context(run_lock(run))  # before --overwrite may delete the folder
             done = None if overwrite else finished_as_configured(config)
+            if done is not None and done.get("data_digest", prepared.digest) != prepared.digest:  # older: unknown
+                raise UserError(f"{run} holds a run finished on {prepared.path} as it was before it was prepared "
+                                "again (from other files or settings). To train on the data as it is now, add "
+                                "--overwrite, or choose another name with --set experiment.name=NEW_NAME.")
             if done is not None:
                 # Rerunning a finished pipeline's commands (prepare, train, predict) is not an error.
                 best = ("" if done.get("best") is None else
@@ -460,7 +467,7 @@ def finish(config: Config, prepared: Prepared, run: Path, monitor: str, minutes:
                          None if state["best_epoch"] is None else (monitor, state["best_epoch"]))
     epochs_run = len(history.get("epoch", []))
     info = {"monitor": monitor, "best": state["best"], "best_epoch": state["best_epoch"], "epochs_run": epochs_run,
-            "minutes_this_session": round(minutes, 2)}
+            "minutes_this_session": round(minutes, 2), "data_digest": prepared.digest}
     if config["model"]["n_classes"] == 1:  # several classes take the argmax
         info.update(binary_calibration(config, prepared, run, state["best_epoch"] in (None, epochs_run)))
     write_json(run / "model_info.json", info)

@@ -21,11 +21,13 @@ RUN_CONTENTS = {CONFIG_NAME, FINISHED, STATE_NAME, "preprocessing.json", "best.k
                 "log.csv", "learning_curves.png", "model_summary.txt", "model_info.json", "tensorboard", "backup",
                 "predictions"}
 # Settings training never reads: predict.py takes them from the current configuration.
-UNREAD_BY_TRAINING = {f"testing settings.{key}" for key in ("checkpoint", "threshold", "label_offset",
-                                                            "watershed_seed", "close_membranes", "batch_size")}
-# A resume may change those and the patch settings too: the patches come from dataset.h5, whose settings the run
-# records. A finished run trained on other patches is another run.
-RESUMABLE_CHANGES = UNREAD_BY_TRAINING | {f"training settings.{key}" for key in PATCH_KEYS}
+UNREAD_BY_TRAINING = {f"testing settings.{key}" for key in ("checkpoint", "label_offset", "watershed_seed",
+                                                            "close_membranes", "batch_size")}
+# A resume may change those, the threshold (read only when training ends, to find the label offset) and the patch
+# settings: the patches come from dataset.h5, whose settings the run records. A finished run trained on other
+# patches, or calibrated at another threshold, is another run.
+RESUMABLE_CHANGES = (UNREAD_BY_TRAINING | {"testing settings.threshold"}
+                     | {f"training settings.{key}" for key in PATCH_KEYS})
 
 
 def lock_path(folder: Path) -> Path:
@@ -94,8 +96,12 @@ def prepare_run_folder(config: Config, overwrite: bool) -> tuple[Path, bool]:
         except UserError:  # an unreadable saved configuration: the refusal stands without the differences
             changed = {}
         made = f" made with other settings ({describe_differences(changed)})" if changed else ""
-        raise UserError(f"{folder} already holds a finished run{made}, which cannot be trained further. To train "
-                        "more (e.g. more epochs), choose another name with --set experiment.name=NEW_NAME, or "
+        testing = changed and all(key.startswith("testing settings.") for key in changed)
+        only = (" To predict with these testing settings, run predict.py alone: it takes them from the "
+                "configuration (train.py used the run's own to score its holdout images and find the label "
+                "offset)." if testing else "")
+        raise UserError(f"{folder} already holds a finished run{made}, which cannot be trained further.{only} To "
+                        "train more (e.g. more epochs), choose another name with --set experiment.name=NEW_NAME, or "
                         "replace this one with --overwrite.")
     if saved.exists():
         differences = _changed_settings(saved, config)

@@ -105,6 +105,16 @@ def read_source_files(h5: h5py.File) -> dict[str, list] | None:
     return read_attr_json(h5, "source_files") if "source_files" in h5.attrs else None
 
 
+def data_digest(h5: h5py.File) -> str:
+    """A digest of what the file was prepared from and with (settings, the source files' digests, statistics): a
+    file prepared again from other files or settings gets another, the same preparation the same."""
+    import hashlib
+
+    recorded = {name: h5.attrs[name] for name in ("fingerprint", "source_files", "statistics") if name in h5.attrs}
+    text = json.dumps({name: str(value) for name, value in recorded.items()}, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
 def read_classes(h5: h5py.File) -> dict[str, Any] | None:
     """The label set of a multi-class file (n_classes, class_names, ignore_index, palette, frequencies,
     median_frequency_weights), or None for a binary one."""

@@ -231,7 +231,7 @@ def test_labels_drawn_a_pixel_below_their_vessels_are_found_and_followed(tmp_pat
 def test_the_label_offset_is_found_on_training_images_up_to_a_pixel_budget(trained, monkeypatch):
     import train
     tmp, _, _, _ = trained
-    prepared = train.Prepared(tmp / "prepared" / "dataset.h5", 0, {}, [], None, None, {})
+    prepared = train.Prepared(tmp / "prepared" / "dataset.h5", 0, {}, [], None, None, {}, "")
     assert len(train.training_images(prepared)) == 6  # 120 x 128 each: all of them
     monkeypatch.setattr(train, "CALIBRATION_PIXELS", 3 * 120 * 128 - 1)
     assert [s["name"] for s in train.training_images(prepared)] == ["21_training.tif", "22_training.tif"]
@@ -501,6 +501,19 @@ def test_finished_run_is_not_overwritten(trained):
     assert "already holds a finished run made with other settings (training_settings.N_epochs = 3 (now 4))" in (
         result.stderr) and "--overwrite" in result.stderr
     assert best.stat().st_mtime_ns == before
+    # The summary records which preparation the run was trained on: data prepared again (other files, the same
+    # settings) is refused, not taken as nothing to do. Here a copy of the run says it saw another preparation.
+    copy = tmp / "runs" / "tiny_copy"
+    shutil.copytree(tmp / "runs" / "tiny", copy)
+    summary = json.loads((copy / "training_summary.json").read_text())
+    assert len(summary["data_digest"]) == 32
+    (copy / "training_summary.json").write_text(json.dumps({**summary, "data_digest": "0" * 32}))
+    saved = (copy / "configuration.txt").read_text()
+    assert "\nname = tiny\n" in saved
+    (copy / "configuration.txt").write_text(saved.replace("\nname = tiny\n", "\nname = tiny_copy\n"))
+    moved = run_script("train.py", *args, "--set", "name=tiny_copy", check=False)
+    assert moved.returncode == 2 and "as it was before it was prepared again" in moved.stderr
+    shutil.rmtree(copy)
 
 
 def test_sigkill_during_training_then_same_command_resumes(tmp_path, small_drive, trained):

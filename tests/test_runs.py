@@ -115,8 +115,14 @@ def test_a_finished_run_counts_as_done_only_for_its_own_training_settings(tmp_pa
     (tmp_path / "r" / FINISHED).write_text(json.dumps({"best": 0.98, "best_epoch": 5}))
     assert finished_as_configured(config) == {"best": 0.98, "best_epoch": 5}
     # Testing settings training never reads may differ; a training setting may not.
-    threshold = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "threshold=auto"])
-    assert finished_as_configured(threshold) is not None
+    checkpoint = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "checkpoint=last"])
+    assert finished_as_configured(checkpoint) is not None
+    # The threshold is read at the end of training (the label offset is found at it): another threshold is
+    # another calibration. Testing settings alone are refused with the way to use them: predict.py.
+    threshold = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "threshold=0.3"])
+    assert finished_as_configured(threshold) is None
+    with pytest.raises(UserError, match=r"testing_settings.threshold = 0.5 \(now 0.3\).*run predict.py alone"):
+        prepare_run_folder(threshold, overwrite=False)
     epochs = load_config(REPO / "configuration.txt", [f"runs_dir={tmp_path}", "name=r", "N_epochs=3"])
     assert finished_as_configured(epochs) is None
     # Other patches (data prepared again) make another run, though a resume may take them.
