@@ -20,16 +20,18 @@ from lib.atomic import write_json, write_text
 from lib.config import NAME_MAX, Config, add_config_arguments, load_config, load_run_config, parse_override
 from lib.cells import cell_colours, closed_membranes, watershed_cells
 from lib.errors import UserError, run_cli
+from lib.fingerprint import file_digest
 from lib.metrics import SCORE_KEYS, cldice, evaluate_images, isbi_scores, multiclass_scores, per_image_means
-from lib.outputs import (check_output_folder, output_key, publish, recorded_settings, remove_abandoned,
-                         same_prediction, setting_changes, staging_prefix)
+from lib.outputs import (check_output_folder, output_key, publish, recorded_settings, remade_files,
+                         remove_abandoned, same_prediction, setting_changes, staging_prefix)
 from lib.plots import (colorize, overlay, panels, save_confusion_matrix, save_legend, save_png, save_roc_pr,
                        side_by_side, stretched)
 from lib.preprocessing import clahe_tile, preprocess
 from lib.progress import listed, progress
 from lib.readers import ClassSpec, Entry, image_stem, input_entries, is_image_name, output_stem, scale_sample
 from lib.runs import CONFIG_NAME, FINISHED, find_run_folder, training_now
-from lib.storage import FILE_NAME, image_shapes, iter_split, open_prepared, read_attr_json, read_classes, split_size
+from lib.storage import (FILE_NAME, data_digest, image_shapes, iter_split, open_prepared, read_attr_json, read_classes,
+                         split_size)
 from lib.tiling import resize_map, window_step
 
 MULTICLASS_IMAGE_KEYS = ("pixel_accuracy", "mean_iou", "mean_accuracy")
@@ -564,17 +566,20 @@ def main() -> int:
                     "label_offset_source": offset_source, "run": str(run), "split": where, **source}
         if classes is None:
             settings.update(threshold=threshold, **({"threshold_source": threshold_source} if threshold_source else {}))
-        made_from = [run / f"{testing['checkpoint']}.keras", *([] if args.input else [data_path])]
-        done = None if args.overwrite else same_prediction(out, settings, made_from)
+        # Which checkpoint and data, by content: a rerun of the same command has nothing to do only with both.
+        checkpoint = run / f"{testing['checkpoint']}.keras"
+        settings["made_from"] = {checkpoint.name: file_digest(checkpoint),
+                                 **({} if args.input else {data_path.name: data_digest(h5)})}
+        done = None if args.overwrite else same_prediction(out, settings)
         if done is not None:
             # Rerunning a finished pipeline's commands (prepare, train, predict) is not an error.
-            print(f"{out} already holds these predictions (the same images and settings, and "
-                  f"{' and '.join(path.name for path in made_from)} unchanged since); nothing to do. --overwrite "
-                  f"makes them again.\n\n{done}")
+            print(f"{out} already holds these predictions (the same images and settings, made from the same "
+                  f"{' and '.join(settings['made_from'])}); nothing to do. --overwrite makes them again.\n\n{done}")
             return 0
-        recorded = recorded_settings(out)
-        earlier = check_output_folder(out, args.overwrite, args.input, source_line, made_from,
-                                      setting_changes(recorded, settings) if recorded else ())
+        recorded = recorded_settings(out) or {}
+        earlier = check_output_folder(out, args.overwrite, args.input, source_line,
+                                      setting_changes(recorded, settings) if recorded else (),
+                                      remade_files(recorded, settings) if recorded else ())
         if created:  # a run that fails leaves no empty output folder behind
             stack.callback(lambda: out.rmdir() if out.is_dir() and not any(out.iterdir()) else None)
         # Written into a hidden folder and moved into out when all is done: a run that fails or is interrupted

@@ -141,17 +141,9 @@ def publish(staging: Path, out: Path, earlier: list[str] | None) -> int:
     return removed
 
 
-# What a prediction segments: a difference there is said as "of other images", not as a setting.
-SOURCE_KEYS = ("data", "input", "mask")
-
-
-def made_before(out: Path, source: Path) -> bool:
-    """Whether the prediction in out was written before a file it was made from (the checkpoint, the dataset.h5)
-    last changed."""
-    try:
-        return (out / "summary.txt").stat().st_mtime < source.stat().st_mtime
-    except OSError:
-        return False
+# What a prediction segments, and the digests of the files it is made from: a difference there is said in words of
+# its own ("of other images", "made from another best.keras"), not as a setting.
+SOURCE_KEYS = ("data", "input", "mask", "made_from")
 
 
 def recorded_settings(out: Path) -> dict | None:
@@ -167,19 +159,29 @@ def recorded_settings(out: Path) -> dict | None:
     return settings if isinstance(settings, dict) else None
 
 
+def _as_written(settings: dict) -> dict:
+    return json.loads(json.dumps(settings))  # JSON has lists where the settings may hold tuples
+
+
 def setting_changes(recorded: dict, settings: dict) -> list[str]:
     """'threshold 0.5 (now 0.4)' for each setting that differs from the recorded ones, what is segmented aside."""
-    now = json.loads(json.dumps(settings))  # as written: JSON has lists where the settings may hold tuples
+    now = _as_written(settings)
     return [f"{key} {json.dumps(recorded.get(key))} (now {json.dumps(now.get(key))})"
             for key in dict.fromkeys([*recorded, *now]) if key not in SOURCE_KEYS and recorded.get(key) != now.get(key)]
 
 
-def same_prediction(out: Path, settings: dict, sources: Iterable[Path]) -> str | None:
-    """The summary of the prediction in out when it was made with these settings from the sources as they are now
-    (checkpoint, dataset.h5) and all its files are there, so that running its command again has nothing to do;
-    else None."""
+def remade_files(recorded: dict, settings: dict) -> list[str]:
+    """The files the settings' made_from names (checkpoint, dataset.h5) whose content differs from the recorded."""
+    before, now = recorded.get("made_from") or {}, _as_written(settings).get("made_from") or {}
+    return [name for name, digest in now.items() if before.get(name) != digest]
+
+
+def same_prediction(out: Path, settings: dict) -> str | None:
+    """The summary of the prediction in out when it was made with these settings (made_from included: the same
+    checkpoint and dataset.h5 by content) and all its files are there, so that running its command again has
+    nothing to do; else None."""
     recorded = recorded_settings(out)
-    if recorded is None or recorded != json.loads(json.dumps(settings)) or any(made_before(out, p) for p in sources):
+    if recorded is None or recorded != _as_written(settings):
         return None
     if not all((out / name).is_file() for name in earlier_outputs(out) or []):
         return None  # some of its files were deleted: making them again is work to do
@@ -199,12 +201,12 @@ def _earlier_source(out: Path) -> str | None:
 
 
 def check_output_folder(out: Path, overwrite: bool, input_path: Path | None, source: str | None = None,
-                        sources: Iterable[Path] = (), changes: Iterable[str] = ()) -> list[str] | None:
+                        changes: Iterable[str] = (), remade: Iterable[str] = ()) -> list[str] | None:
     """Refuse an output folder that holds earlier predictions (without --overwrite), files named as predictions
     that no earlier prediction wrote, the --input images (the next run would read the maps as images), or that
     cannot be written. source: what this prediction segments, as summary.txt records it, to say when the earlier
-    one segmented something else; sources: the files it is made from (checkpoint, dataset.h5), to say when the
-    earlier one predates them; changes: the settings it was made with otherwise (setting_changes).
+    one segmented something else; changes: the settings it was made with otherwise (setting_changes); remade: the
+    files it was made from that have changed since (remade_files).
     Returns the earlier prediction's files (earlier_outputs)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} is a file, not a folder: choose another --output.")
@@ -220,9 +222,9 @@ def check_output_folder(out: Path, overwrite: bool, input_path: Path | None, sou
         changed = list(changes)
         if changed:
             other += f" made with other settings ({', '.join(changed)})"
-        newer = [path.name for path in sources if made_before(out, path)]
+        newer = list(remade)
         if newer:
-            other += f" made before {' and '.join(newer)} last changed"
+            other += f" made from another {' and another '.join(newer)}"
         raise UserError(f"{out} already holds predictions{other}. Use --overwrite to replace them, "
                         "or --output NEW_FOLDER to keep both.")
     if out.is_dir():

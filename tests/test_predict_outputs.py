@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 
 import numpy as np
 import pytest
@@ -269,37 +268,29 @@ def test_the_output_key_describes_the_files_written_with_and_without_labels():
     assert outputs.output_key([], True) == []
 
 
-def test_an_earlier_prediction_counts_as_the_same_only_with_its_settings_and_older_sources(tmp_path):
-    checkpoint, data = tmp_path / "best.keras", tmp_path / "dataset.h5"
-    checkpoint.write_text("model")
-    data.write_text("data")
+def test_an_earlier_prediction_counts_as_the_same_only_with_its_settings_and_source_files(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    settings = {"window": 64, "label_offset": (-0.125, 0.0), "threshold": 0.5, "data": str(data)}
+    settings = {"window": 64, "label_offset": (-0.125, 0.0), "threshold": 0.5, "data": "dataset.h5",
+                "made_from": {"best.keras": "a" * 32, "dataset.h5": "b" * 32}}
     (out / "metrics.json").write_text(json.dumps({"pooled": {}, "settings": settings}))
     (out / "a_probability.png").write_text("x")
     (out / "summary.txt").write_text("run: runs/drive\nimages: 1 (test)\n")
     (out / outputs.MANIFEST).write_text(f"{outputs.MANIFEST_HEADER}\na_probability.png\nmetrics.json\nsummary.txt\n")
-    assert outputs.same_prediction(out, settings, [checkpoint, data]) == "run: runs/drive\nimages: 1 (test)\n"
-    other = {**settings, "threshold": 0.4, "data": "elsewhere.h5"}
-    assert outputs.same_prediction(out, other, [checkpoint, data]) is None
-    # What differs is named, what is segmented aside (the refusal says "of other images" for that).
-    assert outputs.setting_changes(outputs.recorded_settings(out), other) == ["threshold 0.5 (now 0.4)"]
-    with pytest.raises(UserError, match=r"made with other settings \(threshold 0\.5 \(now 0\.4\)\)"):
-        outputs.check_output_folder(out, False, None, changes=["threshold 0.5 (now 0.4)"])
-    # Written before the checkpoint or the data last changed: made from other files.
-    later = (out / "summary.txt").stat().st_mtime_ns + 10**9
-    for source in (checkpoint, data):
-        before = source.stat().st_mtime_ns
-        os.utime(source, ns=(later, later))
-        assert outputs.same_prediction(out, settings, [checkpoint, data]) is None
-        assert outputs.made_before(out, source)
-        with pytest.raises(UserError, match=f"made before {source.name} last changed"):
-            outputs.check_output_folder(out, False, None, sources=[checkpoint, data])
-        os.utime(source, ns=(before, before))
+    assert outputs.same_prediction(out, settings) == "run: runs/drive\nimages: 1 (test)\n"
+    # Other settings are named, what is segmented and what it is made from aside: those have words of their own.
+    other = {**settings, "threshold": 0.4, "data": "elsewhere.h5",
+             "made_from": {"best.keras": "c" * 32, "dataset.h5": "b" * 32}}
+    assert outputs.same_prediction(out, other) is None
+    recorded = outputs.recorded_settings(out)
+    assert outputs.setting_changes(recorded, other) == ["threshold 0.5 (now 0.4)"]
+    assert outputs.remade_files(recorded, other) == ["best.keras"]
+    with pytest.raises(UserError, match=r"made with other settings \(threshold 0\.5 \(now 0\.4\)\) made from "
+                                        r"another best\.keras"):
+        outputs.check_output_folder(out, False, None, changes=["threshold 0.5 (now 0.4)"], remade=["best.keras"])
     # A file of it deleted: there is work to do.
     (out / "a_probability.png").unlink()
-    assert outputs.same_prediction(out, settings, [checkpoint, data]) is None
+    assert outputs.same_prediction(out, settings) is None
     (out / "a_probability.png").write_text("x")
     (out / "metrics.json").unlink()  # unlabelled images: nothing records the settings
-    assert outputs.recorded_settings(out) is None and outputs.same_prediction(out, settings, [checkpoint]) is None
+    assert outputs.recorded_settings(out) is None and outputs.same_prediction(out, settings) is None
