@@ -602,7 +602,7 @@ def main() -> int:
 
         if classes is not None:
             lines = [*header, f"classes: {classes.n_classes} ({', '.join(classes.names)}); ignore index "
-                     f"{classes.ignore_index}", windows]
+                     f"{'none' if classes.ignore_index is None else classes.ignore_index}", windows]
             lines += predict_multiclass(infer, samples, count, classes, staging, settings)
         else:
             lines = [*header, f"threshold: {threshold:.3f}",

@@ -283,7 +283,7 @@ def prepare(config: Config, out_path: Path, overwrite: bool) -> int:
             shapes = sorted({r["image"].shape for r in rows}, key=lambda shape: shape[0] * shape[1])
             (h0, w0, c), (h1, w1, _) = shapes[0], shapes[-1]
             sizes = f"{w0}x{h0}x{c}" if len(shapes) == 1 else f"{len(shapes)} sizes from {w0}x{h0}x{c} to {w1}x{h1}x{c}"
-            print(f"  {split:5s}: {len(rows):3d} images, {sizes}"
+            print(f"  {split:5s}: {len(rows):3d} image{'s' * (len(rows) != 1)}, {sizes}"
                   f"{'' if rows[0]['label'] is not None else ' (no labels)'}")
     focus = config["training settings"]["foreground_fraction"]
     print(f"  patches: {n} of {size}x{size}x{settings['channels']} (float16), centres "

@@ -17,6 +17,7 @@ quiet_logs()
 import numpy as np  # noqa: E402
 
 from lib.config import load_config, load_run_config  # noqa: E402
+from lib.errors import UserError, run_cli  # noqa: E402
 from lib.folding import load_for_inference  # noqa: E402
 from lib.inference import predict_image, resolve_tta  # noqa: E402
 from lib.metrics import binary_scores  # noqa: E402
@@ -35,7 +36,12 @@ def main() -> None:
     args = parser.parse_args()
 
     run = ROOT / args.run if not Path(args.run).is_absolute() else Path(args.run)
+    if not (run / "configuration.txt").is_file():
+        raise UserError(f"{run} is not a trained run folder (no configuration.txt in it): give one with --run.")
     config = load_run_config(run / "configuration.txt", load_config(ROOT / "configuration.txt"))
+    if config["model"]["n_classes"] > 1:
+        raise UserError(f"{run} segments {config['model']['n_classes']} classes; this sweep scores binary maps "
+                        "(AUC, F1). Compare window settings of a multi-class run with predict.py --set window=...")
     depth, flips = config["model"]["depth"], config["augmentation"]["flips"]  # as predict.py: TTA follows training
     model = load_for_inference(run / "best.keras")
     with open_prepared(ROOT / config["data paths"]["prepared_dir"] / FILE_NAME) as h5:
@@ -69,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -107,6 +107,10 @@ def main() -> int:
               "configuration_sample.txt && python train.py --config configuration_sample.txt", file=sys.stderr)
         return 2
     config, model, info = load_run(run, args.checkpoint, args.config, args.overrides)
+    if config["model"]["n_classes"] > 1:
+        print(f"error: {run} segments {config['model']['n_classes']} classes; this benchmark scores binary maps "
+              "(AUC, F1). Time a multi-class run with predict.py.", file=sys.stderr)
+        return 2
     flips = config["augmentation"]["flips"]  # as predict.py: TTA averages only the flips the model was trained with
     testing, depth = resolve_tta(config["testing settings"], model, flips), config["model"]["depth"]
     multiple = 2 ** depth

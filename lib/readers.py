@@ -342,8 +342,11 @@ def read_stack(path: Path, stretch: bool = True) -> list[np.ndarray]:
         with Image.open(path) as img:
             return [_to_uint8(page.copy(), path, stretch) for page in ImageSequence.Iterator(img)]
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"{path} cannot be read as a TIFF stack ({exc}). The file is corrupt: copy "
-                        "it again from the original dataset.") from None
+        if _tiff_pillow_cannot_read(path, 0, _several_pages) is not None:  # float64 stacks, as numpy writes them
+            convert = functools.partial(_to_uint8, stretch=stretch)
+            return [_read(path, convert, turn=False, page=k) for k in range(page_count(path))]
+        raise UserError(f"{path} cannot be read as a TIFF stack ({exc}). The file is corrupt, or in a format neither "
+                        "Pillow nor tifffile can read: copy it again from the original dataset.") from None
 
 
 def as_rgb(array: np.ndarray) -> np.ndarray:

@@ -16,7 +16,8 @@ from conftest import REPO
 sys.path.insert(0, str(REPO))
 from lib.errors import UserError  # noqa: E402
 from lib.readers import (ClassSpec, Entry, LabelError, input_entries, key_by_image_name,  # noqa: E402
-                         page_count, read_image, read_label, read_split, resolve_ids, to_binary, to_classes)
+                         page_count, read_image, read_label, read_split, read_stack, resolve_ids, to_binary,
+                         to_classes)
 
 H, W = 40, 56
 
@@ -174,6 +175,12 @@ def test_tiffs_pillow_cannot_open_are_read_with_tifffile(tmp_path: Path) -> None
         read_image(tmp_path / "stack.tif")
     assert page_count(tmp_path / "stack.tif") == 3
     np.testing.assert_allclose(read_image(tmp_path / "stack.tif", page=1), ramp[::-1] * 255, atol=1)
+    # So does the stack reader of ISBI 2012's volumes, images stretched and labels as they are.
+    pages = read_stack(tmp_path / "stack.tif")
+    assert len(pages) == 3 and all(page.dtype == np.uint8 for page in pages)
+    np.testing.assert_allclose(pages[1], ramp[::-1] * 255, atol=1)
+    tifffile.imwrite(tmp_path / "labels.tif", np.stack([label, ~label]).astype(np.float64), photometric="minisblack")
+    np.testing.assert_array_equal(read_stack(tmp_path / "labels.tif", stretch=False)[1], ~label)
     # Gray with alpha is read as gray, as Pillow reads LA.
     tifffile.imwrite(tmp_path / "gray_alpha.tif", np.dstack([ramp, np.ones_like(ramp)]).astype(np.float32),
                      photometric="minisblack", planarconfig="contig", extrasamples=["unassalpha"])
