@@ -6,6 +6,7 @@ output (disk, not memory), so large releases such as HRF fit in a small machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -175,11 +176,17 @@ def main() -> int:
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
     out_path = Path(config["data paths"]["prepared_dir"]) / FILE_NAME
-    # Held from the first look at dataset.h5 to its rename: a second prepare of the same file is refused.
-    with exclusive_lock(out_path.parent / f".{out_path.name}.lock",
-                        f"another prepare_datasets.py ({{holder}}) is preparing {out_path} now. Wait for it to finish, "
-                        "or set [data paths] prepared_dir to another folder."):
-        return prepare(config, out_path, args.overwrite)
+    created = not out_path.parent.exists()
+    try:
+        # Held from the first look at dataset.h5 to its rename: a second prepare of the same file is refused.
+        with exclusive_lock(out_path.parent / f".{out_path.name}.lock",
+                            f"another prepare_datasets.py ({{holder}}) is preparing {out_path} now. Wait for it to "
+                            "finish, or set [data paths] prepared_dir to another folder."):
+            return prepare(config, out_path, args.overwrite)
+    finally:
+        if created:  # a prepare that fails or is interrupted leaves no empty folder of its own behind
+            with contextlib.suppress(OSError):
+                out_path.parent.rmdir()  # only when empty
 
 
 def prepare(config: Config, out_path: Path, overwrite: bool) -> int:

@@ -356,6 +356,7 @@ def test_ctrl_c_during_prepare_says_so_and_leaves_no_file(tmp_path, small_drive)
     assert child.returncode == 130 and "Traceback" not in stderr
     assert "Interrupted" in stderr and "nothing half-written was kept" in stderr
     assert not list((tmp_path / "prepared").glob("*dataset*"))
+    assert not (tmp_path / "prepared").exists()  # made by this prepare, and left empty: removed
 
 
 if __name__ == "__main__":
