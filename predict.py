@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from lib.alignment import offset_text, shift_map
-from lib.atomic import write_json, write_text
+from lib.atomic import new_folders_removed_if_empty, write_json, write_text
 from lib.config import NAME_MAX, Config, add_config_arguments, load_config, load_run_config, parse_override
 from lib.cells import cell_colours, closed_membranes, watershed_cells
 from lib.errors import UserError, run_cli
@@ -553,7 +553,6 @@ def main() -> int:
         if len(out.name.encode()) > NAME_MAX:
             raise UserError(f"the output folder's name, {out.name[:40]}..., would be {len(out.name.encode())} bytes "
                             f"long, more than the {NAME_MAX} file systems take: choose one with --output.")
-        created = not out.exists()
         # What is segmented, recorded in summary.txt and metrics.json: the --input path, or the dataset.h5.
         kind, segmented = ("input", args.input) if args.input else ("data", data_path)
         source, source_line = {kind: str(segmented.resolve())}, f"{kind}: {segmented.resolve()}"
@@ -580,8 +579,7 @@ def main() -> int:
         earlier = check_output_folder(out, args.overwrite, args.input, source_line,
                                       setting_changes(recorded, settings) if recorded else (),
                                       remade_files(recorded, settings) if recorded else ())
-        if created:  # a run that fails leaves no empty output folder behind
-            stack.callback(lambda: out.rmdir() if out.is_dir() and not any(out.iterdir()) else None)
+        stack.enter_context(new_folders_removed_if_empty(out))  # a run that fails leaves no empty folders behind
         # Written into a hidden folder and moved into out when all is done: a run that fails or is interrupted
         # leaves out as it was.
         abandoned = remove_abandoned(out)

@@ -6,7 +6,6 @@ output (disk, not memory), so large releases such as HRF fit in a small machine.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -15,7 +14,7 @@ import numpy as np
 
 from PIL import Image
 
-from lib.atomic import atomic_path
+from lib.atomic import atomic_path, new_folders_removed_if_empty
 from lib.config import Config, add_config_arguments, load_config
 from lib.errors import UserError, run_cli
 from lib.fingerprint import (FOV_FOLDER, describe_differences, fingerprint, prepare_outputs, setting_differences,
@@ -176,17 +175,13 @@ def main() -> int:
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
     out_path = Path(config["data paths"]["prepared_dir"]) / FILE_NAME
-    created = not out_path.parent.exists()
-    try:
+    # A prepare that fails or is interrupted leaves no empty folders of its own behind.
+    with new_folders_removed_if_empty(out_path.parent):
         # Held from the first look at dataset.h5 to its rename: a second prepare of the same file is refused.
         with exclusive_lock(out_path.parent / f".{out_path.name}.lock",
                             f"another prepare_datasets.py ({{holder}}) is preparing {out_path} now. Wait for it to "
                             "finish, or set [data paths] prepared_dir to another folder."):
             return prepare(config, out_path, args.overwrite)
-    finally:
-        if created:  # a prepare that fails or is interrupted leaves no empty folder of its own behind
-            with contextlib.suppress(OSError):
-                out_path.parent.rmdir()  # only when empty
 
 
 def prepare(config: Config, out_path: Path, overwrite: bool) -> int:

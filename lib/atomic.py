@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename into place."""
+"""Atomic file writes: write to a temporary name in the same folder, then rename into place; folders a failed
+run made are not left behind."""
 from __future__ import annotations
 
 import contextlib
@@ -49,3 +50,20 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a binary file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def new_folders_removed_if_empty(folder: str | os.PathLike) -> Iterator[None]:
+    """Run the block; afterwards remove folder and those of its parents that did not exist before it, when empty."""
+    made, path = [], Path(folder).absolute()
+    while not path.exists() and path != path.parent:
+        made.append(path)  # deepest first
+        path = path.parent
+    try:
+        yield
+    finally:
+        for path in made:
+            try:
+                path.rmdir()  # only when empty
+            except OSError:
+                break  # it holds files, and so do its parents

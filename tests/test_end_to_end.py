@@ -335,10 +335,10 @@ def test_predict_input_refuses_unreadable_files_first_and_a_failed_run_leaves_th
                         "--overwrite", check=False)
     assert result.returncode == 2 and f"{second.stem}.png" in result.stderr.split("error:", 1)[-1]
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # nothing new, nothing lost
-    fresh = tmp_path / "fresh"
+    fresh = tmp_path / "fresh" / "predictions"
     result = run_script("predict.py", *args, "--input", str(folder), "--mask", str(masks), "--output", str(fresh),
                         check=False)
-    assert result.returncode == 2 and not fresh.exists()  # no empty folder left behind either
+    assert result.returncode == 2 and not fresh.parent.exists()  # no empty folders left behind either
     # Finished, the new run replaces exactly the files the earlier one listed, and keeps the user's.
     (out / "notes.txt").write_text("mine")
     (masks / f"{second.stem}.png").unlink()
