@@ -576,10 +576,11 @@ def main() -> int:
                   f"{' and '.join(settings['made_from'])}); nothing to do. --overwrite makes them again.\n\n{done}")
             return 0
         recorded = recorded_settings(out) or {}
+        stack.enter_context(new_folders_removed_if_empty(out))  # a run that fails leaves no empty folders behind
         earlier = check_output_folder(out, args.overwrite, args.input, source_line,
                                       setting_changes(recorded, settings) if recorded else (),
-                                      remade_files(recorded, settings) if recorded else ())
-        stack.enter_context(new_folders_removed_if_empty(out))  # a run that fails leaves no empty folders behind
+                                      remade_files(recorded, settings) if recorded else (),
+                                      Path(config["data paths"]["dataset_dir"]))
         # Written into a hidden folder and moved into out when all is done: a run that fails or is interrupted
         # leaves out as it was.
         abandoned = remove_abandoned(out)

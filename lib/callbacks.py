@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from lib.atomic import atomic_path, write_json
-from lib.errors import UserError
+from lib.errors import UserError, stop_requested
 from lib.folding import fold_batch_norm
 from lib.metrics import binary_scores, multiclass_scores
 from lib.progress import plural
@@ -370,26 +370,29 @@ class CtrlC(keras.callbacks.Callback):
         super().__init__()
         self.requested = False
         self.unfinished: int | None = None  # the epoch under way, whose end (and checkpoints) has not come
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "CtrlC":
-        # Leave an ignored SIGINT (background jobs) or a custom handler alone.
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        # Leave an ignored SIGINT (background jobs) or a custom handler alone; SIGTERM (kill PID) stops the same
+        # way once run_cli has made it stop at all.
+        if threading.current_thread() is threading.main_thread():
+            for signum, stops in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, stop_requested)):
+                if signal.getsignal(signum) is stops:
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
         # os.write: print() from a signal handler can collide with a print the main thread is in.
-        os.write(2, b"\nCtrl-C: stopping after this step (press Ctrl-C again to stop at once).\n")
+        os.write(2, b"\nCtrl-C: stopping after this step (press Ctrl-C again to stop at once).\n"
+                 if signum == signal.SIGINT else b"\nStop requested (SIGTERM): stopping after this step.\n")
 
     def _raise_if_requested(self, *args: Any, **kwargs: Any) -> None:
         if self.requested:

@@ -407,6 +407,9 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), fallback
                 from_current: Sequence[str] = ()) -> Config:
     """Read an INI configuration, apply 'section.key=value' overrides, and return typed values."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--config {path} is a folder: pass the configuration file itself (e.g. "
+                        f"{path / 'configuration.txt'}).")
     if not path.is_file():
         raise UserError(f"configuration file {path} not found. Pass --config FILE, or copy "
                         "configuration.txt from the repository.")
@@ -417,7 +420,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), fallback
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
     parser.optionxform = str  # keys are case-sensitive (N_subimgs)
     try:
-        parser.read(path, encoding="utf-8-sig")  # -sig: a byte-order mark, as Windows editors write, is no section
+        parser.read(str(path), encoding="utf-8-sig")  # -sig: a byte-order mark, as Windows editors write, is no section
     except (configparser.Error, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not a valid INI file: {exc}. Compare it with configuration.txt "
                         "in the repository.") from exc
@@ -461,22 +464,25 @@ def load_run_config(path: str | os.PathLike, current: Config, from_current: Sequ
 
 def _typed(raw: dict[str, dict[str, str]], source: str, fallback: Config | None = None,
            from_current: Sequence[str] = (), overridden: AbstractSet[tuple[str, str]] = frozenset()) -> Config:
+    if fallback is None:
+        _check_complete(raw, source)
     config: Config = {}
     filled = []
     for section, keys in SCHEMA.items():
         config[section] = {}
         for key, (parse, comment) in keys.items():
-            if key not in raw.get(section, {}) and fallback is not None:
+            if key not in raw.get(section, {}):
                 # A run saved before this key existed, or a section the caller takes from the current
                 # configuration: the current configuration supplies it.
                 config[section][key] = fallback[section][key]
                 if section not in from_current:
                     filled.append(f"{section}.{key}")
                 continue
-            if key not in raw.get(section, {}):
-                raise UserError(f"{source}: missing key '{key}' in [{section}] ({comment}). "
-                                f"Add it, or start from configuration.txt in the repository.")
             text = _unquoted(raw[section][key])
+            if re.search(r"%\(\w+\)", text):
+                raise UserError(f"{_origin(source, overridden, (section, key))}: [{section}] {key} = '{text}': "
+                                "values are taken literally, %(name)s is not replaced by another setting. Write "
+                                "the value out in full.")
             try:
                 value = parse(text)
             except ValueError as exc:
@@ -489,6 +495,26 @@ def _typed(raw: dict[str, dict[str, str]], source: str, fallback: Config | None 
     check_consistency(config, source + "".join(f" with the current [{section}]" for section in from_current),
                       overridden)
     return config
+
+
+def _check_complete(raw: dict[str, dict[str, str]], source: str) -> None:
+    """Refuse a configuration that lacks settings, naming all of them at once."""
+    missing = [(section, key, comment) for section, keys in SCHEMA.items()
+               for key, (_, comment) in keys.items() if key not in raw.get(section, {})]
+    if not missing:
+        return
+    total = sum(map(len, SCHEMA.values()))
+    if not raw:
+        raise UserError(f"{source} holds no settings (it needs all {total}). Start from configuration.txt in the "
+                        "repository, or one of the configuration_*.txt profiles.")
+    if len(missing) <= 5:
+        listed = "; ".join(f"[{section}] {key} ({comment})" for section, key, comment in missing)
+    else:
+        listed = ", ".join(f"[{section}] {key}" for section, key, _ in missing[:12])
+        listed += f" and {len(missing) - 12} more" if len(missing) > 12 else ""
+    keys = "key" if len(missing) == 1 else f"{len(missing)} keys"
+    raise UserError(f"{source}: missing {keys}: {listed}. Add them (configuration.txt in the repository has "
+                    "each with its default and what it does), or start from configuration.txt.")
 
 
 MAX_DEPTH = 16

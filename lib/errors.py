@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
+import threading
 from typing import Callable
 
 EXIT_USER_ERROR = 2
@@ -13,8 +15,16 @@ class UserError(Exception):
     """A problem the user can fix (bad path, bad file, bad setting); the message says how."""
 
 
+def stop_requested(signum: int, frame: object) -> None:
+    """SIGTERM handler: stop as Ctrl-C does (temporary files removed, train.py's resume command printed)."""
+    raise KeyboardInterrupt
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run a script's main(); turn user errors into a message on stderr and exit status 2."""
+    # `kill PID` (how a background job is stopped) would end the process without a word or any clean-up.
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, stop_requested)
     try:
         code = main()
     except UserError as exc:

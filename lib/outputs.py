@@ -201,12 +201,13 @@ def _earlier_source(out: Path) -> str | None:
 
 
 def check_output_folder(out: Path, overwrite: bool, input_path: Path | None, source: str | None = None,
-                        changes: Iterable[str] = (), remade: Iterable[str] = ()) -> list[str] | None:
+                        changes: Iterable[str] = (), remade: Iterable[str] = (),
+                        dataset_dir: Path | None = None) -> list[str] | None:
     """Refuse an output folder that holds earlier predictions (without --overwrite), files named as predictions
-    that no earlier prediction wrote, the --input images (the next run would read the maps as images), or that
-    cannot be written. source: what this prediction segments, as summary.txt records it, to say when the earlier
-    one segmented something else; changes: the settings it was made with otherwise (setting_changes); remade: the
-    files it was made from that have changed since (remade_files).
+    that no earlier prediction wrote, the --input images or a folder of the dataset (the maps would be read as
+    images or labels), or that cannot be written. source: what this prediction segments, as summary.txt records
+    it, to say when the earlier one segmented something else; changes: the settings it was made with otherwise
+    (setting_changes); remade: the files it was made from that have changed since (remade_files).
     Returns the earlier prediction's files (earlier_outputs)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} is a file, not a folder: choose another --output.")
@@ -214,6 +215,10 @@ def check_output_folder(out: Path, overwrite: bool, input_path: Path | None, sou
     if folder is not None and folder.resolve() == out.resolve():
         raise UserError(f"--output {out} is the folder of the --input images: write the predictions to another "
                         "folder, so that they are never read, or deleted, as images.")
+    if dataset_dir is not None and out.resolve().is_relative_to(dataset_dir.resolve()):
+        raise UserError(f"--output {out} is inside the dataset folder ([data paths] dataset_dir = {dataset_dir}): "
+                        "the next prepare_datasets.py would read the maps as images or labels. Write the predictions "
+                        "to a folder outside it.")
     earlier = earlier_outputs(out) if out.is_dir() else None
     if earlier is not None and not overwrite:
         theirs = _earlier_source(out)

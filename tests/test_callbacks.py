@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from lib.callbacks import Checkpoints, CosineSchedule, CtrlC, HoldoutScore, LogProgress, SafeBackupAndRestore, TimeLimit
-from lib.errors import UserError
+from lib.errors import UserError, stop_requested
 
 
 def test_ctrl_c_is_deferred_to_the_next_batch_end_and_a_second_one_stops_at_once():
@@ -33,6 +33,25 @@ def test_ctrl_c_is_deferred_to_the_next_batch_end_and_a_second_one_stops_at_once
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_kill_stops_training_as_ctrl_c_does_once_the_scripts_handle_it():
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with CtrlC():  # left alone where nothing asked for a clean stop: the default ends the process
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        signal.signal(signal.SIGTERM, stop_requested)  # as run_cli installs it
+        ctrl_c = CtrlC()
+        with ctrl_c:
+            os.kill(os.getpid(), signal.SIGTERM)  # deferred, like Ctrl-C
+            assert ctrl_c.requested
+            with pytest.raises(KeyboardInterrupt):
+                ctrl_c.on_train_batch_end(3, {"loss": 0.1})
+        assert signal.getsignal(signal.SIGTERM) is stop_requested  # restored
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)  # outside training: stops at once
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_ctrl_c_knows_which_epoch_it_left_unfinished():

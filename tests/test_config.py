@@ -161,8 +161,31 @@ def test_missing_key_is_a_user_error_naming_it(tmp_path: Path) -> None:
     path = _edited(tmp_path, "clahe_clip = 0.01", None)
     with pytest.raises(UserError) as info:
         load_config(path)
-    assert "missing key 'clahe_clip'" in str(info.value)
-    assert "[preprocessing]" in str(info.value)
+    assert "missing key: [preprocessing] clahe_clip (" in str(info.value)
+
+
+def test_all_missing_keys_are_named_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "minimal.txt"
+    path.write_text("[data paths]\ndataset = folders\ndataset_dir = data/mine\nprepared_dir = data/prepared/mine\n")
+    total = sum(len(keys) for keys in SCHEMA.values())
+    with pytest.raises(UserError, match=rf"missing {total - 3} keys: \[data paths\] holdout_ids, \[data paths\] "
+                                        rf"test_ids, .* and {total - 3 - 12} more\. Add them"):
+        load_config(path)
+    path.write_text("# nothing yet\n")
+    with pytest.raises(UserError, match=rf"holds no settings \(it needs all {total}\)"):
+        load_config(path)
+
+
+def test_a_folder_a_duplicate_key_and_interpolation_are_explained(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"is a folder: pass the configuration file itself"):
+        load_config(tmp_path)
+    path = _edited(tmp_path, "clahe_clip = 0.01", "clahe_clip = 0.01\nclahe_clip = 0.02")
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    assert f"'{path}' [line" in str(info.value) and "PosixPath" not in str(info.value)
+    path = _edited(tmp_path, "clahe_clip = 0.01", "clahe_clip = 0.01")
+    with pytest.raises(UserError, match=r"prepared_dir = '%\(dataset_dir\)s/p': values are taken literally"):
+        load_config(path, ["prepared_dir=%(dataset_dir)s/p"])
 
 
 @pytest.mark.parametrize("section, key, bad", [

@@ -352,6 +352,31 @@ def test_predict_input_refuses_unreadable_files_first_and_a_failed_run_leaves_th
     assert result.returncode == 2 and "is the folder of the --input images" in result.stderr
 
 
+def test_predict_refuses_an_output_in_the_dataset_and_a_killed_one_leaves_no_folders(trained, small_drive, tmp_path):
+    """Maps written among the dataset's files would be read as images or labels by the next prepare; a prediction
+    stopped by `kill` (SIGTERM) cleans up as Ctrl-C does, down to the folders it made for --output."""
+    _, args, _, _ = trained
+    inside = small_drive / "test" / "predictions"
+    result = run_script("predict.py", *args, "--output", str(inside), check=False)
+    assert result.returncode == 2 and "is inside the dataset folder" in result.stderr and not inside.exists()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = sorted((small_drive / "test" / "images").iterdir())[0]
+    for i in range(40):  # enough work to be stopped in the middle of
+        shutil.copy(image, folder / f"{i:02d}{image.suffix}")
+    out = tmp_path / "stopped" / "predictions"
+    child = subprocess.Popen([sys.executable, str(REPO / "predict.py"), *args, "--input", str(folder), "--output",
+                              str(out)], cwd=REPO, env=script_env(), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out.is_dir() and any(out.glob(".predicting-*"))):
+        time.sleep(0.05)
+    assert child.poll() is None, "predict finished before it could be stopped"
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130 and "Interrupted" in stderr and "Traceback" not in stderr, stderr[-2000:]
+    assert not (tmp_path / "stopped").exists()
+
+
 def test_predict_input_segments_every_page_of_a_stack_and_refuses_names_that_would_clash(
         trained, small_drive, tmp_path):
     tmp, args, _, _ = trained
