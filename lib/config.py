@@ -343,8 +343,10 @@ def _normalize_section(name: str) -> str:
 
 
 def _suggest(word: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" Did you mean '{close[0]}'?" if close else ""
+    # Keys are case-sensitive (N_subimgs), so PATCH_SIZE is unknown, yet plainly patch_size.
+    by_case = {option.lower(): option for option in options}
+    close = difflib.get_close_matches(word.lower(), list(by_case), n=1)
+    return f" Did you mean '{by_case[close[0]]}'?" if close else ""
 
 
 def _key_hint(key: str, section: str, value: str | None = None) -> str:

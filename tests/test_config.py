@@ -343,6 +343,8 @@ def test_run_names_cannot_reach_outside_runs_dir(name: str) -> None:
 @pytest.mark.parametrize("override, expected", [
     ("N_subimg=5", "Did you mean 'N_subimgs'?"),
     ("training_settings.N_subimg=5", "Did you mean 'N_subimgs'?"),
+    ("data_attributes.PATCH_SIZE=48", "Did you mean 'patch_size'?"),  # keys are case-sensitive
+    ("dataset=drive", "(Did you mean 'DRIVE'?)"),
     ("trainin_settings.N_subimgs=5", "Did you mean 'training settings'?"),
     ("model.N_subimgs=5", "'N_subimgs' belongs in [training settings]: --set training_settings.N_subimgs=5"),
     ("dataset=folder", "expected one of DRIVE|ISBI2012|STARE|CHASE_DB1|HRF|folders|sample|CamVid (Did you mean "
