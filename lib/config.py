@@ -428,7 +428,14 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), fallback
                         "in the repository.") from exc
     raw: dict[str, dict[str, str]] = {}
     obsolete = []
-    for section in parser.sections():
+    named: dict[str, str] = {}
+    for header in parser.sections():
+        # [training_settings], as --set spells it, or [ Model ] is the section it plainly means.
+        section = _normalize_section(header) if _normalize_section(header) in SCHEMA else header
+        if section in named:
+            raise UserError(f"{path}: [{named[section]}] and [{header}] are the same section; merge them into one "
+                            f"[{section}].")
+        named[section] = header
         if section in from_current:
             continue
         if section not in SCHEMA and fallback is not None:
@@ -437,7 +444,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), fallback
         if section not in SCHEMA:
             raise UserError(f"{path}: unknown section [{section}]. Valid sections: "
                             f"{', '.join(SCHEMA)}.{_suggest(section, list(SCHEMA))}")
-        for key, value in parser.items(section):
+        for key, value in parser.items(header):
             swallowed = _indented_setting(value)
             if swallowed:
                 raise UserError(f"{path}: the line '{swallowed}' is indented, so it is read as part of the value of "

@@ -176,6 +176,14 @@ def test_all_missing_keys_are_named_at_once(tmp_path: Path) -> None:
         load_config(path)
 
 
+def test_a_section_spelled_as_set_spells_it_is_that_section_and_may_not_appear_twice(tmp_path: Path) -> None:
+    path = _edited(tmp_path, "[training settings]", "[training_settings]")
+    assert load_config(path) == load_config(REPO / "configuration.txt")
+    path.write_text(path.read_text() + "\n[ Model ]\ndepth = 4\n")
+    with pytest.raises(UserError, match=r"\[model\] and \[ Model \] are the same section; merge them"):
+        load_config(path)
+
+
 def test_a_folder_a_duplicate_key_and_interpolation_are_explained(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"is a folder: pass the configuration file itself"):
         load_config(tmp_path)
