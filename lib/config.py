@@ -431,7 +431,8 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), fallback
     named: dict[str, str] = {}
     for header in parser.sections():
         # [training_settings], as --set spells it, or [ Model ] is the section it plainly means.
-        section = _normalize_section(header) if _normalize_section(header) in SCHEMA else header
+        normal = _normalize_section(header)
+        section = normal if normal in SCHEMA else header
         if section in named:
             raise UserError(f"{path}: [{named[section]}] and [{header}] are the same section; merge them into one "
                             f"[{section}].")
@@ -512,9 +513,8 @@ def _check_complete(raw: dict[str, dict[str, str]], source: str) -> None:
                for key, (_, comment) in keys.items() if key not in raw.get(section, {})]
     if not missing:
         return
-    total = sum(map(len, SCHEMA.values()))
     if not raw:
-        raise UserError(f"{source} holds no settings (it needs all {total}). Start from configuration.txt in the "
+        raise UserError(f"{source} holds no settings (it needs all {len(missing)}). Start from configuration.txt in the "
                         "repository, or one of the configuration_*.txt profiles.")
     if len(missing) <= 5:
         listed = "; ".join(f"[{section}] {key} ({comment})" for section, key, comment in missing)
