@@ -284,7 +284,9 @@ def fit(config: Config, prepared: Prepared, run: Path, distribution: Distributio
     started = time.monotonic()
     try:
         with ctrl_c:
-            model.fit(train_data, validation_data=val_data, epochs=training["N_epochs"],
+            # shuffle=False: the stream shuffles by itself, keyed by seed and epoch. Keras' own shuffle of its
+            # batch indices draws from Python's global generator, so a resumed run would see another order.
+            model.fit(train_data, validation_data=val_data, epochs=training["N_epochs"], shuffle=False,
                       callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:
         kept = (f"Checkpoints are kept in {run}" if (run / "last.keras").exists() else

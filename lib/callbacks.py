@@ -164,10 +164,16 @@ class Checkpoints(keras.callbacks.Callback):
             self.model.save(tmp)
 
 
+def random_states(model: keras.Model) -> list[Any]:
+    """The state variables of the model's random generators (dropout's), which Keras saves with no weights file."""
+    return [variable for variable in model.variables if variable.name == "seed_generator_state"]
+
+
 class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that never backs up an epoch whose loss went NaN, and keeps its backup when training
-    ends: the caller deletes it once the run is finished, so an interruption between the last epoch and the
-    run's final files resumes there instead of starting over."""
+    """BackupAndRestore that never backs up an epoch whose loss went NaN, keeps the random generators' states
+    with its backup, and keeps its backup when training ends: the caller deletes it once the run is finished,
+    so an interruption between the last epoch and the run's final files resumes there instead of starting
+    over."""
 
     def __init__(self, backup_dir: str, **kwargs: Any) -> None:
         super().__init__(backup_dir, delete_checkpoint=False, **kwargs)
@@ -201,6 +207,19 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
                         f"{str(failure).splitlines()[0][:200]}), nor the one before it, so this run cannot resume: "
                         "start it over with --overwrite (or train under another name).") from failure
 
+    def _load_model(self) -> None:
+        super()._load_model()
+        # Without the saved states a resumed run would draw the dropout masks of its first epochs again, and
+        # would not repeat the uninterrupted run. A backup of an earlier version has none: resumed as before.
+        if not os.path.exists(self._training_metadata_path):
+            return
+        with open(self._training_metadata_path) as file:
+            saved = json.load(file).get("random_states")
+        variables = random_states(self.model)
+        if isinstance(saved, list) and len(saved) == len(variables):
+            for variable, state in zip(variables, saved):
+                variable.assign(np.asarray(state, dtype=variable.dtype))
+
     def _save_model(self) -> None:
         # Written under temporary names and renamed: a second Ctrl-C or a kill mid-write leaves the last whole
         # backup (and the one before it) in place, never a file cut short.
@@ -212,7 +231,9 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
                     shutil.copyfile(current, tmp)
         with atomic_path(self._weights_path, suffix=".tmp.weights.h5") as tmp:
             self.model.save_weights(tmp, overwrite=True)
-        write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+        states = [variable.numpy().tolist() for variable in random_states(self.model)]
+        write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen,
+                                                  "random_states": states})
 
 
 class NaNGuard(keras.callbacks.Callback):

@@ -276,7 +276,7 @@ def check_global_batch(batch_size: int, distribution: Distribution) -> None:
 
 
 class SyncFromChief(keras.callbacks.Callback):
-    """At the start of training, copy the chief's weights, optimizer state and epoch to every worker.
+    """At the start of training, copy the chief's weights, random states, optimizer state and epoch to every worker.
 
     Placed after the backup callback: the chief has restored its backup by then (if any), and the
     other workers, which read no files, start from exactly the same state and epoch.
@@ -292,7 +292,9 @@ class SyncFromChief(keras.callbacks.Callback):
         model = self.model
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        variables = list(model.weights) + (list(model.optimizer.variables) if model.optimizer else [])
+        from lib.callbacks import random_states
+        variables = (list(model.weights) + random_states(model)
+                     + (list(model.optimizer.variables) if model.optimizer else []))
         epoch = float(getattr(model, "_initial_epoch", None) or 0)
         (epoch,) = self.distribution.broadcast_from_chief(variables, [epoch])
         model._initial_epoch = int(round(epoch)) or None

@@ -2,6 +2,8 @@
 refined by a small shared-weight U-Net applied to its own probabilities (IterNet)."""
 from __future__ import annotations
 
+import random
+
 import keras
 from keras import layers, ops
 
@@ -22,7 +24,10 @@ class _Block:
                                             kernel_initializer="he_normal", name=f"{name}_conv{index}"))
             self.norms.append(layers.BatchNormalization(name=f"{name}_bn{index}") if batch_norm else None)
             if index == 1 and dropout > 0:
-                self.drop = (layers.Dropout(dropout, name=f"{name}_dropout") if block == 1 else
+                # The seed Keras would draw itself, given explicitly: without one, the PyTorch backend draws the
+                # masks from torch's global generator, which no backup keeps, instead of the layer's own.
+                seed = random.randint(1, int(1e9))
+                self.drop = (layers.Dropout(dropout, seed=seed, name=f"{name}_dropout") if block == 1 else
                              DropBlock(dropout, block, name=f"{name}_dropblock"))
         if residual:
             # The block's input and output widths always differ here, so the shortcut is a 1x1 projection.

@@ -2,6 +2,7 @@
 scoring and checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -17,6 +18,7 @@ import pytest
 
 from lib.callbacks import Checkpoints, CosineSchedule, CtrlC, HoldoutScore, LogProgress, SafeBackupAndRestore, TimeLimit
 from lib.errors import UserError, stop_requested
+from lib.unet import build_unet
 
 
 def test_ctrl_c_is_deferred_to_the_next_batch_end_and_a_second_one_stops_at_once():
@@ -280,6 +282,41 @@ def test_an_unreadable_backup_resumes_from_the_one_before_it_or_is_refused_with_
         (backup / name).write_bytes(b"not a weights file")
     with pytest.raises(UserError, match="so this run cannot resume: start it over with --overwrite"):
         _fit([SafeBackupAndRestore(str(backup), double_checkpoint=True)], epochs=4)
+
+
+def _fit_with_dropout(backup: Path, epochs: int, stop_before: int | None = None) -> list[np.ndarray]:
+    """Fit a small U-Net with dropout, backed up each epoch, optionally interrupted before epoch `stop_before`
+    (0-based); return its weights."""
+    keras.utils.set_random_seed(0)
+    model = build_unet(depth=1, base_filters=2, batch_norm=False, dropout=0.5)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    x = np.random.default_rng(0).random((32, 4, 4, 1)).astype("float32")
+
+    def interrupt(epoch, logs):
+        if epoch == stop_before:
+            raise KeyboardInterrupt
+
+    callbacks = [SafeBackupAndRestore(str(backup)), keras.callbacks.LambdaCallback(on_epoch_begin=interrupt)]
+    with contextlib.suppress(KeyboardInterrupt):
+        model.fit(x, (x > 0.5).astype("float32"), batch_size=4, epochs=epochs, shuffle=False, verbose=0,
+                  callbacks=callbacks)
+    return model.get_weights()
+
+
+def test_a_resumed_fit_draws_the_dropout_masks_the_uninterrupted_one_would(tmp_path):
+    whole = _fit_with_dropout(tmp_path / "whole", epochs=3)
+    _fit_with_dropout(tmp_path / "resumed", epochs=3, stop_before=2)
+    metadata = json.loads((tmp_path / "resumed" / "training_metadata.json").read_text())
+    assert metadata["epoch"] == 2 and len(metadata["random_states"]) == 3  # one per block
+    shutil.copytree(tmp_path / "resumed", tmp_path / "without")
+    resumed = _fit_with_dropout(tmp_path / "resumed", epochs=3)
+    for expected, found in zip(whole, resumed):
+        np.testing.assert_array_equal(found, expected)
+    # A backup of an earlier version, without the states: it resumes, but draws the first epoch's masks again.
+    del metadata["random_states"]
+    (tmp_path / "without" / "training_metadata.json").write_text(json.dumps(metadata))
+    without = _fit_with_dropout(tmp_path / "without", epochs=3)
+    assert not all(np.array_equal(a, b) for a, b in zip(whole, without))
 
 
 def test_the_backup_outlives_training_so_a_kill_before_the_run_is_finished_resumes_at_its_end(tmp_path):

@@ -573,6 +573,10 @@ def test_sigkill_during_training_then_same_command_resumes(tmp_path, small_drive
     best_logged = max(float(r["holdout_auc_roc"]) for r in log.values())
     assert state["best"] == pytest.approx(best_logged, abs=1e-9)
     assert state["best"] >= state_before["best"]
+    # The resumed run repeats the uninterrupted one exactly: the same batches, dropout masks and moving average.
+    run_script("train.py", *tiny_settings(tmp, small_drive, name="whole", extra=["N_epochs=4", "ema_momentum=0.9"]))
+    whole = {int(r["epoch"]): r for r in csv.DictReader(open(tmp / "runs" / "whole" / "log.csv"))}
+    assert whole == log
 
 
 def test_ctrl_c_stops_cleanly_keeps_checkpoints_and_prints_the_resume_command(small_drive, trained):

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
+
+import pytest
 
 from conftest import REPO, script_env
 from lib.start_up import StartUpFilter, filtered_stderr
@@ -88,3 +91,18 @@ def test_a_module_in_the_current_folder_cannot_break_the_filter(tmp_path):
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path / "work", env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0 and result.stderr == "a real error\n"
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="oneDNN's x86 kernels")
+def test_the_scripts_start_tensorflow_with_its_onednn_kernels_unless_the_user_turned_them_off():
+    env = script_env()
+    env["TF_CPP_MIN_LOG_LEVEL"] = "0"  # the filter off: TensorFlow's own line says whether the kernels are on
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    code = "from lib.start_up import import_keras; import_keras()"
+    for setting, expected in ((None, True), ("0", False)):
+        if setting is not None:
+            env["TF_ENABLE_ONEDNN_OPTS"] = setting
+        result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert ("oneDNN custom operations are on" in result.stderr) == expected, result.stderr[-2000:]
