@@ -307,7 +307,8 @@ class TimeLimit(keras.callbacks.Callback):
         self.epoch_start = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if self.stops_after():
+        planned = (self.params or {}).get("epochs")
+        if (planned is None or epoch + 1 < planned) and self.stops_after():  # the last epoch ends training anyway
             print(f"\nTime budget of {plural(self.minutes, 'minute')}: stopping after epoch {epoch + 1}, as another "
                   "epoch would not finish within it.")
             self.model.stop_training = True

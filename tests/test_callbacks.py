@@ -162,6 +162,21 @@ def test_time_limit_stops_when_another_epoch_would_not_fit(monkeypatch):
     assert TimeLimit(minutes=0).fraction_used() == 0.0
 
 
+def test_the_time_limit_says_nothing_after_the_last_planned_epoch(monkeypatch, capsys):
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    for epochs, says in ((3, True), (2, False)):  # out of time after epoch 2: news only if a third was planned
+        limit = TimeLimit(minutes=10)
+        limit.set_model(_Model())
+        limit.set_params({"epochs": epochs})
+        for epoch in range(2):
+            limit.on_epoch_begin(epoch)
+            clock[0] += 250
+            limit.on_epoch_end(epoch)
+        assert ("Time budget of 10 minutes: stopping after epoch 2" in capsys.readouterr().out) == says
+        assert limit.model.stop_training == says
+
+
 def _fit(callbacks, epochs: int) -> list[dict]:
     """Fit a one-weight model for `epochs` short epochs; return each epoch's logs as the callbacks left them."""
     keras.utils.set_random_seed(0)
