@@ -1,10 +1,11 @@
-"""Helper run by test_backends.py under KERAS_BACKEND=jax|torch (usually without TensorFlow):
-build the U-Net (with DropBlock and one refinement stage), fit a few steps on a PatchStream over a tiny HDF5 file, predict one full image.
+"""Helper of test_backends.py: build the U-Net (with DropBlock and one refinement stage), fit a few steps on a
+PatchStream over a tiny HDF5 file, predict one full image, and report the backend, the losses, the clDice loss of a
+fixed image and the prediction's shape and range.
 
+test_backends.py calls check() in its own process for its own backend, and runs the others as
     python tests/without_tensorflow.py tests/backend_check.py FOLDER [POLICY]
-prints one JSON line with the backend, the losses, the clDice loss of a fixed image and the prediction's
-shape and range. POLICY
-(default float32) may be mixed_float16 or mixed_bfloat16, forced even on a CPU to check the losses under it.
+(KERAS_BACKEND=jax|torch), which prints the report as one JSON line. POLICY (default float32) may be
+mixed_float16 or mixed_bfloat16, forced even on a CPU to check the losses under it.
 """
 from __future__ import annotations
 
@@ -45,15 +46,15 @@ def cldice_probe() -> float:
     return float(keras.ops.convert_to_numpy(cldice_loss(bars, bars * 0.8 + 0.1)))
 
 
-def main() -> None:
-    folder = Path(sys.argv[1])
+def check(folder: Path, forced_policy: str | None = None) -> dict:
+    """Train and predict under the current backend (and forced_policy if given); return the report."""
     path = folder / "dataset.h5"
     write_prepared(path, {}, {"dataset": "backend-check"}, N, SIZE, 1, fill)
     keras.utils.set_random_seed(0)
     distribution = make_distribution("auto")
     policy = configure_precision(False)
-    if len(sys.argv) > 2 and sys.argv[2] != policy:
-        policy = sys.argv[2]
+    if forced_policy is not None and forced_policy != policy:
+        policy = forced_policy
         keras.mixed_precision.set_global_policy(policy)
     with distribution.scope():
         model = build_unet(channels=1, depth=2, base_filters=4, dropout=0.1, dropout_block=3,  # DropBlock too
@@ -67,7 +68,7 @@ def main() -> None:
     testing = {"tta_flips": True, "window": 32, "stride": 24, "batch_size": 2, "blend": "gaussian", "zoom": 1.0,
                "tta_scales": [1.0], "mirror_margin": 0}
     prob = predict_image(fold_batch_norm(model), image, testing, depth=2)
-    print(json.dumps({
+    return {
         "backend": keras.backend.backend(), "policy": policy, "strategy": distribution.name,
         "compute_dtype": model.get_layer("down0_conv1").compute_dtype, "optimizer": type(model.optimizer).__name__,
         "output_dtype": str(prob.dtype),
@@ -75,8 +76,8 @@ def main() -> None:
         "tensorflow_loaded": "tensorflow" in sys.modules and sys.modules["tensorflow"] is not None,
         "loss": history.history["loss"], "metrics": sorted(history.history),
         "cldice_probe": cldice_probe(), "shape": list(prob.shape), "min": float(prob.min()), "max": float(prob.max()),
-    }))
+    }
 
 
 if __name__ == "__main__":
-    main()
+    print(json.dumps(check(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)))

@@ -7,10 +7,11 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO, script_env, set_args
+from conftest import REPO, reset_keras, script_env, set_args
 
 BACKENDS = ("tensorflow", "jax", "torch")
 WITHOUT_TF = str(REPO / "tests" / "without_tensorflow.py")
@@ -30,18 +31,33 @@ def _need(backend: str) -> None:
 def _run(backend: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     """Run a Python file under KERAS_BACKEND=backend; other backends also without TensorFlow."""
     env = dict(script_env(), KERAS_BACKEND=backend)
+    # XLA's optimizations took two thirds of the JAX tests' time (dozens of tiny programs compiled): these
+    # tests check results, not speed.
+    env.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
     prefix = [] if backend == "tensorflow" else [WITHOUT_TF]
     return subprocess.run([sys.executable, *prefix, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def _check(backend: str, folder: Path, policy: str) -> dict:
+    """backend_check's report: in this process for its own backend, else from a child process."""
+    keras = pytest.importorskip("keras")
+    if backend == keras.backend.backend():
+        from backend_check import check
+        try:
+            return check(folder, policy)
+        finally:
+            reset_keras()
+    result = _run(backend, str(REPO / "tests" / "backend_check.py"), str(folder), policy)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_unet_losses_and_metrics_train_and_predict_under_mixed_float16(backend, tmp_path):
     """A few steps of bce_dice with the dice/iou metrics on a PatchStream, then a full-image prediction."""
     _need(backend)
-    result = _run(backend, str(REPO / "tests" / "backend_check.py"), str(tmp_path), "mixed_float16")
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = _check(backend, tmp_path, "mixed_float16")
     assert report["backend"] == backend and report["strategy"] == "single"
     if backend != "tensorflow":
         assert not report["tensorflow_loaded"]
@@ -123,9 +139,7 @@ def test_configure_precision_sets_the_global_policy(capsys):
 def test_unet_trains_and_predicts_under_mixed_bfloat16_on_tensorflow(tmp_path):
     """The CPU mixed precision of machines with AMX: bfloat16 layers, plain Adam (no loss scaling), float32 output."""
     _need("tensorflow")
-    result = _run("tensorflow", str(REPO / "tests" / "backend_check.py"), str(tmp_path), "mixed_bfloat16")
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = _check("tensorflow", tmp_path, "mixed_bfloat16")
     assert report["compute_dtype"] == "bfloat16" and report["optimizer"] == "Adam"
     assert all(math.isfinite(value) for value in report["loss"]) and report["loss"][-1] < report["loss"][0]
     assert report["output_dtype"] == "float32" and 0.0 <= report["min"] <= report["max"] <= 1.0
